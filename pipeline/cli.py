@@ -1,0 +1,74 @@
+"""The ``ccvs`` command.
+
+    ccvs check                 validate params.yaml (unknown / missing keys, types)
+    ccvs repro [dvc args]      `dvc repro` with one pipeline id shared by every stage's MLflow run
+    ccvs pipeline [stages]     the same DAG as a Prefect flow (parallel branches)
+    ccvs stage NAME [args]     run one stage module directly (python -m stages.NAME)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pipeline.params import ParamsError, load_all
+
+    try:
+        sections = load_all(args.params)
+    except ParamsError as err:
+        print(f"{args.params}: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.params}: ok ({', '.join(sections)})")
+    return 0
+
+
+def _repro(args: argparse.Namespace, extra: list[str]) -> int:
+    env = dict(os.environ)
+    env.setdefault("CCVS_PIPELINE_ID", f"repro-{uuid.uuid4().hex[:12]}")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    from pipeline.flow import dvc_executable
+
+    print(f"pipeline id: {env['CCVS_PIPELINE_ID']}")
+    return subprocess.call([dvc_executable(), "repro", *extra], env=env)
+
+
+def _pipeline(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipeline.flow import main as flow_main
+
+    return flow_main(extra)
+
+
+def _stage(args: argparse.Namespace, extra: list[str]) -> int:
+    sys.argv = [f"stages.{args.name}", *extra]
+    runpy.run_module(f"stages.{args.name}", run_name="__main__")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ccvs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="validate params.yaml")
+    p.add_argument("--params", default="params.yaml")
+    sub.add_parser("repro", help="dvc repro with a shared pipeline id (extra args go to dvc)")
+    sub.add_parser("pipeline", help="run the DAG as a Prefect flow")
+    p = sub.add_parser("stage", help="run one stage: ccvs stage prepare --params params.yaml")
+    p.add_argument("name")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "check":
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return _check(args)
+    handlers = {"repro": _repro, "pipeline": _pipeline, "stage": _stage}
+    return handlers[args.command](args, extra)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

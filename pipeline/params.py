@@ -1,0 +1,256 @@
+"""Typed parameters: ``params.yaml`` → frozen dataclasses.
+
+Every section of ``params.yaml`` maps to one frozen dataclass below. Loading is strict:
+an unknown key or a missing key is an error that names the key with its full dotted path
+(``prepare.clip_lenght: unknown key (did you mean 'clip_length'?)``), so a typo never
+silently falls back to a default.
+
+Stages receive the one section they read (DVC tracks exactly those keys, see ``dvc.yaml``).
+Model hyper-parameters live in ``ccvs_models`` config dataclasses; a stage section nests
+them (``autoencoder.model``) and this loader builds them with the same strictness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A problem in params.yaml, with the dotted key it concerns."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingParams:
+    """Where runs are logged."""
+
+    uri: str  # MLflow tracking URI; the MLFLOW_TRACKING_URI env var overrides it
+    experiment: str  # MLflow experiment name
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoParams:
+    """The procedurally rendered robot-pushing world (the ``demo_data`` stage)."""
+
+    seed: int  # one seed → one byte-identical world
+    num_videos: int  # videos rendered in all
+    test_fraction: float  # share of videos in the test split
+    val_fraction: float  # share of videos in the val split
+    resolution: int  # frames are resolution × resolution
+    fps: int  # frames per second of the mp4
+    num_frames: int  # frames per video
+    min_objects: int  # objects per video are drawn in [min_objects, max_objects]
+    max_objects: int
+    audio_rate: int  # sample rate of the AAC track
+    annotated_frames: int  # how many (video, frame) gripper positions annotations.csv gives
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    """Which videos ``prepare`` reads."""
+
+    source: Literal["demo", "folder", "manifest"]
+    # demo: the demo_data stage's output; folder: a glob of video files (label = parent folder
+    # name, split drawn by hash); manifest: a CSV with columns path,label,split.
+    path: str
+    annotations: str  # optional CSV video,frame,x,y of annotated gripper positions ("" = none)
+    val_fraction: float  # folder source: share of videos hashed into val
+    test_fraction: float  # folder source: share of videos hashed into test
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareParams:
+    """Decode-and-shard (the ``prepare`` stage)."""
+
+    resolution: int  # output frames are resolution × resolution (resize short side, center crop)
+    clip_length: int  # T, frames per clip
+    clip_stride: int  # frames between the starts of two consecutive clips of a video
+    frame_step: int  # keep every frame_step-th frame (temporal subsampling)
+    audio: bool  # decode the audio track
+    audio_rate: int  # audio is resampled to this rate, mono
+    missing_audio: Literal["reject", "silence"]  # a video without audio when audio is requested
+    shard_max_bytes: int  # a shard is closed once it holds this many bytes
+    workers: int  # processes decoding files in parallel
+    decoder: Literal["auto", "decord", "av"]  # auto: decord, PyAV where decord is missing/fails
+
+
+def section_types() -> dict[str, type]:
+    """Every section params.yaml must have, name → dataclass (one place knows the file's shape)."""
+    return {
+        "tracking": TrackingParams,
+        "demo": DemoParams,
+        "data": DataParams,
+        "prepare": PrepareParams,
+    }
+
+
+# --------------------------------------------------------------------------- strict building
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {_describe(value)}")
+        return build(tp, value, where)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ParamsError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ParamsError as err:
+                errors.append(str(err))
+        raise ParamsError(errors[0] if errors else f"{where}: bad value {_describe(value)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where}: expected a list, got {_describe(value)}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ParamsError(f"{where}: expected {len(args)} items, got {len(value)}")
+            items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {_describe(value)}")
+        _, val_tp = get_args(tp) or (Any, Any)
+        return {k: _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}: expected true/false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where}: expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where}: expected a string, got {_describe(value)}")
+        return value
+    return value
+
+
+def build(cls: type[T], raw: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``raw``, failing on unknown or missing keys.
+
+    ``where`` is the dotted prefix used in error messages (``"autoencoder.model"``).
+    Every field must be given, even one with a default: params.yaml lists every key, so what
+    a run used is written down and DVC tracks it.
+    """
+    prefix = f"{where}." if where else ""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ParamsError(f"{prefix}{key}: unknown key{hint}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in raw:
+            raise ParamsError(f"{prefix}{name}: missing key")
+        kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"{where or cls.__name__}: {err}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def load_section(name: str, path: str | Path = "params.yaml", cls: type[T] | None = None) -> T:
+    """Load one section of ``params.yaml`` into its dataclass (strictly)."""
+    raw = read_yaml(path)
+    cls = cls or section_types().get(name)
+    if cls is None:
+        raise ParamsError(f"{name}: no such params section")
+    if name not in raw:
+        raise ParamsError(f"{name}: missing section in {path}")
+    if not isinstance(raw[name], dict):
+        raise ParamsError(f"{name}: expected a mapping, got {_describe(raw[name])}")
+    return build(cls, raw[name], name)
+
+
+def load_all(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Parse every section (used by tests and ``ccvs check``); unknown sections are errors."""
+    raw = read_yaml(path)
+    types_ = section_types()
+    out = {}
+    for name, value in raw.items():
+        if name == "vars":  # dvc.yaml templating values, not a stage section
+            continue
+        if name not in types_:
+            close = difflib.get_close_matches(str(name), list(types_), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ParamsError(f"{name}: unknown section{hint}")
+        out[name] = build(types_[name], value, name) if isinstance(value, dict) else _coerce(
+            value, types_[name], name
+        )
+    for name in types_:
+        if name not in raw:
+            raise ParamsError(f"{name}: missing section in {path}")
+    return out
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"autoencoder.lr": 1e-4, ...}`` from a dataclass or mapping (for MLflow params)."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = dataclasses.asdict(value)
+            if isinstance(value, dict):
+                out.update(flatten(value, name))
+            else:
+                out[name] = value
+    else:
+        out[prefix] = obj
+    return out
