@@ -1,0 +1,564 @@
+"""The one training loop every training stage shares (autoencoder, positions, sound/layout VQ, T).
+
+A stage describes *what* one step does by subclassing ``TrainTask``; ``fit`` does the rest:
+device placement, DDP under ``torchrun``, bf16 autocast, gradient clipping, the EMA of the weights
+(the paper's final autoencoder parameters, §4 "Training details"), metrics to the logger,
+periodic evaluation, atomic checkpoints and exact resume, a progress bar, and a clean stop on
+Ctrl-C / SIGTERM (a checkpoint at the step boundary, then ``KeyboardInterrupt``).
+
+Example (a stage)::
+
+    class AETask(TrainTask):
+        def __init__(self, cfg, lr):
+            self.ae, self.disc = Autoencoder(cfg.model), ImageDiscriminator(cfg.disc)
+            self.opt_g = torch.optim.Adam(self.ae.parameters(), lr)
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr)
+            self.cfg = cfg
+        def modules(self):    return {"ae": self.ae, "disc": self.disc}
+        def optimizers(self): return {"g": self.opt_g, "d": self.opt_d}
+        def ema_modules(self): return ["ae"]
+        def config(self):     return dataclasses.asdict(self.cfg)
+        def train_step(self, batch, step, ctx):
+            x = ctx.to_device(batch["frames"])
+            ae, disc = ctx.modules["ae"], ctx.modules["disc"]   # DDP-wrapped when distributed
+            with ctx.autocast():
+                out = ae(x)
+                loss_d = d_loss(disc(x), disc(out.recon.detach()))
+            ctx.optimize(loss_d, "d")
+            with ctx.autocast():
+                loss_g = out.loss + g_loss(disc(out.recon))
+            ctx.optimize(loss_g, "g")
+            return {"loss": loss_g.item(), "loss_d": loss_d.item()}
+        def evaluate(self, step, ctx):
+            return {"val/psnr": psnr_on_val(ctx.eval_module("ae"), ctx.device)}
+
+    result = fit(AETask(cfg, lr), lambda start: make_batches(seed, rank, start), params.loop,
+                 Path("checkpoints/autoencoder"), logger)
+    if result.is_main:
+        save_model("models/autoencoder.pt", cfg.model, result.state["ae"], step=result.step)
+
+Rules a task follows:
+
+* **Forward through ``ctx.modules[name]``.** Under DDP that is the ``DistributedDataParallel``
+  wrapper, whose forward arms the gradient all-reduce; calling the bare module (or a method other
+  than ``forward``) skips it and the replicas drift apart (``fit`` checks the replicas agree at
+  every checkpoint and stops with an error naming the module if not). A model used through
+  several methods gets a small wrapper module whose ``forward`` computes the losses.
+* **Same metric keys on every rank**: metrics are averaged across ranks at each log point.
+* **Backward outside autocast**: ``with ctx.autocast(): loss = ...`` then ``ctx.optimize(loss, name)``
+  (= zero_grad, backward, clip, step) or ``ctx.backward`` / ``ctx.step`` for finer control.
+* **Data position**: ``batches`` is a callable ``make_batches(start_step) -> iterator`` yielding
+  the batch of step ``start_step``, then the next...; it must be deterministic (a seed, the
+  rank, the step) and endless (``epoch_batches`` helps). A resumed run calls it with the
+  checkpoint's step, so the resumed run sees the same batches as an uninterrupted one. A plain
+  iterable is accepted too; on resume its first ``start_step`` items are skipped.
+* **Evaluation** (``evaluate``) runs on every rank every ``eval_every`` steps and at the end, with
+  the modules in eval mode, under ``torch.no_grad()``, with its own fixed seed and the training
+  RNG streams put back afterwards (so evaluating never changes the training run). Use
+  ``ctx.eval_module(name)`` (the EMA copy when there is one); rank 0's metrics are logged.
+
+Stopping: the first Ctrl-C / SIGTERM (torchrun forwards it to every worker and waits before
+killing them) finishes the current step, writes a checkpoint and raises ``KeyboardInterrupt``;
+a second one aborts at once. Any other exception propagates without a checkpoint (the state may
+be mid-step); the run resumes from the last periodic checkpoint.
+
+Resume restores the step count, modules, optimizers, EMA copies, the torch/numpy/Python RNG of
+every rank, the partial metrics window and ``TrainTask.extra_state()``; a checkpoint written by a
+different ``config()`` is refused with the differing keys named. Step numbering: ``train_step``
+receives the 0-based index of the step it performs; metrics, checkpoints and evaluations are
+labelled with the number of steps completed (1 .. ``loop.steps``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import random
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline import distributed
+from pipeline.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    seed_all,
+    set_rng_state,
+    to_plain,
+)
+from pipeline.ema import EMA
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """How long and how a stage trains (a ``loop`` block in a stage's params section)."""
+
+    steps: int  # optimisation steps in all (a resumed run continues up to this count)
+    log_every: int = 10  # metrics are averaged over this many steps, then logged
+    eval_every: int = 0  # TrainTask.evaluate every N steps (0: only at the end)
+    ckpt_every: int = 500  # checkpoint every N steps (0: only at the end and on interrupt)
+    keep_checkpoints: int = 2  # newest checkpoints kept in ckpt_dir (0: keep all)
+    ema_decay: float = 0.0  # EMA of the weights, §4 "Training details" / [83] (0: off)
+    bf16: bool = False  # ctx.autocast() = torch.autocast(device, dtype=bfloat16)
+    device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: CUDA when available
+    seed: int = 0  # global RNG seed (each rank derives its own: distributed.rank_seed)
+    grad_clip: float = 0.0  # max global grad norm per optimizer step (0: off)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        for name in ("eval_every", "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
+
+
+class TrainTask:
+    """What a stage implements; ``fit`` calls it. Override the first five; the rest are optional."""
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module to checkpoint, by name (the same objects on every call)."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers over those modules' parameters, by name (checkpointed)."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The config(s) that built the modules, as plain data (``dataclasses.asdict``)."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Any, step: int, ctx: StepContext) -> dict[str, float]:
+        """One optimisation step on ``batch`` (step = 0-based index); returns scalar metrics."""
+        raise NotImplementedError
+
+    def ema_modules(self) -> list[str]:
+        """Names of the modules that get an EMA copy when ``loop.ema_decay > 0``."""
+        return []
+
+    def evaluate(self, step: int, ctx: StepContext) -> dict[str, float]:
+        """Validation metrics after ``step`` completed steps; may log artifacts via ctx.logger."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Anything else to checkpoint (LR schedulers, counters), weights_only-safe data."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
+
+    def ddp_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``DistributedDataParallel`` (e.g. find_unused_parameters)."""
+        return {}
+
+
+class NullLogger:
+    """The logger of ranks other than 0 (and of ``fit(logger=None)``): drops everything."""
+
+    def log_params(self, params: dict) -> None: ...
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None: ...
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
+    def log_artifact(self, path: Any, artifact_path: str | None = None) -> None: ...
+    def set_tag(self, key: str, value: Any) -> None: ...
+    def set_tags(self, tags: dict) -> None: ...
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What ``train_step`` / ``evaluate`` get from the loop."""
+
+    loop: LoopConfig
+    device: torch.device
+    rank: int
+    world_size: int
+    logger: Any  # the stage's logger on rank 0, a NullLogger elsewhere
+    modules: dict[str, nn.Module]  # call these: DDP-wrapped when distributed and trainable
+    raw: dict[str, nn.Module]  # the bare modules (for state, parameters, non-forward methods)
+    ema: dict[str, nn.Module]  # EMA shadow modules (eval mode, no grad), by name
+    optimizers: dict[str, torch.optim.Optimizer]
+    _metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on this device when ``loop.bf16``, else a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.loop.bf16)
+
+    def to_device(self, batch: Any) -> Any:
+        """``batch`` (tensors in dicts/lists/tuples) moved to ``self.device``."""
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+            return type(batch)(self.to_device(v) for v in batch)
+        if isinstance(batch, tuple):  # NamedTuple
+            return type(batch)(*(self.to_device(v) for v in batch))
+        return batch
+
+    def eval_module(self, name: str) -> nn.Module:
+        """The EMA copy of module ``name`` when there is one, else the bare module."""
+        return self.ema.get(name, self.raw[name])
+
+    def zero_grad(self, name: str) -> None:
+        self.optimizers[name].zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()`` in float32 (call outside ``autocast``)."""
+        loss.float().backward()
+
+    def step(self, name: str) -> float | None:
+        """Clip the gradients of optimizer ``name``'s parameters (``loop.grad_clip``), then step.
+
+        Returns the pre-clip global gradient norm (also logged as ``grad_norm/<name>``) when
+        clipping is on, else None.
+        """
+        opt = self.optimizers[name]
+        norm = None
+        if self.loop.grad_clip > 0:
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.loop.grad_clip))
+            self._metrics[f"grad_norm/{name}"] = norm
+        opt.step()
+        return norm
+
+    def optimize(self, loss: torch.Tensor, name: str) -> float | None:
+        """zero_grad → backward → clip → step for optimizer ``name``; returns the grad norm."""
+        self.zero_grad(name)
+        self.backward(loss)
+        return self.step(name)
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What ``fit`` hands back to the stage."""
+
+    step: int  # steps completed
+    metrics: dict[str, float]  # the last logged training metrics (window means, rank-averaged)
+    eval_metrics: dict[str, float]  # the last evaluation's metrics (rank 0's)
+    state: dict[str, dict[str, torch.Tensor]]  # per module: EMA weights where kept, else raw; CPU
+    resumed_from: int | None  # the checkpoint step this run started from (None: fresh)
+    checkpoint: Path | None  # the last checkpoint written or read
+    is_main: bool  # rank 0: the process that should write the stage's outputs
+
+
+def epoch_batches(make_epoch: Callable[[int], Iterable[T]], start_step: int = 0) -> Iterator[T]:
+    """An endless stream over epochs 0, 1, 2, ... starting at batch ``start_step``.
+
+    ``make_epoch(epoch)`` must be deterministic (shuffle with a seed derived from the epoch and
+    rank). Epochs with a ``len`` are skipped whole; others are iterated to reach ``start_step``.
+    """
+    seen = 0
+    for epoch in itertools.count():
+        batches = make_epoch(epoch)
+        if hasattr(batches, "__len__") and seen + len(batches) <= start_step:
+            if len(batches) == 0:
+                raise ValueError(f"make_epoch({epoch}) yielded no batches")
+            seen += len(batches)
+            continue
+        n = 0
+        for batch in batches:
+            n += 1
+            if seen >= start_step:
+                yield batch
+            seen += 1
+        if n == 0:
+            raise ValueError(f"make_epoch({epoch}) yielded no batches")
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _Window:
+    """Running sums of per-step metrics between two log points (checkpointed for exact resume)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def flush(self) -> dict[str, float]:
+        means = {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}
+        self.sums, self.counts = {}, {}
+        return distributed.all_reduce_mean(means)
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+
+
+class _StopRequest:
+    """First SIGINT/SIGTERM: ask the loop to stop at the next step boundary. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to abort now)",
+              file=sys.stderr, flush=True)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys → leaves; lists and tuples compare as lists (a checkpoint may turn one into the other)."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return {prefix[:-1]: [_flatten(v).get("", v) if not isinstance(v, dict) else _flatten(v)
+                              for v in obj]}
+    return {prefix[:-1]: obj}
+
+
+def _config_diff(old: Any, new: Any) -> list[str]:
+    a, b = _flatten(to_plain(old)), _flatten(to_plain(new))
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def _to_float(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"train_step metric {name!r} is not a number: {value!r}") from None
+
+
+def _batch_iterator(batches: Any, start: int) -> Iterator[Any]:
+    if callable(batches):
+        return iter(batches(start))
+    it = iter(batches)
+    for _ in itertools.islice(it, start):
+        pass
+    return it
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(
+    task: TrainTask,
+    batches: Callable[[int], Iterable[Any]] | Iterable[Any],
+    loop: LoopConfig,
+    ckpt_dir: str | Path,
+    logger: Any = None,
+    resume: bool = True,
+) -> FitResult:
+    """Train ``task`` for ``loop.steps`` steps, resuming from the newest checkpoint in ``ckpt_dir``.
+
+    ``resume=False`` deletes the checkpoints in ``ckpt_dir`` and starts afresh. Only rank 0 logs
+    and writes files; every rank returns the same ``FitResult.state``.
+    """
+    info = distributed.init_from_env(loop.device)
+    device, main = info.device, info.is_main
+    logger = logger if (main and logger is not None) else NullLogger()
+    ckpt_dir = Path(ckpt_dir)
+
+    raw = dict(task.modules())
+    if not raw:
+        raise ValueError("TrainTask.modules() returned no modules")
+    for m in raw.values():
+        m.to(device).train()  # parameters keep their identity: optimizers stay valid
+    optimizers = dict(task.optimizers())
+    ema_names = list(task.ema_modules()) if loop.ema_decay > 0 else []
+    unknown = [n for n in ema_names if n not in raw]
+    if unknown:
+        raise ValueError(f"ema_modules() names unknown modules {unknown}; modules are {sorted(raw)}")
+
+    if not resume and main:
+        for _, p in list_checkpoints(ckpt_dir):
+            p.unlink()
+    distributed.barrier()
+
+    window = _Window()
+    start, resumed_from = 0, None
+    ckpt_path = latest_checkpoint(ckpt_dir) if resume else None
+    payload = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if payload is not None:
+        diff = _config_diff(payload.get("config", {}), task.config())
+        if diff:
+            raise CheckpointError(
+                f"{ckpt_path}: written by a different config ({'; '.join(diff[:5])}); "
+                f"delete {ckpt_dir} or train with resume=False")
+        for name, module in raw.items():
+            if name not in payload["state"]:
+                raise CheckpointError(f"{ckpt_path}: no state for module {name!r}")
+            module.load_state_dict(payload["state"][name])
+        for name, opt in optimizers.items():
+            if name not in payload["optimizers"]:
+                raise CheckpointError(f"{ckpt_path}: no state for optimizer {name!r}")
+            opt.load_state_dict(payload["optimizers"][name])
+        start = resumed_from = int(payload["step"])
+    emas = {n: EMA(raw[n], loop.ema_decay) for n in ema_names}  # after loading: starts from θ
+    if payload is not None:
+        for name, ema in emas.items():
+            if name in payload.get("ema", {}):
+                ema.load_state_dict(payload["ema"][name])
+        extra = payload.get("extra", {})
+        task.load_extra_state(extra.get("task", {}))
+        per_rank = payload.get("rng", {}).get("per_rank", [])
+        windows = extra.get("window", {}).get("per_rank", [])
+        if len(per_rank) == info.world_size:
+            set_rng_state(per_rank[info.rank])
+            if len(windows) == info.world_size:
+                window.load(windows[info.rank])
+        else:  # another world size: per-rank streams cannot continue exactly
+            log.warning("%s: saved by %d ranks, running %d: RNG reseeded from (seed, step)",
+                        ckpt_path, len(per_rank), info.world_size)
+            seed_all(distributed.rank_seed(loop.seed + start, info.rank))
+        if hasattr(logger, "set_tag"):
+            logger.set_tag("train_loop.resumed_from", str(start))
+        log.info("resumed from %s (step %d)", ckpt_path, start)
+    else:
+        seed_all(distributed.rank_seed(loop.seed, info.rank))
+
+    modules = {n: distributed.wrap_ddp(m, device, **task.ddp_options()) for n, m in raw.items()}
+    ctx = StepContext(loop=loop, device=device, rank=info.rank, world_size=info.world_size,
+                      logger=logger, modules=modules, raw=raw,
+                      ema={n: e.module for n, e in emas.items()}, optimizers=optimizers)
+
+    def save(step: int) -> Path:
+        ranks = distributed.all_gather_object({"rng": rng_state(), "window": window.state()})
+        distributed.check_replicas_equal(raw)
+        path = checkpoint_path(ckpt_dir, step)
+        if main:
+            save_checkpoint(path, {
+                "format": FORMAT,
+                "config": to_plain(task.config()),
+                "state": {n: m.state_dict() for n, m in raw.items()},
+                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                "ema": {n: e.state_dict() for n, e in emas.items()},
+                "step": step,
+                "rng": {"per_rank": [r["rng"] for r in ranks]},
+                "extra": {"window": {"per_rank": [r["window"] for r in ranks]},
+                          "task": task.extra_state(),
+                          "loop": dataclasses.asdict(loop)},
+            })
+            prune_checkpoints(ckpt_dir, loop.keep_checkpoints)
+        distributed.barrier()
+        return path
+
+    def evaluate(step: int) -> dict[str, float]:
+        modes = {n: m.training for n, m in raw.items()}
+        np_state, py_state = np.random.get_state(), random.getstate()
+        cuda_devices = [device.index] if device.type == "cuda" else []
+        try:
+            for m in raw.values():
+                m.eval()
+            with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
+                seed_all(distributed.rank_seed(loop.seed + 1, info.rank))
+                out = task.evaluate(step, ctx) or {}
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            for n, m in raw.items():
+                m.train(modes[n])
+        values = {k: _to_float(k, v) for k, v in out.items()}
+        if values:
+            logger.log_metrics(values, step=step)
+        return values
+
+    step = start
+    last_ckpt: int | None = start if payload is not None else None
+    last_eval: int | None = None
+    metrics: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    it = _batch_iterator(batches, start)
+    bar = tqdm(total=loop.steps, initial=min(start, loop.steps), disable=not main,
+               dynamic_ncols=True, mininterval=1.0, desc="train")
+    try:
+        with _StopRequest() as stop:
+            while step < loop.steps:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    raise RuntimeError(
+                        f"the batch stream ended after step {step} of {loop.steps}: make it "
+                        "endless (see train_loop.epoch_batches)") from None
+                ctx._metrics = {}
+                t0 = time.perf_counter()
+                out = task.train_step(batch, step, ctx)
+                step += 1
+                for name, ema in emas.items():
+                    ema.update(raw[name])
+                values = {k: _to_float(k, v) for k, v in {**(out or {}), **ctx._metrics}.items()}
+                values["time/step_s"] = time.perf_counter() - t0
+                window.add(values)
+                bar.update(1)
+                shown = values.get("loss", next(iter(values.values())))
+                bar.set_postfix_str(f"loss={shown:.4g}", refresh=False)
+                if step % loop.log_every == 0:
+                    metrics = window.flush()
+                    logger.log_metrics(metrics, step=step)
+                if loop.ckpt_every and step % loop.ckpt_every == 0:
+                    ckpt_path, last_ckpt = save(step), step
+                if loop.eval_every and step % loop.eval_every == 0:
+                    eval_metrics, last_eval = evaluate(step), step
+                if distributed.any_rank(stop.requested):
+                    if last_ckpt != step:
+                        ckpt_path, last_ckpt = save(step), step
+                    raise KeyboardInterrupt(f"training stopped at step {step}; checkpoint {ckpt_path}")
+            if last_ckpt != step:  # before the flush: a longer resumed run logs the same means
+                ckpt_path, last_ckpt = save(step), step
+            if window.counts:
+                metrics = window.flush()
+                logger.log_metrics(metrics, step=step)
+            if last_eval != step:
+                eval_metrics = evaluate(step)
+    finally:
+        bar.close()
+
+    state = {n: {k: v.detach().cpu().clone() for k, v in
+                 (emas[n].state_dict() if n in emas else raw[n].state_dict()).items()}
+             for n in raw}
+    return FitResult(step=step, metrics=metrics, eval_metrics=eval_metrics, state=state,
+                     resumed_from=resumed_from, checkpoint=ckpt_path, is_main=main)
