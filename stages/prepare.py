@@ -1,0 +1,547 @@
+"""Stage ``prepare``: decode videos and cut them into clip shards (the paper's §4 data setup).
+
+The paper trains on fixed-length clips (16 frames for the BAIR/Kinetics tables, §4) at a fixed
+square resolution (64×64 or 256×256), with audio for AudioSet-Drums, annotated arm positions for
+BAIR (the 500 hand-labelled frames) and layouts for Cityscapes (App. E). This stage turns any set
+of videos (``pipeline.sources``: the demo world, a folder/glob, a manifest CSV) into exactly that:
+
+1. decode each video (``pipeline.media``: decord, PyAV fallback) keeping every ``frame_step``-th
+   frame, in chunks, resizing the short side to ``resolution`` and center-cropping a square
+   (bilinear, antialiased; layouts nearest; annotated positions mapped through the same
+   transform: x' = (x + ½ − x₀)·s − ½ with the crop's left edge x₀ and scale s);
+2. cut clips of ``clip_length`` frames every ``clip_stride`` (kept) frames, with the audio
+   samples that play during those frames (mono, ``audio_rate``; a missing track is rejected or
+   replaced by silence per ``missing_audio``), the annotated positions (NaN elsewhere) and layouts;
+3. write webdataset shards per split (``pipeline.shards``), ``manifest.parquet`` (one row per
+   clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``.
+
+Videos are decoded by a pool of ``workers`` processes; results come back in input order with at
+most ``2 × workers`` videos in flight, so the output is byte-identical for any ``workers`` and
+memory does not grow with the number of videos. A decoding process writes its clips' tar members
+to a part file that the parent appends to the shard (``os.copy_file_range``), rather than
+pickling every pixel through a pipe.
+
+    python -m stages.prepare --params params.yaml --out data/clips
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as futures
+import csv
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.media import MediaError, iter_frames, probe, read_audio
+from pipeline.params import DataParams, ParamsError, PrepareParams, load_section
+from pipeline.shards import ShardWriter, encode_sample, write_sample
+from pipeline.sources import SPLITS, SourceError, VideoSource, list_sources
+
+MANIFEST_COLUMNS = (
+    "key", "video_id", "split", "label", "label_id", "shard", "first_frame", "num_frames",
+    "frame_step", "fps", "has_audio", "has_positions", "has_layout", "source",
+)  # fmt: skip
+_CHUNK = 64  # frames decoded (at native size) at a time
+
+
+class PrepareError(RuntimeError):
+    """The stage cannot go on (bad params, nothing usable); one line."""
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """Resize-short-side-then-center-crop as one source box: ``box`` (x0, y0, x1, y1) in source
+    pixels (edges), mapped onto ``size`` × ``size`` output pixels with scale ``scale``."""
+
+    box: tuple[float, float, float, float]
+    scale: float
+    size: int
+
+    @classmethod
+    def center(cls, height: int, width: int, size: int) -> "Crop":
+        short = min(height, width)
+        x0, y0 = (width - short) / 2, (height - short) / 2
+        return cls((x0, y0, x0 + short, y0 + short), size / short, size)
+
+    @property
+    def identity(self) -> bool:
+        return self.box == (0, 0, self.size, self.size)
+
+    def image(self, array: np.ndarray, resample: int) -> np.ndarray:
+        """(H, W[, 3]) uint8 → (size, size[, 3])."""
+        if self.identity:
+            return array
+        out = Image.fromarray(array).resize((self.size, self.size), resample, box=self.box)
+        return np.asarray(out)
+
+    def frames(self, batch: np.ndarray) -> np.ndarray:
+        """(n, H, W, 3) uint8 → (n, size, size, 3), bilinear (antialiased when shrinking)."""
+        if self.identity:
+            return batch
+        return np.stack([self.image(f, Image.BILINEAR) for f in batch])
+
+    def layouts(self, batch: np.ndarray) -> np.ndarray:
+        """(n, H, W) uint8 class maps → (n, size, size), nearest (no new class values)."""
+        if self.identity:
+            return batch
+        return np.stack([self.image(f, Image.NEAREST) for f in batch])
+
+    def points(self, xy: np.ndarray) -> np.ndarray:
+        """(n, 2) pixel-centre coordinates (x right, y down) → output pixel coordinates."""
+        origin = np.array(self.box[:2], dtype=np.float64)
+        return ((xy + 0.5 - origin) * self.scale - 0.5).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- one video
+
+
+@dataclasses.dataclass
+class Clip:
+    """One clip of a video: where it starts among the kept frames, and what comes with it."""
+
+    key: str  # <video_id>_<clip:04d>
+    start: int  # index of its first frame in VideoResult.frames
+    audio: np.ndarray | None  # float32 (samples,) at audio_rate, or None when audio is off
+    positions: np.ndarray  # float32 (T, 2), NaN where not annotated
+    meta: dict[str, Any]  # the sample's json
+    row: dict[str, Any]  # its manifest row (without the shard, known once written)
+
+
+@dataclasses.dataclass
+class VideoResult:
+    """What a worker sends back for one input: the processed frames (once, not once per
+    overlapping clip, so the parent receives each pixel once) and its clips; or a rejection."""
+
+    video: VideoSource
+    rejected: str | None = None
+    frames: np.ndarray | None = None  # uint8 (N, S, S, 3), the kept frames after resize/crop
+    layout: np.ndarray | None = None  # uint8 (N, S, S) when the video has layouts
+    clips: list[Clip] = dataclasses.field(default_factory=list)
+    clip_length: int = 0
+    frames_decoded: int = 0
+    part: str | None = None  # the clips already written as tar members in this file (workers)
+    part_sizes: list[int] = dataclasses.field(default_factory=list)  # bytes per clip in `part`
+
+    def to_part(self, path: Path) -> "VideoResult":
+        """Write the clips' tar members to ``path`` and drop the arrays: a decoding process
+        sends back a file name instead of pickling every pixel through a pipe."""
+        with open(path, "wb") as handle:
+            self.part_sizes = [write_sample(handle, sample) for sample, _ in self.samples()]
+        self.part, self.frames, self.layout = str(path), None, None
+        for clip in self.clips:
+            clip.audio = clip.positions = None
+        return self
+
+    def write_to(self, writer: ShardWriter) -> Iterator[dict[str, Any]]:
+        """Append the clips to ``writer``; yield each manifest row with its shard."""
+        if self.part is None:
+            for sample, row in self.samples():
+                yield {**row, "shard": writer.write(sample)}
+            return
+        with open(self.part, "rb") as handle:
+            offset = 0
+            for clip, size in zip(self.clips, self.part_sizes):
+                yield {**clip.row, "shard": writer.write_raw(handle, offset, size)}
+                offset += size
+        os.unlink(self.part)
+
+    def samples(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(encoded sample, manifest row) per clip; arrays are views, serialised by the writer."""
+        for clip in self.clips:
+            window = slice(clip.start, clip.start + self.clip_length)
+            sample = encode_sample(
+                clip.key,
+                self.frames[window],
+                clip.meta,
+                audio=clip.audio,
+                positions=clip.positions,
+                layout=None if self.layout is None else self.layout[window],
+            )
+            yield sample, clip.row
+
+
+def clip_starts(num_kept: int, clip_length: int, clip_stride: int) -> list[int]:
+    """Start indices (in kept frames) of every full clip."""
+    return list(range(0, num_kept - clip_length + 1, clip_stride))
+
+
+def _load_layout(path: str, num_frames: int, height: int, width: int) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            layout = archive["layout"]
+    except (OSError, KeyError, ValueError) as err:
+        raise MediaError(path, f"cannot read the layout file ({err})") from None
+    if layout.ndim != 3 or layout.dtype != np.uint8:
+        raise MediaError(path, f"layout must be uint8 (T, H, W), got {layout.dtype} {layout.shape}")
+    if layout.shape[0] < num_frames:
+        raise MediaError(path, f"layout has {layout.shape[0]} frames, the video {num_frames}")
+    if layout.shape[1] * width != layout.shape[2] * height:
+        raise MediaError(
+            path, f"layout is {layout.shape[1]}x{layout.shape[2]}, the video {height}x{width}"
+        )
+    return layout
+
+
+def _positions(video: VideoSource, num_kept: int, step: int, crop: Crop) -> np.ndarray:
+    """(num_kept, 2) float32 positions in output pixels, NaN where not annotated."""
+    out = np.full((num_kept, 2), np.nan, np.float32)
+    for frame, x, y in video.positions:
+        if frame % step == 0 and frame // step < num_kept:
+            out[frame // step] = crop.points(np.array([[x, y]]))[0]
+    return out
+
+
+def process_video(
+    video: VideoSource, params: PrepareParams, parts_dir: str | None = None, index: int = 0
+) -> VideoResult:
+    """Decode ``video`` and cut it into clips (runs in a decoding process).
+
+    Any problem with the input (unreadable, too short, no audio when required, a bad layout
+    file) becomes ``VideoResult.rejected``, a one-line reason. With ``parts_dir`` the clips are
+    written there as tar members (``<index>.part``) instead of being returned as arrays.
+    """
+    try:
+        result = _process(video, params)
+    except MediaError as err:
+        return VideoResult(video, rejected=err.problem if err.path == video.path else str(err))
+    if parts_dir is not None and not result.rejected:
+        result.to_part(Path(parts_dir) / f"{index:08d}.part")
+    return result
+
+
+def _process(video: VideoSource, p: PrepareParams) -> VideoResult:
+    info = probe(video.path)
+    need = (p.clip_length - 1) * p.frame_step + 1
+    if info.num_frames < need:
+        return VideoResult(video, rejected=_too_short(info.num_frames, need, p))
+
+    crop = Crop.center(info.height, info.width, p.resolution)
+    chunks = [
+        crop.frames(chunk)
+        for chunk in iter_frames(
+            video.path, frame_step=p.frame_step, chunk_size=_CHUNK, backend=p.decoder, threads=1,
+            info=info,
+        )
+    ]
+    frames = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    num_kept = len(frames)
+    starts = clip_starts(num_kept, p.clip_length, p.clip_stride)
+    if not starts:  # the container over-counted its frames
+        return VideoResult(video, rejected=_too_short((num_kept - 1) * p.frame_step + 1, need, p))
+
+    audio, per_clip = None, 0
+    if p.audio:
+        audio = read_audio(video.path, audio_rate=p.audio_rate, backend=p.decoder, info=info)
+        if audio is None and p.missing_audio == "reject":
+            return VideoResult(video, rejected="no audio track (prepare.missing_audio: reject)")
+        per_clip = int(round(p.clip_length * p.frame_step * p.audio_rate / info.fps))
+
+    layout = None
+    if video.layout_path:
+        raw = _load_layout(video.layout_path, info.num_frames, info.height, info.width)
+        layout = Crop.center(raw.shape[1], raw.shape[2], p.resolution).layouts(
+            raw[: num_kept * p.frame_step : p.frame_step]
+        )
+    positions = _positions(video, num_kept, p.frame_step, crop)
+
+    result = VideoResult(
+        video, frames=frames, layout=layout, clip_length=p.clip_length, frames_decoded=num_kept
+    )
+    for index, start in enumerate(starts):
+        first = start * p.frame_step
+        key = f"{video.video_id}_{index:04d}"
+        clip_audio = None
+        if p.audio:
+            clip_audio = np.zeros(per_clip, np.float32)
+            if audio is not None:
+                begin = max(int(round((info.start_time + first / info.fps) * p.audio_rate)), 0)
+                piece = audio[begin : begin + per_clip]
+                clip_audio[: len(piece)] = piece
+        clip_pos = positions[start : start + p.clip_length]
+        meta = {
+            "video_id": video.video_id,
+            "source": video.source,
+            "split": video.split,
+            "label": video.label,
+            "label_id": video.label_id,
+            "fps": info.fps / p.frame_step,
+            "first_frame": first,
+            "frame_step": p.frame_step,
+            "audio_rate": p.audio_rate if p.audio else 0,
+            "audio_silent": bool(p.audio and audio is None),
+            "resolution": p.resolution,
+        }
+        row = {
+            "key": key,
+            "video_id": video.video_id,
+            "split": video.split,
+            "label": video.label,
+            "label_id": video.label_id,
+            "first_frame": first,
+            "num_frames": p.clip_length,
+            "frame_step": p.frame_step,
+            "fps": info.fps / p.frame_step,
+            "has_audio": bool(p.audio and audio is not None),
+            "has_positions": bool(np.isfinite(clip_pos).any()),
+            "has_layout": layout is not None,
+            "source": video.source,
+        }
+        result.clips.append(Clip(key, start, clip_audio, clip_pos, meta, row))
+    return result
+
+
+def _too_short(frames: int, need: int, p: PrepareParams) -> str:
+    noun = "frame" if frames == 1 else "frames"
+    return (
+        f"too short: {frames} {noun}, a clip needs {need} "
+        f"(clip_length {p.clip_length} × frame_step {p.frame_step})"
+    )
+
+
+# --------------------------------------------------------------------------- parallel map
+
+
+def _start_method() -> str:
+    """``fork`` on Linux: a worker starts in milliseconds instead of re-importing av/decord/numpy
+    (``spawn`` costs ~1 s per worker, as much as decoding a dozen small videos). The workers only
+    decode files and return bytes, so they need none of the parent's threads or locks.
+    Elsewhere (macOS, Windows) the platform's safe default, ``spawn``."""
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return "spawn"
+
+
+def _describe(item: Any) -> str:
+    video = item[1] if isinstance(item, tuple) else item
+    return str(getattr(video, "path", video))
+
+
+def _decode_task(task: tuple[int, VideoSource], params: PrepareParams, parts_dir: str | None) -> VideoResult:
+    index, video = task
+    return process_video(video, params, parts_dir, index)
+
+
+def ordered_map(
+    fn: Callable[..., VideoResult], items: Iterable[Any], workers: int, *args: Any
+) -> Iterator[VideoResult]:
+    """``fn(item, *args)`` for each item, in input order, over ``workers`` processes with at most
+    ``2 × workers`` items in flight (bounded memory; same output for any worker count)."""
+    items = list(items)
+    if workers <= 1:
+        for item in items:
+            yield fn(item, *args)
+        return
+    context = multiprocessing.get_context(_start_method())
+    with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: collections.deque = collections.deque()
+        queue = iter(items)
+        for item in queue:
+            pending.append((item, pool.submit(fn, item, *args)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            item, future = pending.popleft()
+            try:
+                result = future.result()
+            except futures.process.BrokenProcessPool:
+                names = ", ".join(_describe(i) for i in [item, *(i for i, _ in pending)])
+                raise PrepareError(f"a decoding process crashed while reading one of: {names}") from None
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(fn, nxt, *args)))
+            yield result
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _clean(out_dir: Path) -> None:
+    """Remove what an earlier run wrote (only our own file names)."""
+    for split in SPLITS:
+        for path in (out_dir / split).glob("clips-*.tar*"):
+            path.unlink()
+        (out_dir / split).mkdir(exist_ok=True)  # an empty split is an empty folder
+    for name in ("manifest.parquet", "rejected.csv", "classes.json"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+class _ManifestWriter:
+    """Streams manifest rows into ``manifest.parquet`` in row groups (memory ~ one group)."""
+
+    def __init__(self, path: Path, group: int = 4096):
+        import pyarrow as pa
+
+        self.path, self.tmp, self.group = path, path.with_name(path.name + ".tmp"), group
+        self.schema = pa.schema(
+            [
+                ("key", pa.string()), ("video_id", pa.string()), ("split", pa.string()),
+                ("label", pa.string()), ("label_id", pa.int32()), ("shard", pa.string()),
+                ("first_frame", pa.int32()), ("num_frames", pa.int32()),
+                ("frame_step", pa.int32()), ("fps", pa.float64()), ("has_audio", pa.bool_()),
+                ("has_positions", pa.bool_()), ("has_layout", pa.bool_()), ("source", pa.string()),
+            ]
+        )  # fmt: skip
+        self.rows: list[dict[str, Any]] = []
+        self.writer = None
+        self.count = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) >= self.group:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(str(self.tmp), self.schema)
+        columns = {name: [r[name] for r in self.rows] for name in MANIFEST_COLUMNS}
+        self.writer.write_table(pa.table(columns, schema=self.schema))
+        self.rows = []
+
+    def close(self) -> None:
+        if self.rows or self.writer is None:
+            self._flush()
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_params(p: PrepareParams) -> None:
+    """Fail early, naming the key, on values no video could satisfy."""
+    for key in ("resolution", "clip_length", "clip_stride", "frame_step", "audio_rate",
+                "shard_max_bytes", "workers"):  # fmt: skip
+        if getattr(p, key) < 1:
+            raise ParamsError(f"prepare.{key}: must be >= 1, got {getattr(p, key)}")
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> dict[str, float]:
+    """Decode the videos ``data`` lists into clip shards under ``out_dir``; return metrics.
+
+    Writes ``{train,val,test}/clips-%05d.tar``, ``manifest.parquet``, ``rejected.csv`` and
+    ``classes.json`` (docs/CONTRACTS.md "Clip shards"). Raises :class:`PrepareError` when not a
+    single clip could be made (after writing ``rejected.csv``, which says why).
+    """
+    start = time.perf_counter()
+    check_params(params)
+    out_dir = Path(out_dir)
+    listing = list_sources(data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean(out_dir)
+
+    writers = {split: ShardWriter(out_dir / split, params.shard_max_bytes) for split in SPLITS}
+    manifest = _ManifestWriter(out_dir / "manifest.parquet")
+    clips = {split: 0 for split in SPLITS}
+    frames_decoded = 0
+    rejected_tmp = out_dir / "rejected.csv.tmp"
+    with open(rejected_tmp, "w", newline="", encoding="utf-8") as handle:
+        rejects = csv.writer(handle, lineterminator="\n")
+        rejects.writerow(["source", "reason"])
+        rejects.writerows(listing.rejected)
+        num_rejected = len(listing.rejected)
+        # with several processes, each writes its clips' tar members to a part file that the
+        # kernel appends to the shard: pixels never travel through a pipe (twice the CPU time)
+        parts = tempfile.mkdtemp(prefix=".parts-", dir=out_dir) if params.workers > 1 else None
+        tasks = list(enumerate(listing.videos))
+        results = ordered_map(_decode_task, tasks, params.workers, params, parts)
+        progress = tqdm(results, total=len(tasks), desc="prepare", unit="video", file=sys.stderr)
+        try:
+            for result in progress:
+                if result.rejected:
+                    rejects.writerow([result.video.source, result.rejected])
+                    num_rejected += 1
+                    continue
+                frames_decoded += result.frames_decoded
+                for row in result.write_to(writers[result.video.split]):
+                    manifest.add(row)
+                    clips[result.video.split] += 1
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        finally:
+            if parts is not None:
+                shutil.rmtree(parts, ignore_errors=True)
+    os.replace(rejected_tmp, out_dir / "rejected.csv")
+    shards = {split: len(writer.close()) for split, writer in writers.items()}
+    manifest.close()
+    _write_json(out_dir / "classes.json", listing.classes)
+
+    seconds = time.perf_counter() - start
+    metrics = {
+        "num_inputs": float(len(listing.videos) + len(listing.rejected)),
+        "num_rejected": float(num_rejected),
+        "num_clips": float(sum(clips.values())),
+        **{f"clips_{split}": float(n) for split, n in clips.items()},
+        **{f"shards_{split}": float(n) for split, n in shards.items()},
+        "frames_decoded": float(frames_decoded),
+        "seconds": seconds,
+        "frames_per_second": frames_decoded / seconds if seconds > 0 else 0.0,
+    }
+    logger.log_metrics(metrics)
+    logger.set_tag("prepare.out_dir", str(out_dir))
+    logger.log_artifact(out_dir / "rejected.csv")
+    logger.log_artifact(out_dir / "classes.json")
+    if not metrics["num_clips"]:
+        raise PrepareError(
+            f"no clip could be made from {int(metrics['num_inputs'])} input(s); "
+            f"see {out_dir / 'rejected.csv'}"
+        )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (sections data, prepare)")
+    parser.add_argument("--out", default="data/clips", help="output folder")
+    args = parser.parse_args(argv)
+    try:
+        data = load_section("data", args.params)
+        prepare = load_section("prepare", args.params)
+        check_params(prepare)
+    except ParamsError as err:
+        raise SystemExit(f"prepare: {err}") from None
+    from pipeline.tracking import stage_run
+
+    with stage_run("prepare", {"data": data, "prepare": prepare}, params_path=args.params) as logger:
+        try:
+            metrics = run(data, prepare, Path(args.out), logger)
+        except (ParamsError, SourceError, PrepareError) as err:
+            raise SystemExit(f"prepare: {err}") from None
+    print(
+        f"prepare: {int(metrics['num_clips'])} clips "
+        f"({int(metrics['clips_train'])} train / {int(metrics['clips_val'])} val / "
+        f"{int(metrics['clips_test'])} test), {int(metrics['num_rejected'])} rejected "
+        f"(see {Path(args.out) / 'rejected.csv'}), {metrics['frames_per_second']:.0f} frames/s "
+        f"→ {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

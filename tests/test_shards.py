@@ -1,0 +1,144 @@
+"""pipeline.shards: writing size-capped clip shards and reading them back (DataLoader, ranks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import shards
+from pipeline.shards import (
+    ShardError,
+    ShardWriter,
+    clip_dataset,
+    decode_sample,
+    encode_sample,
+    iter_clips,
+    list_shards,
+)
+
+
+def _clip(i: int, t: int = 4, size: int = 8):
+    rng = np.random.default_rng(i)
+    frames = rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)
+    positions = np.full((t, 2), np.nan, np.float32)
+    positions[1] = (i, 2 * i)
+    return dict(
+        key=f"vid-{i // 3}_{i % 3:04d}",
+        frames=frames,
+        meta={"video_id": f"vid-{i // 3}", "first_frame": i, "label": "é"},
+        audio=rng.standard_normal(100).astype(np.float32),
+        positions=positions,
+        layout=(frames[..., 0] % 3).astype(np.uint8),
+    )
+
+
+def _write(folder, count: int, max_bytes: int) -> list[str]:
+    names = []
+    with ShardWriter(folder, max_bytes) as writer:
+        for i in range(count):
+            c = _clip(i)
+            names.append(writer.write(encode_sample(c["key"], c["frames"], c["meta"], audio=c["audio"],
+                                                    positions=c["positions"], layout=c["layout"])))
+    return names
+
+
+def test_encode_decode_roundtrip():
+    c = _clip(5)
+    sample = encode_sample(c["key"], c["frames"], c["meta"], audio=c["audio"], positions=c["positions"], layout=c["layout"])
+    members = {k: shards.member_bytes(v) for k, v in sample.items() if k != "__key__"}
+    out = decode_sample(c["key"], members)
+    np.testing.assert_array_equal(out["frames"], c["frames"])
+    np.testing.assert_array_equal(out["audio"], c["audio"])
+    np.testing.assert_array_equal(out["positions"], c["positions"])  # NaNs included
+    np.testing.assert_array_equal(out["layout"], c["layout"])
+    assert out["meta"] == c["meta"] and out["key"] == c["key"]
+
+
+def test_encode_rejects_malformed_clips():
+    c = _clip(0)
+    with pytest.raises(ValueError, match="must not contain"):
+        encode_sample("a.b_0000", c["frames"], {})
+    with pytest.raises(ValueError, match="uint8"):
+        encode_sample("k", c["frames"].astype(np.float32), {})
+    with pytest.raises(ValueError, match="positions"):
+        encode_sample("k", c["frames"], {}, positions=np.zeros((3, 2)))
+
+
+def test_writer_caps_shard_size_and_keeps_order(tmp_path):
+    one = shards.sample_nbytes(encode_sample("k_0000", _clip(0)["frames"], {}, audio=_clip(0)["audio"],
+                                             positions=_clip(0)["positions"], layout=_clip(0)["layout"]))
+    names = _write(tmp_path / "train", 10, max_bytes=3 * one + 1024)
+    files = sorted((tmp_path / "train").iterdir())
+    assert [f.name for f in files] == ["clips-00000.tar", "clips-00001.tar", "clips-00002.tar", "clips-00003.tar"]
+    assert names == ["train/clips-00000.tar"] * 3 + ["train/clips-00001.tar"] * 3 + \
+        ["train/clips-00002.tar"] * 3 + ["train/clips-00003.tar"]
+    assert all(f.stat().st_size <= 3 * one + 1024 + 10240 for f in files)  # + tar record padding
+    back = list(iter_clips(tmp_path, "train"))
+    assert [s["key"] for s in back] == [_clip(i)["key"] for i in range(10)]
+    np.testing.assert_array_equal(back[7]["frames"], _clip(7)["frames"])
+
+
+def test_shards_are_byte_identical_across_runs(tmp_path):
+    _write(tmp_path / "a" / "train", 4, 10**6)
+    _write(tmp_path / "b" / "train", 4, 10**6)
+    a = (tmp_path / "a" / "train" / "clips-00000.tar").read_bytes()
+    assert a == (tmp_path / "b" / "train" / "clips-00000.tar").read_bytes()
+
+
+def test_failed_write_leaves_no_partial_shard(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path / "val", 10**6) as writer:
+            c = _clip(0)
+            writer.write(encode_sample(c["key"], c["frames"], c["meta"]))
+            raise RuntimeError("killed")
+    assert list((tmp_path / "val").iterdir()) == []
+
+
+def test_corrupt_shard_error_names_the_file(tmp_path):
+    _write(tmp_path / "train", 3, 10**6)
+    shard = tmp_path / "train" / "clips-00000.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    with pytest.raises(ShardError, match="clips-00000.tar"):
+        list(iter_clips(tmp_path, "train"))
+    with pytest.raises(ShardError, match="no 'test' folder"):
+        list_shards(tmp_path, "test")
+
+
+@pytest.mark.parametrize("count, cap", [(9, 10**6), (12, 3 * 7000)], ids=["one-shard", "many-shards"])
+def test_dataloader_workers_see_every_clip_once(tmp_path, count, cap):
+    _write(tmp_path / "train", count, cap)
+    loader = torch.utils.data.DataLoader(clip_dataset(tmp_path, "train"), batch_size=2, num_workers=2)
+    keys = [k for batch in loader for k in batch["key"]]
+    assert sorted(keys) == sorted(_clip(i)["key"] for i in range(count))
+    batch = next(iter(loader))
+    assert batch["frames"].shape == (2, 4, 8, 8, 3) and batch["frames"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("count, cap", [(7, 10**6), (12, 3 * 7000)])
+def test_ranks_and_workers_partition_the_clips(tmp_path, monkeypatch, count, cap):
+    _write(tmp_path / "train", count, cap)
+    seen = []
+    for index in range(4):  # e.g. 2 ranks × 2 workers
+        monkeypatch.setattr(shards, "_consumer", lambda index=index: (index, 4))
+        seen.append([s["key"] for s in clip_dataset(tmp_path, "train")])
+    flat = [k for part in seen for k in part]
+    assert sorted(flat) == sorted(_clip(i)["key"] for i in range(count))  # disjoint and complete
+    assert all(part for part in seen)  # nobody idles
+
+
+def test_shuffle_is_seeded_and_changes_with_the_epoch(tmp_path):
+    _write(tmp_path / "train", 12, 3 * 7000)
+    data = clip_dataset(tmp_path, "train", shuffle=5, seed=3)
+    first = [s["key"] for s in data]
+    assert first == [s["key"] for s in clip_dataset(tmp_path, "train", shuffle=5, seed=3)]
+    data.set_epoch(1)
+    second = [s["key"] for s in data]
+    assert sorted(first) == sorted(second) and first != second
+    assert first != [s["key"] for s in iter_clips(tmp_path, "train")]
+
+
+def test_fields_selects_arrays(tmp_path):
+    _write(tmp_path / "train", 2, 10**6)
+    sample = next(iter(clip_dataset(tmp_path / "train", None, fields=["frames"])))
+    assert set(sample) == {"key", "meta", "frames"}
