@@ -1,0 +1,690 @@
+"""The controllable transformer T (§3.1, §3.3, Fig. 2, Eq. (8), App. A "Transformer", App. E, Table 2).
+
+§3.3: T is an Image-GPT-like decoder over N annotated frames. A frame is h·w codes of the frame
+codebook (⟦1, q⟧ in the paper, ⟦0, q⟦ here); the ancillary information is turned into tokens too.
+The sequence has length
+
+    L = l_v + N · (l_f + h·w)                                               (§3.3)
+
+with l_v video-level annotation tokens first, then for each frame its l_f frame-level annotation
+tokens followed by its h·w frame tokens. ``SequenceLayout`` is that layout, in this order:
+
+    video level:  [class label (1, if num_classes > 0)] [end frame (h·w, if end_frame, App. E)]
+    frame t:      [state x, y (2, if state)] [audio (l_a)] [layout (l_l)] [frame codes (h·w)]
+
+Eq. (8): T is trained by cross-entropy of ô_{i−1} (the logits at position i − 1) against token i.
+Annotations are given, never predicted (§3.3 "Inference"), so the head scores the q frame codes
+only and the loss counts position i only when token i is a frame token (``frame_token_loss``).
+
+Token embeddings: one table per vocabulary (frame codes, state bins, audio codes, layout codes,
+class labels), not one shared offset vocabulary. Each kind then keeps its natural ids (the
+tokenizer writes raw codebook indices and bins; no offset arithmetic leaks into shards), a model
+without a kind has no table for it, and changing one vocabulary's size leaves the other tables'
+shapes — and their checkpoint keys — untouched. The end frame's tokens are frame codes, so they
+share the frame table. Every annotation vocabulary reserves one extra id, its size, as a "null"
+token (``SequenceLayout.null_id``): conditioning dropout (``SequenceLayout.drop``) replaces a kind's
+tokens by it, so one model serves conditioned and unconditioned synthesis. The frame table gets
+its null row (id q) only when the model has an end frame (the null end frame).
+
+Positional embedding (App. A "Transformer", Table 2 "Dec."): ``pos_embedding="decomposed"`` is the
+paper's spatio-temporal decomposition, a timestep term for frame t plus a position-within-frame term
+over the l_f + h·w slots of a frame's portion; video-level tokens get their own learned positions,
+except the end frame's h·w tokens, which reuse the within-frame terms of the h·w frame-code slots
+(they are a frame). ``"learned"`` is a plain learned embedding of each of the L positions.
+
+End frame (App. E, point-to-point): its positional embedding "reflects the gap with current
+predicted frames". Both modes add a learned embedding of ``end_gap`` = (timestep of the end frame)
+− (timestep of the window's first frame) to the end frame's tokens; the gap is clamped to
+``max_end_gap`` (gaps beyond it share the "far" embedding), so the sampler can slide the window over
+videos longer than N and lower the gap as it goes.
+
+Incremental decoding: ``forward(..., kv_cache=KVCache, start_pos=...)`` appends the keys/values of
+the new tokens to preallocated per-layer buffers; cached and uncached forwards give the same
+logits. ``KVCache.crop(n)`` rolls it back. The cache is for inference (run under ``torch.no_grad``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100  # cross-entropy target of positions that are not predicted (annotations)
+
+
+class TokenKind(enum.IntEnum):
+    """Which vocabulary a sequence position uses."""
+
+    FRAME = 0  # a frame code, ⟦0, q⟦ — the only kind T predicts (Eq. (8))
+    STATE = 1  # a state bin, ⟦0, B⟦ (x then y, 2 per frame)
+    AUDIO = 2  # a sound-VQ code, ⟦0, q_a⟦ (l_a per frame)
+    LAYOUT = 3  # a layout-VQ code, ⟦0, q_l⟦ (l_l per frame)
+    LABEL = 4  # a class label, ⟦0, num_classes⟦ (1 per video)
+    END_FRAME = 5  # a frame code of the point-to-point end frame (h·w per video, App. E)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """T's sequence and architecture. Defaults: the paper's BAIR setup where the paper gives it
+    (Table 2's best row: 24 layers, 16 heads, decomposed positions; 8×8 tokens per frame, §4.1;
+    N = 16 frames, Table 1); the width, B and the vocab sizes of annotations are not in the paper."""
+
+    # --- the sequence, L = l_v + N·(l_f + h·w) (§3.3)
+    frame_vocab: int = 1024  # q, frame codebook size (§3.1; paper: 1024…65536, Table 5)
+    frame_height: int = 8  # h, token rows per frame (paper: 8×8 = 64 tokens, §4.1 / Fig. 3)
+    frame_width: int = 8  # w, token columns per frame
+    num_frames: int = 16  # N, frames per window (paper: 16-frame BAIR videos, Table 1)
+    state: bool = False  # 2 state tokens per frame, x then y (state-conditioned synthesis, §4)
+    state_bins: int = 256  # B, bins per coordinate (not in the paper); 0 allowed when state off
+    audio_tokens_per_frame: int = 0  # l_a, sound-VQ tokens per frame (0 = no audio, App. A)
+    audio_vocab: int = 0  # q_a, sound codebook size (needed when l_a > 0)
+    layout_tokens_per_frame: int = 0  # l_l, layout-VQ tokens per frame (0 = none, App. E)
+    layout_vocab: int = 0  # q_l, layout codebook size (needed when l_l > 0)
+    num_classes: int = 0  # class labels, 1 video-level token (0 = none; Weizmann/UCF, App. E)
+    end_frame: bool = False  # the end frame's h·w tokens as a video-level annotation (App. E)
+    max_end_gap: int = 64  # end_gap is clamped to this (gap embedding has max_end_gap + 1 rows);
+    # covers App. E's point-to-point lengths (≤ 30 frames) with room; not in the paper
+    # --- the network (App. A "Transformer", Table 2)
+    n_layer: int = 24  # transformer blocks (Table 2: 6, 12, 24)
+    n_head: int = 16  # attention heads (Table 2: 4, 8, 16)
+    n_embd: int = 1024  # D, embedding width (not in the paper)
+    mlp_ratio: int = 4  # hidden width of the position-wise MLP = mlp_ratio · D (GPT convention)
+    dropout: float = 0.0  # dropout on embeddings and residual branches (not in the paper)
+    attn_dropout: float = 0.0  # dropout on attention weights (not in the paper)
+    bias: bool = True  # biases in Linear and LayerNorm layers
+    pos_embedding: Literal["decomposed", "learned"] = "decomposed"  # Table 2 "Dec." (App. A)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"TransformerConfig: {msg}")
+
+        need(self.frame_vocab >= 1, f"frame_vocab must be ≥ 1, got {self.frame_vocab}")
+        need(self.frame_height >= 1 and self.frame_width >= 1,
+             f"frame_height/frame_width must be ≥ 1, got {self.frame_height}×{self.frame_width}")
+        need(self.num_frames >= 1, f"num_frames must be ≥ 1, got {self.num_frames}")
+        need(not self.state or self.state_bins >= 1,
+             f"state_bins must be ≥ 1 when state is on, got {self.state_bins}")
+        for n, v, name in ((self.audio_tokens_per_frame, self.audio_vocab, "audio"),
+                           (self.layout_tokens_per_frame, self.layout_vocab, "layout")):
+            need(n >= 0, f"{name}_tokens_per_frame must be ≥ 0, got {n}")
+            need(n == 0 or v >= 1, f"{name}_vocab must be ≥ 1 when {name}_tokens_per_frame > 0")
+        need(self.num_classes >= 0, f"num_classes must be ≥ 0, got {self.num_classes}")
+        need(self.max_end_gap >= 0, f"max_end_gap must be ≥ 0, got {self.max_end_gap}")
+        need(self.n_layer >= 1 and self.n_head >= 1, "n_layer and n_head must be ≥ 1")
+        need(self.n_embd % self.n_head == 0,
+             f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        need(self.mlp_ratio >= 1, f"mlp_ratio must be ≥ 1, got {self.mlp_ratio}")
+        need(0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1, "dropouts must be in [0, 1)")
+        need(self.pos_embedding in ("decomposed", "learned"),
+             f"pos_embedding must be 'decomposed' or 'learned', got {self.pos_embedding!r}")
+
+    @property
+    def sequence_layout(self) -> SequenceLayout:
+        """Where every token sits in the L-long sequence (§3.3)."""
+        return SequenceLayout.from_config(self)
+
+    @property
+    def block_size(self) -> int:
+        """L = l_v + N·(l_f + h·w), the longest sequence T processes (§3.3)."""
+        return self.sequence_layout.length
+
+
+# Named architectures (DiT-style registry): only the network fields; the sequence fields come from
+# the data (codebook, annotations). Table 2 gives layers and heads; the widths are ours.
+TRANSFORMER_SIZES: dict[str, dict[str, object]] = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32),  # tests
+    "demo": dict(n_layer=4, n_head=4, n_embd=256),  # the demo world on CPU
+    "paper-6x4": dict(n_layer=6, n_head=4, n_embd=512, pos_embedding="learned"),  # Table 2, row 1
+    "paper-12x8": dict(n_layer=12, n_head=8, n_embd=768, pos_embedding="learned"),  # Table 2, row 2
+    "paper-bair": dict(n_layer=24, n_head=16, n_embd=1024, pos_embedding="decomposed"),  # rows 4–7
+}
+
+
+def transformer_config(size: str, **fields: object) -> TransformerConfig:
+    """A ``TransformerConfig`` of the named size with the given sequence/other fields."""
+    if size not in TRANSFORMER_SIZES:
+        raise ValueError(f"unknown transformer size {size!r}; known: {sorted(TRANSFORMER_SIZES)}")
+    return TransformerConfig(**{**TRANSFORMER_SIZES[size], **fields})  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+class Sequence(NamedTuple):
+    """An assembled token sequence."""
+
+    tokens: torch.Tensor  # (B, L') long, L' = l_v + n·(l_f + h·w) for n ≤ N frames
+    kinds: torch.Tensor  # (L',) long, the TokenKind of every position
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceLayout:
+    """The token layout of §3.3 (pure python/torch; no parameters).
+
+    Video-level tokens first (class label, then the end frame's h·w tokens), then N frame portions
+    of ``frame_stride = l_f + h·w`` tokens each: state (x, y), audio (l_a), layout (l_l), frame codes.
+    The vocab sizes are kept here so the layout can check ids and knows each kind's null id.
+    """
+
+    num_frames: int  # N
+    frame_height: int  # h
+    frame_width: int  # w
+    frame_vocab: int  # q
+    state_bins: int = 0  # B (0 = no state tokens)
+    audio_tokens: int = 0  # l_a
+    audio_vocab: int = 0  # q_a
+    layout_tokens: int = 0  # l_l
+    layout_vocab: int = 0  # q_l
+    num_classes: int = 0  # 0 = no label token
+    end_frame: bool = False  # the end frame's h·w tokens (App. E)
+
+    @classmethod
+    def from_config(cls, cfg: TransformerConfig) -> SequenceLayout:
+        return cls(
+            num_frames=cfg.num_frames, frame_height=cfg.frame_height, frame_width=cfg.frame_width,
+            frame_vocab=cfg.frame_vocab, state_bins=cfg.state_bins if cfg.state else 0,
+            audio_tokens=cfg.audio_tokens_per_frame, audio_vocab=cfg.audio_vocab,
+            layout_tokens=cfg.layout_tokens_per_frame, layout_vocab=cfg.layout_vocab,
+            num_classes=cfg.num_classes, end_frame=cfg.end_frame,
+        )
+
+    # --- sizes
+    @property
+    def tokens_per_frame(self) -> int:
+        """h·w."""
+        return self.frame_height * self.frame_width
+
+    @property
+    def state_tokens(self) -> int:
+        """2 when the state (x, y) is on, else 0."""
+        return 2 if self.state_bins > 0 else 0
+
+    @property
+    def video_len(self) -> int:
+        """l_v: class token + the end frame's h·w tokens."""
+        return int(self.num_classes > 0) + self.tokens_per_frame * int(self.end_frame)
+
+    @property
+    def frame_annotation_len(self) -> int:
+        """l_f = 2 (state) + l_a + l_l."""
+        return self.state_tokens + self.audio_tokens + self.layout_tokens
+
+    @property
+    def frame_stride(self) -> int:
+        """l_f + h·w, the tokens of one annotated frame."""
+        return self.frame_annotation_len + self.tokens_per_frame
+
+    @property
+    def length(self) -> int:
+        """L = l_v + N·(l_f + h·w)."""
+        return self.video_len + self.num_frames * self.frame_stride
+
+    def length_for(self, n_frames: int) -> int:
+        """Sequence length holding the video level and the first ``n_frames`` frames."""
+        return self.video_len + n_frames * self.frame_stride
+
+    # --- offsets
+    @property
+    def label_position(self) -> int | None:
+        """Position of the class token, or None."""
+        return 0 if self.num_classes > 0 else None
+
+    @property
+    def end_frame_slice(self) -> slice | None:
+        """Positions of the end frame's h·w tokens (row-major), or None."""
+        if not self.end_frame:
+            return None
+        start = int(self.num_classes > 0)
+        return slice(start, start + self.tokens_per_frame)
+
+    def frame_offset(self, t: int) -> int:
+        """First position of frame t's portion (its first annotation token)."""
+        if not 0 <= t < self.num_frames:
+            raise IndexError(f"frame {t} outside 0..{self.num_frames - 1}")
+        return self.video_len + t * self.frame_stride
+
+    def segment(self, t: int, kind: TokenKind) -> slice:
+        """Positions of frame t's tokens of a frame-level ``kind`` (empty slice if absent)."""
+        base = self.frame_offset(t)
+        sizes = [(TokenKind.STATE, self.state_tokens), (TokenKind.AUDIO, self.audio_tokens),
+                 (TokenKind.LAYOUT, self.layout_tokens), (TokenKind.FRAME, self.tokens_per_frame)]
+        for k, n in sizes:
+            if k == kind:
+                return slice(base, base + n)
+            base += n
+        raise ValueError(f"{kind.name} is not a frame-level kind")
+
+    # --- per-position tables, (L,) long/bool tensors on the CPU
+    def _frame_portion_kinds(self) -> list[int]:
+        return ([TokenKind.STATE] * self.state_tokens + [TokenKind.AUDIO] * self.audio_tokens
+                + [TokenKind.LAYOUT] * self.layout_tokens
+                + [TokenKind.FRAME] * self.tokens_per_frame)
+
+    def kinds(self) -> torch.Tensor:
+        """(L,) long, the TokenKind of every position."""
+        video = ([TokenKind.LABEL] * int(self.num_classes > 0)
+                 + [TokenKind.END_FRAME] * self.tokens_per_frame * int(self.end_frame))
+        return torch.tensor(video + self._frame_portion_kinds() * self.num_frames, dtype=torch.long)
+
+    def timesteps(self) -> torch.Tensor:
+        """(L,) long, the frame t ∈ ⟦0, N⟦ a position belongs to, −1 for video-level tokens."""
+        t = torch.arange(self.num_frames).repeat_interleave(self.frame_stride)
+        return torch.cat([torch.full((self.video_len,), -1), t])
+
+    def slots(self) -> torch.Tensor:
+        """(L,) long, the position within a frame's portion ⟦0, l_f + h·w⟦; the end frame's token j
+        gets the slot of frame code j (l_f + j); −1 for the class token."""
+        video = [-1] * int(self.num_classes > 0)
+        if self.end_frame:
+            video += [self.frame_annotation_len + j for j in range(self.tokens_per_frame)]
+        frames = torch.arange(self.frame_stride).repeat(self.num_frames)
+        return torch.cat([torch.tensor(video, dtype=torch.long), frames])
+
+    def frame_mask(self) -> torch.Tensor:
+        """(L,) bool, True at frame-token positions (the only ones predicted, Eq. (8))."""
+        return self.kinds() == TokenKind.FRAME
+
+    # --- vocabularies
+    def vocab_size(self, kind: TokenKind) -> int:
+        """Number of real ids of ``kind`` (its null id, for annotations, is this number)."""
+        return {TokenKind.FRAME: self.frame_vocab, TokenKind.STATE: self.state_bins,
+                TokenKind.AUDIO: self.audio_vocab, TokenKind.LAYOUT: self.layout_vocab,
+                TokenKind.LABEL: self.num_classes, TokenKind.END_FRAME: self.frame_vocab}[kind]
+
+    def null_id(self, kind: TokenKind) -> int:
+        """The reserved "no annotation" id of an annotation kind (its vocab size)."""
+        if kind == TokenKind.FRAME:
+            raise ValueError("frame tokens have no null id: they are predicted, never dropped")
+        return self.vocab_size(kind)
+
+    def drop(self, tokens: torch.Tensor, kind: TokenKind, samples: torch.Tensor | None = None,
+             start_pos: int = 0) -> torch.Tensor:
+        """Conditioning dropout: a copy of ``tokens`` (B, T) — positions start_pos … start_pos+T−1
+        of the layout — with every ``kind`` token set to its null id, in all samples or where
+        ``samples`` (B,) bool is True. Train with random drops (e.g. ``samples = rand(B) < p`` per
+        kind) and one model serves both the conditioned and the unconditioned task."""
+        null = self.null_id(kind)
+        out = tokens.clone()
+        where = (self.kinds()[start_pos:start_pos + tokens.shape[1]] == kind).to(tokens.device)
+        if samples is None:
+            out[:, where] = null
+        else:
+            out[samples.to(tokens.device)[:, None] & where[None, :]] = null
+        return out
+
+    # --- assembly
+    def assemble(self, frames: torch.Tensor, state: torch.Tensor | None = None,
+                 audio: torch.Tensor | None = None, layout: torch.Tensor | None = None,
+                 label: torch.Tensor | None = None, end_frame: torch.Tensor | None = None) -> Sequence:
+        """Per-kind token tensors → the §3.3 sequence.
+
+        frames (B, n, h, w) codes ⟦0, q⟦, n ≤ N; state (B, n, 2) bins (x, y) ⟦0, B⟧; audio
+        (B, n, l_a) ⟦0, q_a⟧; layout (B, n, l_l) ⟦0, q_l⟧; label (B,) ⟦0, num_classes⟧; end_frame
+        (B, h, w) ⟦0, q⟧ (the upper bound of each annotation range is its null id). Exactly the
+        kinds of this layout must be given. Returns tokens (B, l_v + n·(l_f + h·w)) and kinds.
+        """
+        if frames.dim() != 4 or frames.shape[2:] != (self.frame_height, self.frame_width):
+            raise ValueError(f"assemble: frames must be (B, n, {self.frame_height}, "
+                             f"{self.frame_width}), got {tuple(frames.shape)}")
+        b, n = frames.shape[:2]
+        if not 1 <= n <= self.num_frames:
+            raise ValueError(f"assemble: {n} frames, the layout holds 1..{self.num_frames}")
+        self._check_range("frames", frames, self.frame_vocab - 1)
+        per_frame = []
+        for name, x, count, kind in (("state", state, self.state_tokens, TokenKind.STATE),
+                                     ("audio", audio, self.audio_tokens, TokenKind.AUDIO),
+                                     ("layout", layout, self.layout_tokens, TokenKind.LAYOUT)):
+            if (x is None) != (count == 0):
+                raise ValueError(f"assemble: the layout has {count} {name} tokens per frame but "
+                                 f"{name} was {'not ' if x is None else ''}given")
+            if x is None:
+                continue
+            if tuple(x.shape) != (b, n, count):
+                raise ValueError(f"assemble: {name} must be ({b}, {n}, {count}), got {tuple(x.shape)}")
+            self._check_range(name, x, self.null_id(kind))
+            per_frame.append(x.long())
+        per_frame.append(frames.long().flatten(2))
+        video = []
+        if (label is None) != (self.num_classes == 0):
+            raise ValueError(f"assemble: the layout has {self.num_classes} classes but label was "
+                             f"{'not ' if label is None else ''}given")
+        if label is not None:
+            if tuple(label.shape) != (b,):
+                raise ValueError(f"assemble: label must be ({b},), got {tuple(label.shape)}")
+            self._check_range("label", label, self.null_id(TokenKind.LABEL))
+            video.append(label.long()[:, None])
+        if (end_frame is None) == self.end_frame:
+            raise ValueError(f"assemble: end_frame is {'on' if self.end_frame else 'off'} in the "
+                             f"layout but was {'not ' if end_frame is None else ''}given")
+        if end_frame is not None:
+            if tuple(end_frame.shape) != (b, self.frame_height, self.frame_width):
+                raise ValueError(f"assemble: end_frame must be ({b}, {self.frame_height}, "
+                                 f"{self.frame_width}), got {tuple(end_frame.shape)}")
+            self._check_range("end_frame", end_frame, self.null_id(TokenKind.END_FRAME))
+            video.append(end_frame.long().flatten(1))
+        body = torch.cat(per_frame, dim=2).flatten(1)  # (B, n·(l_f + h·w))
+        tokens = torch.cat(video + [body], dim=1)
+        return Sequence(tokens=tokens, kinds=self.kinds()[: tokens.shape[1]].to(tokens.device))
+
+    def frames_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L') sequence holding n whole frames → its frame codes (B, n, h, w)."""
+        n, rest = divmod(tokens.shape[1] - self.video_len, self.frame_stride)
+        if rest or n < 0:
+            raise ValueError(f"frames_of: length {tokens.shape[1]} is not l_v + n·{self.frame_stride}")
+        body = tokens[:, self.video_len:].reshape(tokens.shape[0], n, self.frame_stride)
+        return body[:, :, self.frame_annotation_len:].reshape(
+            tokens.shape[0], n, self.frame_height, self.frame_width)
+
+    @staticmethod
+    def _check_range(name: str, x: torch.Tensor, high: int) -> None:
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) > high):
+            raise ValueError(f"assemble: {name} ids must be in [0, {high}], "
+                             f"got [{int(x.min())}, {int(x.max())}]")
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+class KVCache:
+    """Per-layer key/value buffers (B, heads, max_len, head_dim) and the number of cached positions.
+
+    Buffers are allocated at the first write, with the dtype and device of the keys. Inference only
+    (the writes are in-place copies); use under ``torch.no_grad()``.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, max_len: int) -> None:
+        self.batch_size = batch_size
+        self.max_len = max_len  # normally the model's L
+        self.length = 0  # positions 0 … length−1 are cached
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+
+    def append(self, layer: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, heads, T, d) at positions length … length+T−1 of ``layer``; return the
+        layer's keys and values for positions 0 … length+T−1. ``length`` advances in ``advance``."""
+        b, h, t, d = k.shape
+        if b != self.batch_size:
+            raise ValueError(f"KVCache: built for batch {self.batch_size}, got {b}")
+        end = self.length + t
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions exceed max_len {self.max_len}")
+        if self.keys[layer] is None:
+            self.keys[layer] = k.new_empty(b, h, self.max_len, d)
+            self.values[layer] = v.new_empty(b, h, self.max_len, d)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end].to(k.dtype), values[:, :, :end].to(v.dtype)
+
+    def advance(self, n: int) -> None:
+        """Mark n more positions as cached (after every layer appended them)."""
+        self.length += n
+
+    def crop(self, n: int) -> None:
+        """Keep positions 0 … n−1 only (roll back; the buffers are reused)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"KVCache.crop: {n} outside 0..{self.length}")
+        self.length = n
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (scaled dot-product, fused by PyTorch)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.attn_dropout = cfg.attn_dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """x: (B, T, D) for positions cache.length … cache.length+T−1 (0 … T−1 without a cache)."""
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (y.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for y in (q, k, v))
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, H, past + T, d)
+        past = k.shape[2] - t
+        dropout = self.attn_dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif t == 1:  # one new query sees every cached position
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:  # query i is position past + i: it sees keys 0 … past + i (bottom-right causal mask)
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(b, t, c)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward layer: D → mlp_ratio·D → D with GELU."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class PositionalEmbedding(nn.Module):
+    """Positions → (B or 1, T, D) embeddings (App. A "Transformer", Table 2 "Dec.", App. E).
+
+    decomposed: time[t] + space[s] for slot s of frame t; the class token has its own vector; the
+    end frame's token j is space[l_f + j] (the slot of frame code j). learned: one vector per
+    position. Both: the end frame's tokens also get gap[min(end_gap, max_end_gap)].
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        lay = cfg.sequence_layout
+        self.mode = cfg.pos_embedding
+        self.default_gap = cfg.num_frames - 1  # the end frame is the window's last frame
+        self.max_end_gap = cfg.max_end_gap
+        kinds, time, slot = lay.kinds(), lay.timesteps(), lay.slots()
+        if self.mode == "decomposed":
+            self.time = nn.Embedding(cfg.num_frames, cfg.n_embd)  # timestep term
+            self.space = nn.Embedding(lay.frame_stride, cfg.n_embd)  # within-frame term
+            self.video = nn.Embedding(1, cfg.n_embd) if lay.num_classes > 0 else None  # class token
+        else:
+            self.absolute = nn.Embedding(lay.length, cfg.n_embd)
+        self.gap = nn.Embedding(cfg.max_end_gap + 1, cfg.n_embd) if cfg.end_frame else None
+        # (L,) index tables; derived from the config, so not saved in the state dict
+        self.register_buffer("time_index", time.clamp(min=0), persistent=False)
+        self.register_buffer("is_frame", (time >= 0).float()[:, None], persistent=False)
+        self.register_buffer("slot_index", slot.clamp(min=0), persistent=False)
+        self.register_buffer("has_slot", (slot >= 0).float()[:, None], persistent=False)
+        is_label, is_end = (kinds == TokenKind.LABEL), (kinds == TokenKind.END_FRAME)
+        self.register_buffer("is_label", is_label.float()[:, None], persistent=False)
+        self.register_buffer("is_end", is_end.float()[:, None], persistent=False)
+
+    def forward(self, positions: torch.Tensor, end_gap: torch.Tensor | None = None) -> torch.Tensor:
+        """positions: (T,) long in ⟦0, L⟦; end_gap: (B,) long ≥ 0, the end frame's timestep minus
+        the window's first frame's (None: N − 1). → (B, T, D) with an end frame, else (1, T, D)."""
+        if self.mode == "decomposed":
+            pe = self.space(self.slot_index[positions]) * self.has_slot[positions]
+            pe = pe + self.time(self.time_index[positions]) * self.is_frame[positions]
+            if self.video is not None:
+                pe = pe + self.video.weight[0] * self.is_label[positions]
+        else:
+            pe = self.absolute(positions)
+        pe = pe[None]
+        if self.gap is None:
+            if end_gap is not None:
+                raise ValueError("end_gap given, but the model has no end frame (end_frame=False)")
+            return pe
+        if end_gap is None:
+            end_gap = torch.full((1,), self.default_gap, dtype=torch.long, device=positions.device)
+        end_gap = torch.as_tensor(end_gap, device=positions.device).long().reshape(-1)
+        if end_gap.numel() and int(end_gap.min()) < 0:
+            raise ValueError(f"end_gap must be ≥ 0 (the end frame lies after the window's first "
+                             f"frame), got {end_gap.tolist()}")
+        gap = self.gap(end_gap.clamp(max=self.max_end_gap))  # (B, D)
+        return pe + gap[:, None, :] * self.is_end[positions][None]
+
+
+class TransformerOutput(NamedTuple):
+    """What ``CCVSTransformer.forward`` returns."""
+
+    logits: torch.Tensor  # (B, T, q) ô_i: scores of token i+1 over the frame codebook (§3.3)
+    loss: torch.Tensor | None  # () Eq. (8) averaged over predicted frame tokens, if targets given
+
+
+def frame_token_targets(targets: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    """(B, T) tokens, (T,) kinds → (B, T−1) targets of ô_0 … ô_{T−2}: token i+1 where it is a
+    frame token, IGNORE_INDEX elsewhere (annotations are given, never predicted)."""
+    shifted = targets[:, 1:].clone()
+    shifted[:, kinds[1:].to(targets.device) != TokenKind.FRAME] = IGNORE_INDEX
+    return shifted
+
+
+def frame_token_loss(logits: torch.Tensor, targets: torch.Tensor,
+                     kinds: torch.Tensor) -> torch.Tensor:
+    """Eq. (8): mean cross-entropy of ô_{i−1} vs token i over the frame tokens i (fp32)."""
+    tgt = frame_token_targets(targets, kinds).reshape(-1)
+    total = F.cross_entropy(logits[:, :-1].float().reshape(tgt.numel(), -1), tgt,
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (tgt != IGNORE_INDEX).sum().clamp(min=1)
+
+
+@torch.no_grad()
+def frame_token_accuracy(logits: torch.Tensor, targets: torch.Tensor,
+                         kinds: torch.Tensor) -> torch.Tensor:
+    """Share of predicted frame tokens whose argmax ô_{i−1} equals token i; () float."""
+    tgt = frame_token_targets(targets, kinds)
+    keep = tgt != IGNORE_INDEX
+    hits = (logits[:, :-1].argmax(-1) == tgt) & keep
+    return hits.sum().float() / keep.sum().clamp(min=1)
+
+
+class CCVSTransformer(nn.Module):
+    """T: token embeddings + positional embedding → pre-norm blocks → LN → head over q (§3.3)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.layout = lay = config.sequence_layout
+        d = cfg.n_embd
+        # One table per vocabulary; annotation tables have one extra row for their null id.
+        tables = {"frame": nn.Embedding(cfg.frame_vocab + int(cfg.end_frame), d)}
+        if cfg.state:
+            tables["state"] = nn.Embedding(cfg.state_bins + 1, d)
+        if cfg.audio_tokens_per_frame:
+            tables["audio"] = nn.Embedding(cfg.audio_vocab + 1, d)
+        if cfg.layout_tokens_per_frame:
+            tables["layout"] = nn.Embedding(cfg.layout_vocab + 1, d)
+        if cfg.num_classes:
+            tables["label"] = nn.Embedding(cfg.num_classes + 1, d)
+        self.tokens = nn.ModuleDict(tables)
+        self.pos = PositionalEmbedding(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
+        self.head = nn.Linear(d, cfg.frame_vocab, bias=False)
+        self.register_buffer("kinds", lay.kinds(), persistent=False)  # (L,)
+        self._init_weights()
+
+    # kind → (table name, highest valid id); END_FRAME reads the frame table
+    def _tables(self) -> list[tuple[TokenKind, str, int]]:
+        lay = self.layout
+        out = [(TokenKind.FRAME, "frame", lay.frame_vocab - 1)]
+        for kind, name in ((TokenKind.STATE, "state"), (TokenKind.AUDIO, "audio"),
+                           (TokenKind.LAYOUT, "layout"), (TokenKind.LABEL, "label")):
+            if name in self.tokens:
+                out.append((kind, name, lay.null_id(kind)))
+        if lay.end_frame:
+            out.append((TokenKind.END_FRAME, "frame", lay.null_id(TokenKind.END_FRAME)))
+        return out
+
+    def _init_weights(self) -> None:
+        """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections / √(2·n_layer)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` (default L) tokens."""
+        return KVCache(self.config.n_layer, batch_size, max_len or self.layout.length)
+
+    def embed(self, tokens: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T), kinds (T,) → (B, T, D) token embeddings, each from its kind's table."""
+        x = None
+        for kind, name, high in self._tables():
+            idx = (kinds == kind).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            tok = tokens[:, idx]
+            if int(tok.min()) < 0 or int(tok.max()) > high:
+                raise ValueError(f"CCVSTransformer: {kind.name} token ids must be in [0, {high}], "
+                                 f"got [{int(tok.min())}, {int(tok.max())}]")
+            e = self.tokens[name](tok)
+            if x is None:
+                x = e.new_zeros(tokens.shape[0], tokens.shape[1], e.shape[-1])
+            x = x.index_copy(1, idx, e)  # out of place: autograd-safe
+        assert x is not None  # every layout position has a kind with a table
+        return x
+
+    def forward(self, tokens: torch.Tensor, end_gap: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                start_pos: int = 0) -> TransformerOutput:
+        """tokens: (B, T) long, positions start_pos … start_pos+T−1 of the layout (§3.3; kinds are
+        the layout's); end_gap: (B,) long end-frame gap (App. E; None = N − 1, the window's last
+        frame); targets: (B, T), usually ``tokens`` → loss of Eq. (8) on frame tokens only;
+        kv_cache: continue from its cached positions (start_pos must equal ``kv_cache.length``).
+        Returns logits (B, T, q), ô_i scoring token i+1, and the loss."""
+        b, t = tokens.shape
+        if kv_cache is not None and start_pos != kv_cache.length:
+            raise ValueError(f"start_pos {start_pos} != kv_cache.length {kv_cache.length}")
+        if not (0 <= start_pos and start_pos + t <= self.layout.length):
+            raise ValueError(f"positions {start_pos}…{start_pos + t - 1} outside the "
+                             f"sequence of L = {self.layout.length}")
+        positions = torch.arange(start_pos, start_pos + t, device=tokens.device)
+        kinds = self.kinds[start_pos:start_pos + t]
+        x = self.drop(self.embed(tokens, kinds) + self.pos(positions, end_gap))
+        for i, block in enumerate(self.blocks):
+            x = block(x, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.advance(t)
+        logits = self.head(self.ln_f(x))
+        loss = frame_token_loss(logits, targets, kinds) if targets is not None else None
+        return TransformerOutput(logits=logits, loss=loss)

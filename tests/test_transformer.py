@@ -1,0 +1,374 @@
+"""T (ccvs_models/transformer.py): layout of §3.3, causality, Eq. (8) on frame tokens only, decomposed
+positions, end-gap embedding (App. E), KV cache, bf16, save → load, and that it can learn."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pytest
+import torch
+
+from ccvs_models.transformer import (
+    TRANSFORMER_SIZES,
+    CCVSTransformer,
+    SequenceLayout,
+    TokenKind,
+    TransformerConfig,
+    frame_token_accuracy,
+    frame_token_loss,
+    transformer_config,
+)
+
+torch.set_num_threads(1)  # tiny models: more threads only contend on a shared 2-core box
+
+K = TokenKind
+
+
+def full_config(**overrides) -> TransformerConfig:
+    """A tiny config with every annotation kind."""
+    fields = dict(frame_vocab=11, frame_height=2, frame_width=3, num_frames=3, state=True,
+                  state_bins=5, audio_tokens_per_frame=2, audio_vocab=7,
+                  layout_tokens_per_frame=1, layout_vocab=4, num_classes=3, end_frame=True,
+                  max_end_gap=6, n_layer=2, n_head=2, n_embd=32)
+    fields.update(overrides)
+    return TransformerConfig(**fields)
+
+
+def make(cfg: TransformerConfig, seed: int = 0) -> CCVSTransformer:
+    torch.manual_seed(seed)
+    return CCVSTransformer(cfg).eval()
+
+
+def random_inputs(cfg: TransformerConfig, b: int = 2, seed: int = 1, n: int | None = None) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    n = n or cfg.num_frames
+    h, w = cfg.frame_height, cfg.frame_width
+    out = {"frames": torch.randint(cfg.frame_vocab, (b, n, h, w), generator=g)}
+    if cfg.state:
+        out["state"] = torch.randint(cfg.state_bins, (b, n, 2), generator=g)
+    if cfg.audio_tokens_per_frame:
+        out["audio"] = torch.randint(cfg.audio_vocab, (b, n, cfg.audio_tokens_per_frame), generator=g)
+    if cfg.layout_tokens_per_frame:
+        out["layout"] = torch.randint(cfg.layout_vocab, (b, n, cfg.layout_tokens_per_frame),
+                                      generator=g)
+    if cfg.num_classes:
+        out["label"] = torch.randint(cfg.num_classes, (b,), generator=g)
+    if cfg.end_frame:
+        out["end_frame"] = torch.randint(cfg.frame_vocab, (b, h, w), generator=g)
+    return out
+
+
+def other_valid_id(model: CCVSTransformer, tokens: torch.Tensor, pos: int, seed: int) -> int:
+    """A different valid id for position ``pos`` (its kind's vocabulary has ≥ 2 ids here)."""
+    kind = TokenKind(int(model.kinds[pos]))
+    vocab = model.layout.vocab_size(kind)
+    return (int(tokens[0, pos]) + 1 + seed % (vocab - 1)) % vocab
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize("fields, l_v, l_f", [
+    (dict(), 0, 0),  # plain prediction
+    (dict(state=True, state_bins=4), 0, 2),  # state-conditioned (BAIR, §4)
+    (dict(audio_tokens_per_frame=3, audio_vocab=8), 0, 3),  # sound (AudioSet-Drums)
+    (dict(num_classes=5), 1, 0),  # class label (App. E)
+    (dict(end_frame=True), 6, 0),  # point-to-point: the end frame's h·w tokens (App. E)
+    (dict(num_classes=5, end_frame=True, state=True, state_bins=4, audio_tokens_per_frame=2,
+          audio_vocab=3, layout_tokens_per_frame=1, layout_vocab=3), 7, 5),
+])
+def test_sequence_length_and_kinds_follow_the_config(fields, l_v, l_f):
+    cfg = TransformerConfig(frame_vocab=9, frame_height=2, frame_width=3, num_frames=4,
+                            n_layer=1, n_head=1, n_embd=8, **fields)
+    lay = cfg.sequence_layout
+    assert (lay.video_len, lay.frame_annotation_len) == (l_v, l_f)
+    assert lay.length == cfg.block_size == l_v + 4 * (l_f + 6)  # L = l_v + N·(l_f + h·w)
+    kinds = lay.kinds()
+    expected_video = [K.LABEL] * int(cfg.num_classes > 0) + [K.END_FRAME] * 6 * int(cfg.end_frame)
+    expected_frame = ([K.STATE] * 2 * int(cfg.state) + [K.AUDIO] * cfg.audio_tokens_per_frame
+                      + [K.LAYOUT] * cfg.layout_tokens_per_frame + [K.FRAME] * 6)
+    assert kinds.tolist() == expected_video + expected_frame * 4
+    assert lay.frame_mask().sum() == 4 * 6
+    for t in range(4):
+        seg = lay.segment(t, K.FRAME)
+        assert (seg.start, seg.stop) == (l_v + t * (l_f + 6) + l_f, l_v + (t + 1) * (l_f + 6))
+        assert (kinds[seg] == K.FRAME).all()
+    ts = lay.timesteps()
+    assert (ts[:l_v] == -1).all() and ts[l_v:].tolist() == sum([[t] * (l_f + 6) for t in range(4)], [])
+
+
+def test_assemble_places_every_kind_at_its_offsets_and_round_trips():
+    cfg = full_config()
+    lay = cfg.sequence_layout
+    inp = random_inputs(cfg, b=2)
+    tokens, kinds = lay.assemble(**inp)
+    assert tokens.shape == (2, lay.length) and tokens.dtype == torch.long
+    assert torch.equal(kinds, lay.kinds())
+    # label at 0, end frame right after it, row-major
+    assert torch.equal(tokens[:, lay.label_position], inp["label"])
+    assert torch.equal(tokens[:, lay.end_frame_slice], inp["end_frame"].flatten(1))
+    assert lay.end_frame_slice == slice(1, 7)
+    for t in range(cfg.num_frames):
+        assert lay.frame_offset(t) == 7 + t * (2 + 2 + 1 + 6)
+        assert torch.equal(tokens[:, lay.segment(t, K.STATE)], inp["state"][:, t])  # x then y
+        assert torch.equal(tokens[:, lay.segment(t, K.AUDIO)], inp["audio"][:, t])
+        assert torch.equal(tokens[:, lay.segment(t, K.LAYOUT)], inp["layout"][:, t])
+        assert torch.equal(tokens[:, lay.segment(t, K.FRAME)], inp["frames"][:, t].flatten(1))
+    assert torch.equal(lay.frames_of(tokens), inp["frames"])
+    # a prefix of n < N frames
+    part = lay.assemble(**random_inputs(cfg, b=2, n=2))
+    assert part.tokens.shape == (2, lay.length_for(2))
+    assert torch.equal(part.kinds, lay.kinds()[: lay.length_for(2)])
+
+
+def test_assemble_rejects_missing_extra_and_out_of_range_inputs():
+    cfg = full_config()
+    lay = cfg.sequence_layout
+    inp = random_inputs(cfg)
+    with pytest.raises(ValueError, match="state"):
+        lay.assemble(**{k: v for k, v in inp.items() if k != "state"})
+    with pytest.raises(ValueError, match="end_frame"):
+        lay.assemble(**{k: v for k, v in inp.items() if k != "end_frame"})
+    with pytest.raises(ValueError, match=r"frames ids must be in \[0, 10\]"):
+        lay.assemble(**{**inp, "frames": inp["frames"] + 11})
+    plain = TransformerConfig(frame_vocab=9, frame_height=2, frame_width=3, num_frames=3,
+                              n_layer=1, n_head=1, n_embd=8).sequence_layout
+    with pytest.raises(ValueError, match="audio"):
+        plain.assemble(frames=inp["frames"] % 9, audio=inp["audio"])
+    tokens = lay.assemble(**inp).tokens
+    tokens[:, lay.segment(1, K.FRAME)] = cfg.frame_vocab  # the null id is not a valid frame code
+    with pytest.raises(ValueError, match=r"FRAME token ids must be in \[0, 10\]"):
+        make(cfg)(tokens)
+
+
+def test_conditioning_dropout_uses_each_vocabulary_null_id():
+    cfg = full_config()
+    lay = cfg.sequence_layout
+    tokens, kinds = lay.assemble(**random_inputs(cfg, b=3))
+    samples = torch.tensor([True, False, True])
+    dropped = lay.drop(tokens, K.STATE, samples)
+    state = kinds == K.STATE
+    assert (dropped[samples][:, state] == cfg.state_bins).all()  # null id = B
+    assert torch.equal(dropped[~samples], tokens[~samples])
+    assert torch.equal(dropped[:, ~state], tokens[:, ~state])
+    everything = tokens
+    for kind in (K.STATE, K.AUDIO, K.LAYOUT, K.LABEL, K.END_FRAME):
+        everything = lay.drop(everything, kind)
+    assert (everything[:, kinds == K.END_FRAME] == cfg.frame_vocab).all()
+    assert (everything[:, kinds == K.LABEL] == cfg.num_classes).all()
+    assert torch.equal(everything[:, kinds == K.FRAME], tokens[:, kinds == K.FRAME])
+    model = make(cfg)
+    with torch.no_grad():
+        a, b = model(tokens).logits, model(everything).logits
+    assert torch.isfinite(b).all() and not torch.allclose(a, b)  # null tokens are real inputs
+    with pytest.raises(ValueError):
+        lay.null_id(K.FRAME)
+
+
+# ----------------------------------------------------------------------------- causality and loss
+
+
+@pytest.mark.parametrize("pos_embedding", ["decomposed", "learned"])
+def test_changing_token_i_never_changes_earlier_logits(pos_embedding):
+    cfg = full_config(pos_embedding=pos_embedding)
+    model = make(cfg)
+    tokens, kinds = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    with torch.no_grad():
+        base = model(tokens).logits
+        # label (0), end frame (3), state (7), audio (9), layout (11), frame tokens, last token
+        for i in (0, 3, 7, 9, 11, 12, 20, 30, tokens.shape[1] - 1):
+            changed = tokens.clone()
+            changed[:, i] = other_valid_id(model, tokens, i, seed=i)
+            out = model(changed).logits
+            assert torch.equal(out[:, :i], base[:, :i]), f"position {i} leaked backwards"
+            assert not torch.allclose(out[:, i], base[:, i]), f"position {i} has no effect"
+
+
+def test_loss_is_eq8_on_frame_tokens_only():
+    cfg = full_config()
+    model = make(cfg)
+    tokens, kinds = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    out = model(tokens, targets=tokens)
+    # by hand: ô_{i−1} vs token i for frame tokens i
+    i = (kinds == K.FRAME).nonzero().squeeze(1)
+    logp = out.logits.log_softmax(-1)
+    expected = -logp[:, i - 1].gather(2, tokens[:, i, None]).mean()
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    # changing targets at annotation positions (even to ids ≥ q) leaves the loss unchanged ...
+    targets = tokens.clone()
+    targets[:, kinds != K.FRAME] = 999
+    assert torch.equal(model(tokens, targets=targets).loss, out.loss)
+    # ... changing one frame token's target changes it
+    targets = tokens.clone()
+    j = int(i[5])
+    targets[:, j] = (targets[:, j] + 1) % cfg.frame_vocab
+    assert not torch.allclose(model(tokens, targets=targets).loss, out.loss)
+    acc = frame_token_accuracy(out.logits, tokens, kinds)
+    assert 0.0 <= float(acc) <= 1.0
+
+
+def test_loss_has_no_gradient_from_annotation_targets_only_frame_logits_used():
+    cfg = full_config()
+    model = make(cfg)
+    tokens, kinds = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    logits = model(tokens).logits.detach().requires_grad_(True)
+    frame_token_loss(logits, tokens, kinds).backward()
+    predicts_frame = torch.zeros(kinds.shape[0], dtype=torch.bool)
+    predicts_frame[:-1] = kinds[1:] == K.FRAME  # ô_{i−1} is used iff token i is a frame token
+    assert (logits.grad[:, ~predicts_frame] == 0).all()
+    assert (logits.grad[:, predicts_frame].abs().sum(-1) > 0).all()
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def test_decomposed_positions_share_the_spatial_term_across_frames():
+    cfg = full_config()
+    model = make(cfg)
+    lay = cfg.sequence_layout
+    with torch.no_grad():
+        for p in model.pos.parameters():  # random, non-zero terms everywhere
+            p.normal_()
+        pe = model.pos(torch.arange(lay.length), torch.tensor([2]))[0]  # (L, D)
+        time, space = model.pos.time.weight, model.pos.space.weight
+    stride = lay.frame_stride
+    f0, f2 = pe[lay.frame_offset(0):][:stride], pe[lay.frame_offset(2):][:stride]
+    # frame 0 and frame 2 differ by the timestep term only, the same for every slot ...
+    assert torch.allclose(f2 - f0, (time[2] - time[0]).expand(stride, -1), atol=1e-5)
+    # ... and within a frame, slots differ by the spatial term only
+    assert torch.allclose(f2 - time[2], space, atol=1e-5)
+    assert torch.allclose(f0 - time[0], space, atol=1e-5)
+    # the end frame's token j uses the spatial term of frame code j, plus its gap term
+    end = pe[lay.end_frame_slice]
+    gap = model.pos.gap.weight[2]
+    assert torch.allclose(end - gap, space[lay.frame_annotation_len:], atol=1e-5)
+    # the class token has its own learned position
+    assert torch.allclose(pe[0], model.pos.video.weight[0])
+
+
+def test_learned_positions_are_one_vector_per_position():
+    cfg = full_config(pos_embedding="learned", end_frame=False)
+    model = make(cfg)
+    pe = model.pos(torch.arange(cfg.block_size))[0]
+    assert torch.equal(pe, model.pos.absolute.weight)
+    assert not hasattr(model.pos, "time")
+
+
+def test_end_gap_changes_the_logits_and_is_clamped():
+    cfg = full_config()  # max_end_gap = 6
+    model = make(cfg)
+    tokens, _ = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    with torch.no_grad():
+        for p in model.pos.gap.parameters():
+            p.normal_()
+
+        def logits(gaps):
+            return model(tokens, end_gap=torch.tensor(gaps)).logits
+
+        a, b = logits([2, 2]), logits([5, 2])
+        assert not torch.allclose(a[0], b[0]) and torch.equal(a[1], b[1])  # per sample
+        assert torch.equal(logits([6, 6]), logits([9, 100]))  # clamped at max_end_gap
+        assert torch.equal(model(tokens).logits, logits([2, 2]))  # default: N − 1 = 2
+    with pytest.raises(ValueError, match="end_gap"):
+        model(tokens, end_gap=torch.tensor([-1, 0]))
+    plain = make(full_config(end_frame=False))
+    with pytest.raises(ValueError, match="end_gap"):
+        plain(torch.zeros(1, 5, dtype=torch.long), end_gap=torch.tensor([3]))
+
+
+# ----------------------------------------------------------------------------- inference paths
+
+
+@pytest.mark.parametrize("pos_embedding", ["decomposed", "learned"])
+def test_kv_cache_gives_the_uncached_logits(pos_embedding):
+    cfg = full_config(pos_embedding=pos_embedding)
+    model = make(cfg)
+    tokens, _ = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    gap = torch.tensor([4, 9])
+    L = tokens.shape[1]
+    with torch.no_grad():
+        full = model(tokens, end_gap=gap).logits
+        cache = model.new_kv_cache(batch_size=2)
+        chunks = [model(tokens[:, :10], end_gap=gap, kv_cache=cache).logits]  # prefill
+        for i in range(10, 20):  # one token at a time
+            chunks.append(model(tokens[:, i:i + 1], end_gap=gap, kv_cache=cache, start_pos=i).logits)
+        chunks.append(model(tokens[:, 20:], end_gap=gap, kv_cache=cache, start_pos=20).logits)
+        assert cache.length == L
+        assert torch.allclose(torch.cat(chunks, 1), full, atol=1e-5)
+        # roll back and redo a multi-token chunk with a past (the bottom-right causal mask)
+        cache.crop(15)
+        redo = model(tokens[:, 15:27], end_gap=gap, kv_cache=cache, start_pos=15).logits
+        assert torch.allclose(redo, full[:, 15:27], atol=1e-5)
+        with pytest.raises(ValueError, match="start_pos"):
+            model(tokens[:, 27:28], kv_cache=cache, start_pos=26)
+
+
+def test_bf16_autocast_forward_and_backward_on_cpu():
+    cfg = full_config()
+    model = make(cfg).train()
+    tokens, _ = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    with torch.no_grad():
+        ref = model(tokens, targets=tokens).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tokens, targets=tokens)
+    assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    assert torch.isfinite(out.loss) and abs(out.loss.item() - ref.item()) < 0.05
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_save_load_rebuilds_identical_logits():
+    cfg = full_config(pos_embedding="learned")
+    model = make(cfg, seed=3)
+    buf = io.BytesIO()
+    torch.save({"config": dataclasses.asdict(cfg), "state": model.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    clone = CCVSTransformer(TransformerConfig(**ckpt["config"])).eval()
+    clone.load_state_dict(ckpt["state"])  # strict: same keys, derived index tables not saved
+    tokens, _ = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    with torch.no_grad():
+        assert torch.equal(model(tokens, end_gap=torch.tensor([1, 5])).logits,
+                           clone(tokens, end_gap=torch.tensor([1, 5])).logits)
+
+
+def test_size_registry_and_config_validation():
+    demo = transformer_config("demo", frame_vocab=16, num_frames=4)
+    assert (demo.n_layer, demo.n_head, demo.n_embd) == (4, 4, 256) and demo.num_frames == 4
+    paper = TRANSFORMER_SIZES["paper-bair"]  # Table 2's best rows
+    assert (paper["n_layer"], paper["n_head"], paper["pos_embedding"]) == (24, 16, "decomposed")
+    with pytest.raises(ValueError, match="unknown transformer size"):
+        transformer_config("huge")
+    with pytest.raises(ValueError, match="audio_vocab"):
+        TransformerConfig(audio_tokens_per_frame=4)
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerConfig(n_embd=30, n_head=4)
+
+
+# ----------------------------------------------------------------------------- it learns
+
+
+def test_a_tiny_model_memorises_four_sequences():
+    cfg = full_config(n_layer=2, n_head=2, n_embd=64, max_end_gap=4)
+    torch.manual_seed(0)
+    model = CCVSTransformer(cfg).train()
+    inp = random_inputs(cfg, b=4, seed=7)
+    inp["label"] = torch.arange(4) % cfg.num_classes
+    inp["end_frame"][3] = (inp["end_frame"][0] + 1) % cfg.frame_vocab  # every prefix differs
+    tokens, kinds = cfg.sequence_layout.assemble(**inp)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    first = None
+    for step in range(300):
+        out = model(tokens, targets=tokens)
+        first = first if first is not None else out.loss.item()
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        if out.loss.item() < 0.01:
+            break
+    model.eval()
+    with torch.no_grad():
+        final = model(tokens, targets=tokens)
+    assert first > 2.0 and final.loss.item() < 0.05, (first, final.loss.item(), step)
+    assert frame_token_accuracy(final.logits, tokens, kinds) == 1.0
