@@ -391,12 +391,15 @@ def fit(
     loop: LoopConfig,
     ckpt_dir: str | Path,
     logger: Any = None,
-    resume: bool = True,
+    resume: bool | str = True,
 ) -> FitResult:
     """Train ``task`` for ``loop.steps`` steps, resuming from the newest checkpoint in ``ckpt_dir``.
 
-    ``resume=False`` deletes the checkpoints in ``ckpt_dir`` and starts afresh. Only rank 0 logs
-    and writes files; every rank returns the same ``FitResult.state``.
+    ``resume=False`` deletes the checkpoints in ``ckpt_dir`` and starts afresh. ``resume="auto"``
+    (what DVC stages use) resumes when the newest checkpoint was written by the same
+    ``task.config()`` — a killed or interrupted run — and otherwise starts afresh with a warning,
+    so a changed param (``dvc exp run -S stage.lr=...``) retrains instead of failing. Only rank 0
+    logs and writes files; every rank returns the same ``FitResult.state``.
     """
     info = distributed.init_from_env(loop.device)
     device, main = info.device, info.is_main
@@ -414,6 +417,18 @@ def fit(
     if unknown:
         raise ValueError(f"ema_modules() names unknown modules {unknown}; modules are {sorted(raw)}")
 
+    if resume == "auto":
+        newest = latest_checkpoint(ckpt_dir)
+        resume = True
+        if newest is not None:
+            old = load_checkpoint(newest).get("config", {})
+            diff = _config_diff(old, task.config())
+            if diff:
+                log.warning("%s: written by another config (%s): training from scratch",
+                            newest, "; ".join(diff[:5]))
+                resume = False
+    elif resume not in (True, False):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
     if not resume and main:
         for _, p in list_checkpoints(ckpt_dir):
             p.unlink()

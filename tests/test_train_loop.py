@@ -177,6 +177,18 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4]
 
 
+def test_auto_resume_restarts_on_a_new_config_and_resumes_the_same(tmp_path):
+    fit(ToyTask(width=8), make_batches, LoopConfig(steps=2, device="cpu"), tmp_path)
+    fresh = fit(ToyTask(width=16), make_batches, LoopConfig(steps=4, device="cpu"), tmp_path,
+                resume="auto")
+    assert fresh.resumed_from is None  # another config: trained from scratch, no error
+    again = fit(ToyTask(width=16), make_batches, LoopConfig(steps=6, device="cpu"), tmp_path,
+                resume="auto")
+    assert again.resumed_from == 4  # same config: a continued run
+    with pytest.raises(ValueError, match="resume must be"):
+        fit(ToyTask(), make_batches, LoopConfig(steps=1, device="cpu"), tmp_path, resume="yes")
+
+
 def test_evaluate_runs_in_eval_mode_without_grad(tmp_path):
     task = ToyTask()
     fit(task, make_batches, LoopConfig(steps=6, eval_every=3, device="cpu"), tmp_path)
