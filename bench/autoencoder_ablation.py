@@ -1,0 +1,108 @@
+"""Table 1 on the demo data: F off (c = 0) vs F on (c = 1, c = 4), the same short training budget.
+
+Trains the ``autoencoder`` section of params.yaml (all switches as there) for ``--steps`` steps per
+setting, changing only ``model.context_frames``, and reports the validation "Reconstruction"
+metrics of Table 1 (true tokens, reconstructed frames as context, PSNR / SSIM over the decoded
+frames and at the last one), the mean image / video step time and the peak resident memory of
+each run (each setting runs in its own process, so ``ru_maxrss`` is per setting).
+
+    python bench/autoencoder_ablation.py --clips /tmp/clips --steps 150 --out bench_ae.json
+
+(``--clips``: a ``prepare`` output folder, e.g. of the demo data; VGG weights are used when
+``load_vgg`` finds them, so say which in the results.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def one(params_path: str, clips: str, context: int, steps: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from pipeline.params import load_section
+    from pipeline.tracking import RecordingLogger
+    from stages.autoencoder import run
+
+    params = load_section("autoencoder", params_path)
+    loop = dataclasses.replace(params.loop, steps=steps, eval_every=steps, ckpt_every=0)
+    params = dataclasses.replace(
+        params, loop=loop, model=dataclasses.replace(params.model, context_frames=context))
+    log = RecordingLogger()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        metrics = run(params, clips, Path(tmp) / "ae.pt", Path(tmp) / "m.json", Path(tmp) / "plots",
+                      Path(tmp) / "ckpt", log, resume=False)
+        seconds = time.perf_counter() - t0
+
+    def mean(name: str) -> float:
+        vals = [v for _, v in log.metrics.get(name, [])]
+        return sum(vals[1:]) / max(len(vals) - 1, 1) if len(vals) > 1 else (vals[0] if vals else float("nan"))
+
+    return {
+        "context_frames": context,
+        "steps": steps,
+        "val_psnr": metrics["val/psnr"],
+        "val_ssim": metrics["val/ssim"],
+        "val_psnr_last": metrics["val/psnr_last"],
+        "val_ssim_last": metrics["val/ssim_last"],
+        "codebook_perplexity": metrics["codebook/perplexity"],
+        "image_step_s": mean("time/image_step_s"),  # first log window (warm-up) left out
+        "video_step_s": mean("time/video_step_s"),
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "vgg_weights": log.tags.get("vgg_weights", ""),
+        "threads": threads,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--clips", required=True)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--contexts", default="0,1,4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="")
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one is not None:
+        print(json.dumps(one(args.params, args.clips, args.one, args.steps, args.threads)))
+        return
+    env = {**os.environ, "CCVS_TRACKING": "off"}
+    rows = []
+    for c in [int(v) for v in args.contexts.split(",")]:
+        cmd = [sys.executable, __file__, "--params", args.params, "--clips", args.clips,
+               "--steps", str(args.steps), "--threads", str(args.threads), "--one", str(c)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"context_frames={c} failed:\n{out.stderr[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| F | c | val PSNR (dB) | val SSIM | PSNR last | SSIM last | image step (s) | "
+          "video step (s) | run (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {'on' if r['context_frames'] else 'off'} | {r['context_frames']} | "
+              f"{r['val_psnr']:.2f} | {r['val_ssim']:.3f} | {r['val_psnr_last']:.2f} | "
+              f"{r['val_ssim_last']:.3f} | {r['image_step_s']:.2f} | {r['video_step_s']:.2f} | "
+              f"{r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

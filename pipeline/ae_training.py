@@ -1,0 +1,599 @@
+"""Training procedure of the context-aware autoencoder (§3.2 "Training procedure", Eq. (2)–(7);
+App. A recursive video step and Δt; App. C/F self-supervision; App. D multi-frame context;
+Table 1 ablations and its "Reconstruction" protocol).
+
+Objective, Eq. (2): L = λ_q L_q + λ_r L_r + λ_a L_a + λ_c L_c with
+  L_q  Eq. (3), from the quantizer (``QuantizerOutput.loss``);
+  L_r  Eq. (4) = ‖x − x̂‖₁ (``use_rgb``) + ‖VGG(x) − VGG(x̂)‖₁ (``use_vgg``, needs ImageNet weights);
+  L_a  Eq. (6) on Δi (``use_image_disc``) and, in video steps, on Δt (``use_temporal_disc``);
+  L_c  Eq. (7) at the decoder levels where F runs (``self_supervision``, image steps only);
+and the discriminators trained on Eq. (5) (+ (γ/2)·R1 when ``r1_gamma`` > 0).
+
+Two kinds of step alternate (``video_every``: every n-th step is a video step):
+
+* **Image step** (§3.2). A batch of single frames x. With ``self_supervision`` the context of x is
+  c augmented views x_c = o_c ⊗ B(A(x)) (``ccvs_models.augment.make_context``, one independent
+  draw per view), and L_c compares F's flow and mask of view i at every F level with the targets
+  of that view (``targets_at``; mask target 1 − o'_c, see augment's docstring). Without
+  self-supervision the context is the c frames preceding x in its clip (the first frame is
+  repeated when x has fewer predecessors) and L_c is off. c = ``model.context_frames``; c = 0
+  means no F and no context at all (Table 1's first rows).
+* **Video step** (App. A). A clip x_0 … x_{T−1} (T = ``video_frames``). Frames 1 … T−1 are
+  decoded one by one from their own latents z_q (straight-through, so E, Q get gradients); the
+  context of frame t is E of the up-to-c previous frames, the ground-truth x_0 first, then the
+  *decoded* x̂_{t−1}, x̂_{t−2}, … re-encoded — as at inference. "We only keep the gradients for
+  the context features from the immediate preceding frame": the features of x̂_{t−1} keep their
+  graph (through E back into x̂_{t−1}), those of older frames are detached
+  (``decode_recursively``). L_r (and Δi's L_a) apply to every decoded frame; the synthetic clip
+  [x_0, x̂_1, …, x̂_{T−1}] is Δt's fake sample and the real clip its real one.
+
+Optimisation: Adam for E, Q, F, D (``lr``) and one Adam for Δi and Δt (``disc_lr``), both with
+``betas`` (demo: (0.5, 0.9), the usual GAN setting). The paper quotes a learning rate of 0.02
+without more detail; on the demo scale that diverges, so the default is much lower (params.yaml).
+Each step: generator forward through the DDP-able wrapper ``AutoencoderForward`` → generator
+loss (L_a through the *bare*, frozen discriminators: no gradient reaches them) → step "g"; then
+the discriminators on real vs detached reconstructions through their DDP wrappers → step "d".
+The EMA (``loop.ema_decay``) is kept of the wrapper, i.e. of E, Q, F, D; it is what evaluation
+uses and what the stage saves.
+
+Codebook (not in the paper): E's initial outputs are ~0.06 in scale against unit-variance codes,
+so every z picks the same entry and the codebook collapses at once (and F, which can rebuild x
+from its context, gives E no reason to recover). With ``dead_code_every`` > 0 the first step
+re-seeds every code with encoder outputs of the batch (a data-dependent init), and codes unused
+over ``dead_code_every`` steps are re-seeded the same way later (``reseed_dead_codes``).
+
+Evaluation — Table 1 "Reconstruction": every frame's true tokens Q(E(x_t)) are decoded with F's
+context = the previous *reconstructed* frames (the real first frame as initial context), so errors
+propagate as at inference. PSNR and SSIM (``pipeline.image_metrics``, on [0, 1] frames) are the
+means over the decoded frames 1 … T−1 of every clip, and at the last frame; codebook perplexity
+and usage over the validation tokens.
+
+Data: the train clips are loaded into memory once (the demo's ~100 clips of 16×64×64×3 bytes
+take 20 MB; a large dataset needs a streaming reader instead). Under DDP rank r trains on clips
+r, r + n, … (``distributed.shard``). ``make_batches(start_step)`` draws the clips and frames of
+step s from a generator seeded by (seed, s, rank), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ccvs_models.augment import SelfSupervision, contextual_loss, make_context, targets_at
+from ccvs_models.autoencoder import CCVSAutoencoder, DecoderOutput, ReconstructionOutput
+from ccvs_models.discriminators import (
+    ImageDiscriminator,
+    TemporalDiscriminator,
+    adversarial_loss,
+    discriminator_loss,
+    r1_penalty,
+)
+from ccvs_models.perceptual import VGGFeatures, perceptual_loss
+from ccvs_models.quantizer import QuantizerOutput
+from pipeline import distributed
+from pipeline.image_metrics import psnr, ssim
+from pipeline.params import AutoencoderParams
+from pipeline.train_loop import StepContext, TrainTask
+
+PSNR_CAP_DB = 100.0  # identical frames would give +inf; capped so averages stay finite
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class ImageBatch(NamedTuple):
+    frames: torch.Tensor  # uint8 (B, 1 + p, H, W, 3): x, then its p preceding frames, newest first
+
+
+class VideoBatch(NamedTuple):
+    clips: torch.Tensor  # uint8 (B, T, H, W, 3) consecutive frames x_0 … x_{T−1}
+
+
+def to_model_range(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., H, W, 3) → float (..., 3, H, W) in [−1, 1]."""
+    return frames.movedim(-1, -3).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [−1, 1] → uint8 numpy (..., H, W, 3)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
+
+
+def is_video_step(step: int, video_every: int) -> bool:
+    """Steps video_every − 1, 2·video_every − 1, … are video steps (0: never)."""
+    return video_every > 0 and step % video_every == video_every - 1
+
+
+def make_batch_stream(
+    clips: np.ndarray, params: AutoencoderParams, seed: int
+) -> Callable[[int], Iterator[ImageBatch | VideoBatch]]:
+    """``make_batches(start_step)`` for ``fit``: the batch of step s depends on (seed, s, rank) only.
+
+    clips: uint8 (N, T, H, W, 3), all train clips; this rank uses ``distributed.shard`` of them.
+    Image steps draw ``batch_size`` frames (clip and time uniformly; with context from the clip,
+    p = c preceding frames ride along); video steps draw ``video_batch_size`` windows of
+    ``video_frames`` consecutive frames.
+    """
+    if clips.ndim != 5 or len(clips) == 0:
+        raise ValueError(f"make_batch_stream: expected clips (N, T, H, W, 3), got {clips.shape}")
+    c = params.model.context_frames
+    previous = c if (c > 0 and not params.self_supervision) else 0
+    num_frames = clips.shape[1]
+    if params.video_every and params.video_frames > num_frames:
+        raise ValueError(
+            f"video_frames = {params.video_frames} is longer than the clips ({num_frames} frames)")
+
+    def stream(start: int) -> Iterator[ImageBatch | VideoBatch]:
+        rank = distributed.rank()
+        local = np.arange(len(clips))[rank :: max(distributed.world_size(), 1)]
+        if len(local) == 0:
+            local = np.arange(len(clips))
+        step = start
+        while True:
+            rng = np.random.default_rng([seed, step, rank])
+            if is_video_step(step, params.video_every):
+                idx = local[rng.integers(len(local), size=params.video_batch_size)]
+                t0 = rng.integers(num_frames - params.video_frames + 1, size=len(idx))
+                windows = np.stack([clips[i, s : s + params.video_frames] for i, s in zip(idx, t0)])
+                yield VideoBatch(torch.from_numpy(windows))
+            else:
+                idx = local[rng.integers(len(local), size=params.batch_size)]
+                t = rng.integers(min(previous, num_frames - 1), num_frames, size=len(idx))
+                rows = [np.maximum(tt - np.arange(previous + 1), 0) for tt in t]
+                frames = np.stack([clips[i, r] for i, r in zip(idx, rows)])
+                yield ImageBatch(torch.from_numpy(frames))
+            step += 1
+
+    return stream
+
+
+# --------------------------------------------------------------------------- recursive decoding
+
+
+def decode_recursively(
+    model: CCVSAutoencoder, z_q: torch.Tensor, first: torch.Tensor, num_context: int
+) -> torch.Tensor:
+    """App. A recursive decoding: x̂_1 … x̂_T' from latents and a real first frame.
+
+    z_q: (B, T', F, h, w) quantized latents of frames 1 … T'; first: (B, 3, H, W) the real x_0.
+    Frame t is D(z_q[t]) with F over E of the up to ``num_context`` previous frames — x_0, then the
+    decoded frames re-encoded. Only the immediately preceding frame's features keep their graph;
+    older ones are detached (App. A). Without F (``model.has_flow`` false or num_context = 0)
+    frames are decoded independently. Returns x̂: (B, T', 3, H, W).
+    """
+    use_flow = model.has_flow and num_context > 0
+    history: list[list[torch.Tensor]] = [model.encode(first).features] if use_flow else []
+    frames = []
+    for t in range(z_q.shape[1]):
+        context = history[-num_context:] if use_flow else None
+        x_hat = model.decode(z_q[:, t], context).x_hat
+        frames.append(x_hat)
+        if use_flow and t + 1 < z_q.shape[1]:
+            # The window moves on: frames still in it become "older" and lose their graph;
+            # the newest, x̂_t re-encoded, keeps it (App. A).
+            older = history[len(history) - (num_context - 1):] if num_context > 1 else []
+            history = [[f.detach() for f in h] for h in older]
+            history.append(model.encode(x_hat).features)
+    return torch.stack(frames, 1)
+
+
+class VideoOutput(NamedTuple):
+    frames: torch.Tensor  # (B, T − 1, 3, H, W) x̂_1 … x̂_{T−1}
+    quant: QuantizerOutput  # Q over frames 1 … T−1 (L_q, perplexity, ...)
+    z: torch.Tensor  # (B·(T − 1), F, h, w) E(x_t) of frames 1 … T−1, before quantization
+
+
+class AutoencoderForward(nn.Module):
+    """E, Q, F, D behind one ``forward`` (the DDP entry point of ``fit``); holds no other weights.
+
+    forward(ImageInputs) → ``ReconstructionOutput`` of ``CCVSAutoencoder.reconstruct``;
+    forward(VideoInputs) → ``VideoOutput`` of the recursive video step.
+    """
+
+    def __init__(self, model: CCVSAutoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: ImageInputs | VideoInputs) -> ReconstructionOutput | VideoOutput:
+        if isinstance(inputs, VideoInputs):
+            clip = inputs.clip  # (B, T, 3, H, W)
+            b, t = clip.shape[:2]
+            z = self.model.encode(clip[:, 1:].flatten(0, 1)).z
+            quant = self.model.quantize(z)
+            z_q = quant.z_q.view(b, t - 1, *quant.z_q.shape[1:])
+            frames = decode_recursively(self.model, z_q, clip[:, 0], self.model.config.context_frames)
+            return VideoOutput(frames=frames, quant=quant, z=z)
+        return self.model.reconstruct(inputs.frames, inputs.context)
+
+
+class ImageInputs(NamedTuple):
+    frames: torch.Tensor  # (B, 3, H, W) x in [−1, 1]
+    context: torch.Tensor | None  # (B, c, 3, H, W) x_c, or None (no F)
+
+
+class VideoInputs(NamedTuple):
+    clip: torch.Tensor  # (B, T, 3, H, W) in [−1, 1]
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Parameters of ``modules`` do not require grad inside the block (L_a's generator pass)."""
+    params = [p for m in modules if m is not None for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+class ReconstructionEval(NamedTuple):
+    psnr: np.ndarray  # (N, T − 1) dB per decoded frame (frames 1 … T−1)
+    ssim: np.ndarray  # (N, T − 1)
+    recon: np.ndarray  # uint8 (N, T, H, W, 3): x_0 (real) then x̂_1 … x̂_{T−1}
+    tokens: np.ndarray  # (N, T, h, w) Q(E(x_t))
+
+
+@torch.no_grad()
+def reconstruct_clips(
+    model: CCVSAutoencoder, clips: np.ndarray, device: torch.device | str, batch_size: int = 4,
+    num_context: int | None = None,
+) -> ReconstructionEval:
+    """Table 1 "Reconstruction" on uint8 clips (N, T, H, W, 3): true tokens, reconstructed context.
+
+    Each frame t ≥ 1 is D(U(Q(E(x_t)))) with F over the previously *reconstructed* frames (the
+    real x_0 as initial context), up to ``num_context`` (default: the model's c) of them.
+    """
+    was_training = model.training
+    model.eval()
+    c = model.config.context_frames if num_context is None else num_context
+    ps, ss, recons, toks = [], [], [], []
+    try:
+        for i in range(0, len(clips), batch_size):
+            x = to_model_range(torch.from_numpy(np.ascontiguousarray(clips[i : i + batch_size])).to(device))
+            b, t = x.shape[:2]
+            tokens = model.tokenize(x.flatten(0, 1)).view(b, t, *_token_shape(model, x))
+            z_q = model.quantizer.decode(tokens[:, 1:].flatten(0, 1))
+            z_q = z_q.view(b, t - 1, *z_q.shape[1:])
+            x_hat = decode_recursively(model, z_q, x[:, 0], c).float()
+            real01 = (x[:, 1:].flatten(0, 1) + 1) / 2
+            fake01 = (x_hat.flatten(0, 1).clamp(-1, 1) + 1) / 2
+            ps.append(psnr(real01, fake01, max_db=PSNR_CAP_DB).view(b, t - 1).cpu().numpy())
+            ss.append(ssim(real01, fake01).view(b, t - 1).cpu().numpy())
+            recons.append(np.concatenate([to_uint8(x[:, :1]), to_uint8(x_hat)], axis=1))
+            toks.append(tokens.cpu().numpy())
+    finally:
+        model.train(was_training)
+    return ReconstructionEval(np.concatenate(ps), np.concatenate(ss), np.concatenate(recons),
+                              np.concatenate(toks))
+
+
+def _token_shape(model: CCVSAutoencoder, x: torch.Tensor) -> tuple[int, int]:
+    d = model.config.downsampling
+    return x.shape[-2] // d, x.shape[-1] // d
+
+
+def summarize(result: ReconstructionEval, codebook_size: int) -> dict[str, float]:
+    """val/psnr, val/ssim (means over decoded frames), their last-frame values, codebook stats."""
+    counts = np.bincount(result.tokens.reshape(-1), minlength=codebook_size).astype(np.float64)
+    p = counts / max(counts.sum(), 1.0)
+    entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    return {
+        "val/psnr": float(result.psnr.mean()),
+        "val/ssim": float(result.ssim.mean()),
+        "val/psnr_last": float(result.psnr[:, -1].mean()),
+        "val/ssim_last": float(result.ssim[:, -1].mean()),
+        "codebook/perplexity": float(np.exp(entropy)),
+        "codebook/usage": float((counts > 0).mean()),
+    }
+
+
+def side_by_side(real: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """GIF frames: one row per clip, real | reconstructed; uint8 (T, N·H, 2·W + 2, 3)."""
+    n, t, h, w, _ = real.shape
+    gap = np.full((n, t, h, 2, 3), 255, np.uint8)
+    rows = np.concatenate([real, gap, recon], axis=3)  # (N, T, H, 2W + 2, 3)
+    return rows.transpose(1, 0, 2, 3, 4).reshape(t, n * h, 2 * w + 2, 3)
+
+
+class AutoencoderTask(TrainTask):
+    """``TrainTask`` of the autoencoder stage: modules "ae" (E, Q, F, D), "disc_i", "disc_t".
+
+    vgg: the frozen ImageNet VGG of Eq. (4), or None (the VGG term is then off; the stage says so).
+    val_clips: uint8 (N, T, H, W, 3) clips for the periodic evaluation (None: no evaluation).
+    ``config`` is what a resumed checkpoint must match (the stage adds a data fingerprint).
+    """
+
+    def __init__(
+        self,
+        params: AutoencoderParams,
+        vgg: VGGFeatures | None = None,
+        val_clips: np.ndarray | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.params = params
+        self.model = CCVSAutoencoder(params.model)
+        self.ae = AutoencoderForward(self.model)
+        self.disc_i = ImageDiscriminator(params.image_disc) if params.use_image_disc else None
+        self.disc_t = TemporalDiscriminator(params.temporal_disc) if params.use_temporal_disc else None
+        self.vgg = vgg if params.use_vgg else None
+        self.val_clips = val_clips
+        self._config = config if config is not None else dataclasses.asdict(params)
+        betas = tuple(params.betas)
+        self.opt_g = torch.optim.Adam(self.ae.parameters(), lr=params.lr, betas=betas)
+        disc_params = [p for d in (self.disc_i, self.disc_t) if d is not None for p in d.parameters()]
+        self.opt_d = torch.optim.Adam(disc_params, lr=params.disc_lr, betas=betas) if disc_params else None
+        self.curve: list[dict[str, float]] = []  # one row per evaluation (kept across resumes)
+        self.usage = torch.zeros(params.model.codebook_size, dtype=torch.long)  # since last reseed
+        self.since_reseed = 0
+        self.reseeded_total = 0
+        self.last_eval: ReconstructionEval | None = None
+
+    # ------------------------------------------------------------------ TrainTask
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"ae": self.ae}
+        if self.disc_i is not None:
+            mods["disc_i"] = self.disc_i
+        if self.disc_t is not None:
+            mods["disc_t"] = self.disc_t
+        return mods
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"g": self.opt_g}
+        if self.opt_d is not None:
+            opts["d"] = self.opt_d
+        return opts
+
+    def ema_modules(self) -> list[str]:
+        return ["ae"]
+
+    def config(self) -> dict[str, Any]:
+        return self._config
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"curve": [dict(r) for r in self.curve], "usage": self.usage.clone(),
+                "since_reseed": self.since_reseed, "reseeded_total": self.reseeded_total}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        # Rows already known (the stage reloads its curve file: a checkpoint is written just
+        # before the evaluation of the same step) complete the checkpoint's.
+        rows = {r["step"]: dict(r) for r in self.curve}
+        rows.update({r["step"]: dict(r) for r in state.get("curve", [])})
+        self.curve = [rows[k] for k in sorted(rows)]
+        if "usage" in state:
+            self.usage = state["usage"].clone().long()
+            self.since_reseed = int(state["since_reseed"])
+            self.reseeded_total = int(state["reseeded_total"])
+
+    @torch.no_grad()
+    def reseed_dead_codes(self, z: torch.Tensor, counts: torch.Tensor, step: int,
+                          ctx: StepContext) -> int:
+        """Count code usage; every ``dead_code_every`` steps re-seed unused codes with rows of z.
+
+        Not in the paper: early in training F can rebuild x from its context alone, and the
+        codebook then collapses to a few entries. Codes unused (on every rank) since the last
+        re-seeding get encoder outputs of this batch (rank 0 draws, then broadcasts); the EMA
+        copy of those rows is reset to the new values too, so the saved model does not average a
+        re-seeded code with its dead predecessor.
+        """
+        every = self.params.dead_code_every
+        if every == 0:
+            return 0
+        if step == 0:  # data-dependent init: every code starts as an encoder output
+            self.usage.zero_()
+        else:
+            self.usage += counts.detach().cpu().long()
+            self.since_reseed += 1
+            if self.since_reseed < every:
+                return 0
+        usage = self.usage.to(ctx.device)
+        if distributed.is_initialized():
+            torch.distributed.all_reduce(usage)
+        quantizer = ctx.raw["ae"].model.quantizer
+        gen = torch.Generator().manual_seed(self.params.loop.seed * 7919 + step)
+        n = quantizer.reinit_dead_codes(z, usage, threshold=0, generator=gen) if ctx.is_main else 0
+        weight = quantizer.codebook.weight
+        if distributed.is_initialized():
+            torch.distributed.broadcast(weight.data, src=0)
+            n = int(round(distributed.all_reduce_mean({"n": float(n)})["n"] * ctx.world_size))
+        dead = (usage <= 0).to(weight.device)
+        if "ae" in ctx.ema and n > 0:
+            ema_weight = ctx.ema["ae"].model.quantizer.codebook.weight
+            ema_weight[dead.to(ema_weight.device)] = weight[dead].to(ema_weight.dtype)
+        self.usage.zero_()
+        self.since_reseed = 0
+        self.reseeded_total += n
+        return n
+
+    def train_step(self, batch: ImageBatch | VideoBatch, step: int, ctx: StepContext) -> dict[str, float]:
+        if self.vgg is not None and next(self.vgg.parameters()).device != ctx.device:
+            self.vgg.to(ctx.device)
+        t0 = time.perf_counter()
+        if isinstance(batch, VideoBatch):
+            out = self.video_step(batch, step, ctx)
+            out["time/video_step_s"] = time.perf_counter() - t0
+        else:
+            out = self.image_step(batch, step, ctx)
+            out["time/image_step_s"] = time.perf_counter() - t0
+        return out
+
+    # ------------------------------------------------------------------ losses
+
+    def recovery_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_r of Eq. (4) terms that are on: {"rgb": ‖x − x̂‖₁, "vgg": ‖VGG(x) − VGG(x̂)‖₁}."""
+        terms: dict[str, torch.Tensor] = {}
+        if self.params.use_rgb:
+            terms["rgb"] = (x.float() - x_hat.float()).abs().mean()
+        if self.vgg is not None:
+            terms["vgg"] = perceptual_loss(self.vgg, x, x_hat).float()
+        return terms
+
+    def _generator_total(self, q_loss: torch.Tensor, rec: dict[str, torch.Tensor],
+                         adv: dict[str, torch.Tensor], ctx_loss: torch.Tensor | None) -> torch.Tensor:
+        p = self.params
+        total = p.lambda_q * q_loss.float()
+        for v in rec.values():
+            total = total + p.lambda_r * v
+        for v in adv.values():
+            total = total + p.lambda_a * v.float()
+        if ctx_loss is not None:
+            total = total + p.lambda_c * ctx_loss
+        return total
+
+    def _disc_step(self, ctx: StepContext, pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Eq. (5) (+ γ/2 · R1) for each (module name, real, fake) pair; one "d" step."""
+        if not pairs:
+            return {}
+        out: dict[str, float] = {}
+        with ctx.autocast():
+            total = torch.zeros((), device=ctx.device)
+            for name, real, fake in pairs:
+                d = ctx.modules[name]
+                real_logits, fake_logits = d(real).float(), d(fake.detach()).float()
+                loss = discriminator_loss(real_logits, fake_logits)
+                out[f"{name}/loss"] = loss.item()
+                out[f"{name}/real_logit"] = real_logits.mean().item()
+                out[f"{name}/fake_logit"] = fake_logits.mean().item()
+                total = total + loss
+                if self.params.r1_gamma > 0:
+                    r1 = r1_penalty(ctx.raw[name], real)
+                    out[f"{name}/r1"] = r1.item()
+                    total = total + 0.5 * self.params.r1_gamma * r1.float()
+        ctx.optimize(total, "d")
+        return out
+
+    # ------------------------------------------------------------------ steps
+
+    def context_for(self, x: torch.Tensor, previous: torch.Tensor, step: int,
+                    device: torch.device) -> tuple[torch.Tensor | None, list[SelfSupervision]]:
+        """The image step's context (B, c, 3, H, W) and, with self-supervision, its c views."""
+        c = self.params.model.context_frames
+        if c == 0:
+            return None, []
+        if self.params.self_supervision:
+            gen = torch.Generator().manual_seed(
+                distributed.rank_seed(self.params.loop.seed * 1_000_003 + step))
+            views = [make_context(x, self.params.augment, gen) for _ in range(c)]
+            return torch.stack([v.context for v in views], 1), views
+        return previous[:, :c], []
+
+    def contextual(self, dec: DecoderOutput, views: list[SelfSupervision]) -> torch.Tensor | None:
+        """L_c of Eq. (7), averaged over F levels and context views (None without views)."""
+        if not views or not dec.levels:
+            return None
+        terms = []
+        for flow, mask in zip(dec.flows, dec.masks):  # (B, c, 2, h, w), (B, c, 1, h, w)
+            for i, view in enumerate(views):
+                tgt = targets_at(view, tuple(flow.shape[-2:]))
+                terms.append(contextual_loss(flow[:, i].float(), mask[:, i].float(), tgt.flow,
+                                             tgt.mask, tgt.visibility).total)
+        return torch.stack(terms).mean()
+
+    def image_step(self, batch: ImageBatch, step: int, ctx: StepContext) -> dict[str, float]:
+        frames = to_model_range(ctx.to_device(batch.frames))  # (B, 1 + p, 3, H, W)
+        x = frames[:, 0]
+        context, views = self.context_for(x, frames[:, 1:], step, ctx.device)
+        with ctx.autocast():
+            out = ctx.modules["ae"](ImageInputs(x, context))
+            rec = self.recovery_loss(x, out.x_hat)
+            adv = {}
+            if self.disc_i is not None:
+                with frozen(self.disc_i):
+                    adv["adv_i"] = adversarial_loss(self.disc_i(out.x_hat).float())
+            lc = self.contextual(out.decoder, views)
+            loss = self._generator_total(out.quant.loss, rec, adv, lc)
+        _check_finite(loss, step, "image")
+        ctx.optimize(loss, "g")
+        reseeded = self.reseed_dead_codes(out.z, out.quant.counts, step, ctx)
+        metrics = {"loss": loss.item(), "img/q": out.quant.loss.item(),
+                   "img/perplexity": out.quant.perplexity.item(), "reseeded_codes": float(reseeded)}
+        metrics.update({f"img/{k}": v.item() for k, v in {**rec, **adv}.items()})
+        if lc is not None:
+            metrics["img/ctx"] = lc.item()
+        if self.disc_i is not None:
+            metrics.update({f"img/{k}": v for k, v in
+                            self._disc_step(ctx, [("disc_i", x, out.x_hat)]).items()})
+        return metrics
+
+    def video_step(self, batch: VideoBatch, step: int, ctx: StepContext) -> dict[str, float]:
+        clip = to_model_range(ctx.to_device(batch.clips))  # (B, T, 3, H, W)
+        real = clip[:, 1:].flatten(0, 1)
+        with ctx.autocast():
+            out = ctx.modules["ae"](VideoInputs(clip))
+            fake = out.frames.flatten(0, 1)
+            fake_clip = torch.cat([clip[:, :1], out.frames.to(clip.dtype)], 1)
+            rec = self.recovery_loss(real, fake)
+            adv = {}
+            with frozen(self.disc_i, self.disc_t):
+                if self.disc_i is not None:
+                    adv["adv_i"] = adversarial_loss(self.disc_i(fake).float())
+                if self.disc_t is not None:
+                    adv["adv_t"] = adversarial_loss(self.disc_t(fake_clip).float())
+            loss = self._generator_total(out.quant.loss, rec, adv, None)
+        _check_finite(loss, step, "video")
+        ctx.optimize(loss, "g")
+        reseeded = self.reseed_dead_codes(out.z, out.quant.counts, step, ctx)
+        metrics = {"loss": loss.item(), "vid/q": out.quant.loss.item(),
+                   "vid/perplexity": out.quant.perplexity.item(), "reseeded_codes": float(reseeded)}
+        metrics.update({f"vid/{k}": v.item() for k, v in {**rec, **adv}.items()})
+        pairs = []
+        if self.disc_i is not None:
+            pairs.append(("disc_i", real, fake))
+        if self.disc_t is not None:
+            pairs.append(("disc_t", clip, fake_clip))
+        metrics.update({f"vid/{k}": v for k, v in self._disc_step(ctx, pairs).items()})
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, step: int, ctx: StepContext) -> dict[str, float]:
+        if self.val_clips is None or len(self.val_clips) == 0:
+            return {}
+        model = ctx.eval_module("ae").model
+        result = reconstruct_clips(model, self.val_clips, ctx.device)
+        self.last_eval = result
+        metrics = summarize(result, self.params.model.codebook_size)
+        row = {"step": float(step), **{k.split("/", 1)[1]: v for k, v in metrics.items()}}
+        self.curve = [r for r in self.curve if r["step"] < step] + [row]
+        return metrics
+
+
+def _check_finite(loss: torch.Tensor, step: int, kind: str) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite generator loss at step {step} ({kind} step): lower lr / disc_lr, "
+            "enable loop.grad_clip, or turn bf16 off")
+
+
+__all__ = [
+    "AutoencoderForward",
+    "AutoencoderTask",
+    "ImageBatch",
+    "ImageInputs",
+    "PSNR_CAP_DB",
+    "ReconstructionEval",
+    "VideoBatch",
+    "VideoInputs",
+    "VideoOutput",
+    "decode_recursively",
+    "frozen",
+    "is_video_step",
+    "make_batch_stream",
+    "reconstruct_clips",
+    "side_by_side",
+    "summarize",
+    "to_model_range",
+    "to_uint8",
+]

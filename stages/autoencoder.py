@@ -1,0 +1,294 @@
+"""Stage ``autoencoder``: train E, Q, F, D (+ Δi, Δt) on the clips (§3.2, App. A, C, D, F; Table 1).
+
+1. loads the train clips into memory and ``val_clips`` validation clips (``val_frames`` frames
+   each). Without a val split it holds out the clips of the last ~10 % of the train videos and
+   says so (stderr, MLflow tag ``autoencoder.val_source = train_holdout``, metrics);
+2. loads the VGG of Eq. (4) (``pipeline.weights.load_vgg``: ``vgg_weights`` path, the torch hub
+   cache, then ``vgg_url``). Without weights it prints one line, sets the MLflow tag
+   ``vgg_weights = unavailable: <reason>`` and trains without the term — never silently;
+3. trains with the shared loop (``pipeline.train_loop.fit``) the task of ``pipeline.ae_training``:
+   image steps (self-supervised context, L_c) alternating with recursive video steps (Δt);
+   checkpoints in ``<ckpt_dir>/<config fingerprint>/`` so a changed param starts afresh while the
+   same params resume; evaluation every ``loop.eval_every`` steps with the Table 1
+   "Reconstruction" protocol (PSNR / SSIM, codebook perplexity and usage);
+4. writes ``models/autoencoder.pt`` (the EMA weights of E, Q, F, D with their
+   ``AutoencoderConfig``; meta: step, val metrics, which VGG weights), ``metrics/autoencoder.json``,
+   ``<plots_dir>/val.csv`` (the validation curve, x = step, for ``dvc plots``) and
+   ``<plots_dir>/reconstruction.gif`` (real | reconstructed val clips), also logged as artifacts.
+
+    python -m stages.autoencoder --params params.yaml --clips data/clips
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ccvs_models.autoencoder import CCVSAutoencoder
+from pipeline.ae_training import AutoencoderTask, make_batch_stream, reconstruct_clips, side_by_side
+from pipeline.checkpoint import save_model, to_plain
+from pipeline.media_write import write_gif
+from pipeline.params import AutoencoderParams, ParamsError, load_section
+from pipeline.shards import ShardError, iter_clips
+from pipeline.train_loop import fit
+from pipeline.weights import WeightsError, load_vgg
+
+STAGE = "autoencoder"
+CURVE_COLUMNS = ("step", "psnr", "ssim", "psnr_last", "ssim_last", "perplexity", "usage")
+
+
+class StageError(RuntimeError):
+    """The stage cannot go on (no data, clips that do not fit the model); one line."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class ClipSet:
+    frames: np.ndarray  # uint8 (N, T, H, W, 3)
+    keys: list[str]
+
+
+def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
+               num_frames: int = 0) -> ClipSet:
+    """The clips of ``split`` stacked in memory; a clip of another shape stops the stage."""
+    frames, keys = [], []
+    for sample in iter_clips(clips_dir, split, limit=limit):
+        f = sample["frames"]
+        if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
+            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}): frames must be uint8 "
+                             f"T×H×W×3, got {f.dtype} {f.shape}")
+        if frames and f.shape[1:] != frames[0].shape[1:]:
+            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has frames "
+                             f"{f.shape[1:3]}, others {frames[0].shape[1:3]}")
+        if num_frames:
+            if len(f) < num_frames:
+                raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} "
+                                 f"frames, {num_frames} needed (autoencoder.val_frames)")
+            f = f[:num_frames]
+        if frames and len(f) != len(frames[0]):
+            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} frames, "
+                             f"others {len(frames[0])} (prepare writes clips of one length)")
+        frames.append(f)
+        keys.append(sample["key"])
+    if not frames:
+        return ClipSet(np.zeros((0, 0, 0, 0, 3), np.uint8), [])
+    return ClipSet(np.stack(frames), keys)
+
+
+def holdout(train: ClipSet, fraction: float = 0.1) -> tuple[ClipSet, ClipSet]:
+    """Split off the clips of the last ``fraction`` of train videos (sorted ids) as validation."""
+    videos = sorted({k.rsplit("_", 1)[0] for k in train.keys})
+    n_val = max(1, int(round(len(videos) * fraction))) if len(videos) > 1 else 0
+    val_videos = set(videos[len(videos) - n_val:])
+    is_val = np.array([k.rsplit("_", 1)[0] in val_videos for k in train.keys], bool)
+    pick = lambda mask: ClipSet(train.frames[mask], [k for k, m in zip(train.keys, mask) if m])  # noqa: E731
+    return pick(~is_val), pick(is_val)
+
+
+def check_fits(params: AutoencoderParams, frames: np.ndarray) -> None:
+    """Stop with a message naming the param when the clips do not fit the model."""
+    _, t, h, w, _ = frames.shape
+    d = params.model.downsampling
+    if h % d or w % d:
+        raise StageError(f"frames of {h}×{w} are not divisible by 2^K = {d} "
+                         f"(autoencoder.model.num_levels)")
+    for name, use in (("image_disc", params.use_image_disc), ("temporal_disc", params.use_temporal_disc)):
+        res = getattr(params, name).resolution
+        if use and (h != res or w != res):
+            raise StageError(f"autoencoder.{name}.resolution is {res} but the frames are {h}×{w}")
+    if params.video_every and params.video_frames > t:
+        raise StageError(f"autoencoder.video_frames = {params.video_frames} but clips have {t} frames")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    text = json.dumps(to_plain(config), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CURVE_COLUMNS)
+        for r in rows:
+            writer.writerow([int(r["step"])] + [f"{r[c]:.6g}" for c in CURVE_COLUMNS[1:]])
+    os.replace(tmp, path)
+
+
+def ema_model_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``CCVSAutoencoder`` state dict inside the wrapper's (``model.`` prefix removed)."""
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run(
+    params: AutoencoderParams,
+    clips_dir: str | Path,
+    out_model: str | Path,
+    metrics_path: str | Path,
+    plots_dir: str | Path,
+    ckpt_dir: str | Path,
+    logger: Any,
+    resume: bool = True,
+) -> dict[str, float]:
+    """Train on ``clips_dir`` (prepare's output); write model, metrics, curve and GIF; return metrics."""
+    start = time.perf_counter()
+    out_model, metrics_path, plots_dir = Path(out_model), Path(metrics_path), Path(plots_dir)
+    train = load_clips(clips_dir, "train")
+    if len(train.keys) == 0:
+        raise StageError(f"{clips_dir}: no train clips (run the prepare stage first)")
+    check_fits(params, train.frames)
+    val_source = "val"
+    no_val_folder = Path(clips_dir).is_dir() and not (Path(clips_dir) / "val").is_dir()
+    val = ClipSet(train.frames[:0], []) if no_val_folder else load_clips(
+        clips_dir, "val", limit=params.val_clips, num_frames=params.val_frames)
+    if len(val.keys) == 0:
+        train, val = holdout(train)
+        val_source = "train_holdout"
+        if len(val.keys) == 0 or len(train.keys) == 0:
+            raise StageError(f"{clips_dir}: no val clips and too few train videos to hold some out")
+        val = ClipSet(val.frames[: params.val_clips, : params.val_frames or None],
+                      val.keys[: params.val_clips])
+        print(f"{STAGE}: no val clips in {clips_dir}: evaluating on {len(val.keys)} held-out "
+              f"clips of the train videos (not trained on)", file=sys.stderr)
+    logger.set_tag(f"{STAGE}.val_source", val_source)
+
+    vgg, vgg_info = None, "off (use_vgg: false)"
+    if params.use_vgg:
+        try:
+            loaded = load_vgg(params.vgg_weights or None, params.vgg_url, params.vgg.arch,
+                              layers=params.vgg.layers)
+        except WeightsError as err:
+            raise StageError(str(err)) from None
+        vgg = loaded.module
+        print(f"{STAGE}: {loaded.info.message}", file=sys.stderr)  # once, whatever the outcome
+        if vgg is None:
+            reason = loaded.info.message.removeprefix("VGG weights unavailable: ")
+            vgg_info = f"unavailable: {reason}"
+        else:
+            vgg.cfg = params.vgg  # same arch and layers; carries the per-layer weights
+            vgg_info = f"{loaded.info.source}: {loaded.info.ident}"
+    logger.set_tag("vgg_weights", vgg_info)
+
+    data_hash = hashlib.sha1(train.frames.tobytes()).hexdigest()[:16]
+    loop = params.loop
+    config = {
+        "params": {k: v for k, v in to_plain(params).items() if k != "loop"},
+        "loop": {k: getattr(loop, k) for k in ("ema_decay", "bf16", "seed", "grad_clip")},
+        "data": data_hash,
+        "vgg": vgg_info,
+    }
+    task = AutoencoderTask(params, vgg, val.frames, config=config)
+    ckpt = Path(ckpt_dir) / fingerprint(config)
+    curve_file = ckpt / "val_curve.json"  # survives a resume (the checkpoint precedes its eval)
+    if resume and curve_file.exists():
+        task.curve = json.loads(curve_file.read_text(encoding="utf-8"))
+    evaluate = task.evaluate
+
+    def evaluate_and_keep(step: int, ctx: Any) -> dict[str, float]:
+        metrics = evaluate(step, ctx)
+        if ctx.is_main:
+            write_json(curve_file, task.curve)
+        return metrics
+
+    task.evaluate = evaluate_and_keep  # type: ignore[method-assign]
+    t_fit = time.perf_counter()
+    result = fit(task, make_batch_stream(train.frames, params, loop.seed), loop, ckpt, logger,
+                 resume=resume)
+    fit_s = time.perf_counter() - t_fit
+    if not result.is_main:
+        return {}
+
+    state = ema_model_state(result.state["ae"])
+    evaluation = task.last_eval
+    if evaluation is None:  # no evaluation ran in this process: do it now on the saved weights
+        model = CCVSAutoencoder(params.model)
+        model.load_state_dict(state)
+        evaluation = reconstruct_clips(model, val.frames, "cpu")
+    val_metrics = {k: v for k, v in result.eval_metrics.items()}
+    times = {k: v for k, v in result.metrics.items() if k.startswith("time/")}
+    metrics: dict[str, float] = {
+        **val_metrics,
+        "steps": float(result.step),
+        "train_clips": float(len(train.keys)),
+        "val_clips": float(len(val.keys)),
+        "val_frames": float(val.frames.shape[1]),
+        "val_holdout": 1.0 if val_source == "train_holdout" else 0.0,
+        "vgg_used": 1.0 if vgg is not None else 0.0,
+        "codebook/reseeded_total": float(task.reseeded_total),
+        "resumed_from": float(result.resumed_from if result.resumed_from is not None else -1),
+        "fit_seconds": fit_s,
+        **times,
+    }
+    save_model(out_model, dataclasses.asdict(params.model), state, step=result.step,
+               weights="ema" if loop.ema_decay > 0 else "raw", val_metrics=val_metrics,
+               val_source=val_source, vgg_weights=vgg_info)
+    write_curve(plots_dir / "val.csv", task.curve)
+    n = min(params.gif_clips, len(val.keys))
+    gif = plots_dir / "reconstruction.gif"
+    if n > 0:
+        write_gif(gif, side_by_side(val.frames[:n], evaluation.recon[:n]),
+                  fps=int(os.environ.get("CCVS_GIF_FPS", "5")), scale=2)
+        logger.log_artifact(gif, STAGE)
+    logger.log_artifact(plots_dir / "val.csv", STAGE)
+    metrics["seconds"] = time.perf_counter() - start
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (section autoencoder)")
+    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
+    parser.add_argument("--model", default="models/autoencoder.pt", help="output model file")
+    parser.add_argument("--metrics", default="metrics/autoencoder.json", help="output metrics")
+    parser.add_argument("--plots", default="plots/autoencoder", help="folder of val.csv and the GIF")
+    parser.add_argument("--ckpt", default="checkpoints/autoencoder", help="checkpoint folder")
+    args = parser.parse_args(argv)
+    try:
+        params = load_section(STAGE, args.params)
+    except ParamsError as err:
+        raise SystemExit(f"{STAGE}: {err}") from None
+    from pipeline.tracking import stage_run
+
+    with stage_run(STAGE, params, params_path=args.params) as logger:
+        try:
+            metrics = run(params, args.clips, args.model, args.metrics, args.plots, args.ckpt, logger)
+        except (ParamsError, StageError, ShardError) as err:
+            raise SystemExit(f"{STAGE}: {err}") from None
+    if metrics:
+        print(f"{STAGE}: val PSNR {metrics.get('val/psnr', float('nan')):.2f} dB, SSIM "
+              f"{metrics.get('val/ssim', float('nan')):.3f} (last frame "
+              f"{metrics.get('val/psnr_last', float('nan')):.2f} dB), codebook perplexity "
+              f"{metrics.get('codebook/perplexity', float('nan')):.1f}, {metrics['steps']:.0f} steps "
+              f"in {metrics['seconds']:.0f}s → {args.model}")
+
+
+if __name__ == "__main__":
+    main()
