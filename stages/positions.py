@@ -1,0 +1,544 @@
+"""Stage ``positions``: train the position estimator on the annotated frames, then label every clip.
+
+Paper: §4 "Datasets" (the gripper's (x, y) hand-annotated in 500 BAIR frames) and App. A
+"Position estimator" (a small regressor trained with an MSE, used to extract the arm's trajectory
+from every video for state-conditioned synthesis). The model is ``ccvs_models.position``; it reads
+frames, not E's latents, because this stage runs beside the autoencoder in the DAG.
+
+1. **Annotated frames.** Only the train-split clips are read for training, and in them only the
+   frames whose ``positions.npy`` row is finite (the annotations ``prepare`` carried over from
+   ``data.annotations`` or the demo's ``annotations.csv``; NaN = not annotated). Clips overlap
+   (``clip_stride < clip_length``), so a frame is identified by (video_id, source frame =
+   ``first_frame + t · frame_step``) and kept once.
+2. **Held-out set.** ``holdout_fraction`` of the annotated frames, taken as whole videos (seeded by
+   ``loop.seed``), are kept out of training; their mean / median error in pixels is the stage's
+   accuracy estimate on data without ground truth. With a single annotated video the split is by
+   frame instead.
+3. **Training** with the shared loop (``pipeline.train_loop.fit``: checkpoints in ``ckpt_dir``,
+   exact resume): Adam, linear warm-up then cosine decay of the learning rate (a function of the
+   step, so resuming needs no scheduler state), augmentation = horizontal flip (x → W − 1 − x) and a
+   per-channel gain/offset colour jitter. A checkpoint written for other data or other params is
+   not resumed: training restarts (the fingerprint of the annotated set is part of the config).
+4. **Labelling.** Every frame of every clip of every split is labelled, and the trajectories are
+   written as ``out_dir/<split>.parquet`` with **one row per clip frame**: ``key`` (the clip's shard
+   key, ``<video_id>_<clip:04d>``), ``t`` (frame index in the clip, 0 … T−1), ``x``, ``y`` (float32
+   pixels of the clip frames: x right, y down, origin at the top-left pixel's centre). Annotated
+   frames get the model's prediction too, so every trajectory comes from one estimator. A split
+   with no clips gets an empty table with the same columns.
+5. **Metrics** (``metrics_path``, JSON, also logged): ``heldout_error_px_{mean,median}`` and, when
+   ``raw_dir/ground_truth/<video_id>.npz`` exists (the demo world), the error on frames that no clip
+   annotates, against that kept-apart ground truth: ``never_annotated_error_px_{mean,median,p95}``.
+   ``ground_truth`` in the JSON says which was available. ``out_dir/examples.png`` draws predicted
+   (red) and true (green) positions on a few frames; it is logged as an artifact.
+
+    python -m stages.positions --params params.yaml --clips data/clips --raw data/raw/demo \\
+        --model models/position.pt --out data/positions --metrics metrics/positions.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ccvs_models.position import PositionEstimator
+from pipeline.checkpoint import CheckpointError, save_model
+from pipeline.params import ParamsError, PositionsParams, load_section
+from pipeline.shards import ShardError, iter_clips
+from pipeline.train_loop import StepContext, TrainTask, epoch_batches, fit
+
+SPLITS = ("train", "val", "test")
+_LABEL_BATCH = 256  # frames per forward pass when labelling
+_EXAMPLES = 8  # frames drawn in examples.png
+_ANNOTATION_SOURCE = (
+    "the annotations reach the clips through `prepare` (data.annotations: a CSV video,frame,x,y; "
+    "for the demo world, <data.path>/annotations.csv)"
+)
+
+
+class PositionsError(RuntimeError):
+    """The stage cannot go on (no annotations, unreadable inputs); one line."""
+
+
+# --------------------------------------------------------------------------- annotated frames
+
+
+@dataclasses.dataclass
+class Annotated:
+    """The deduplicated annotated frames of the train split."""
+
+    frames: np.ndarray  # uint8 (N, H, W, 3)
+    xy: np.ndarray  # float32 (N, 2) pixels
+    ids: list[tuple[str, int]]  # (video_id, source frame) of each
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha1()
+        for (vid, frame), (x, y) in zip(self.ids, self.xy.tolist()):
+            digest.update(f"{vid}:{frame}:{x:.4f}:{y:.4f};".encode())
+        return digest.hexdigest()[:16]
+
+
+def _frame_id(meta: dict[str, Any], t: int, where: str) -> tuple[str, int]:
+    try:
+        return str(meta["video_id"]), int(meta["first_frame"]) + t * int(meta.get("frame_step", 1))
+    except (KeyError, TypeError, ValueError):
+        raise PositionsError(f"{where}: clip meta lacks video_id / first_frame") from None
+
+
+def _split_clips(clips_dir: Path, split: str) -> Iterator[dict[str, Any]]:
+    """The clips of ``split`` ([] when the split has no folder); shard errors as one line."""
+    if Path(clips_dir).is_dir() and not (Path(clips_dir) / split).is_dir():
+        return
+    try:
+        yield from iter_clips(clips_dir, split)
+    except ShardError as err:
+        raise PositionsError(str(err)) from None
+
+
+def load_annotated(clips_dir: Path) -> Annotated:
+    """Every annotated frame of the train clips, once each (clips overlap)."""
+    seen: dict[tuple[str, int], int] = {}
+    frames, xy = [], []
+    for sample in _split_clips(clips_dir, "train"):
+        pos = sample.get("positions")
+        if pos is None:
+            continue
+        where = f"{clips_dir}/train: clip {sample['key']}"
+        if pos.shape != (len(sample["frames"]), 2):
+            raise PositionsError(f"{where}: positions {pos.shape} do not match {len(sample['frames'])} frames")
+        for t in np.flatnonzero(np.isfinite(pos).all(axis=1)):
+            fid = _frame_id(sample["meta"], int(t), where)
+            if fid in seen:
+                continue
+            seen[fid] = len(frames)
+            frames.append(sample["frames"][t])
+            xy.append(pos[t])
+    if not frames:
+        raise PositionsError(
+            f"{clips_dir}: no annotated frame in the train clips (every positions.npy row is NaN "
+            f"or absent); {_ANNOTATION_SOURCE}")
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise PositionsError(f"{clips_dir}: clips of different frame sizes {sorted(shapes)}")
+    return Annotated(np.stack(frames), np.asarray(xy, dtype=np.float32), list(seen))
+
+
+def holdout_split(ids: list[tuple[str, int]], fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask (N,) of held-out frames: whole videos (shuffled by ``seed``) until at least
+    ``fraction`` of the frames; by frame when there is a single video. Never everything."""
+    n = len(ids)
+    held = np.zeros(n, dtype=bool)
+    if fraction <= 0 or n < 2:
+        return held
+    target = max(1, int(round(fraction * n)))
+    rng = np.random.default_rng([seed, 7])
+    videos = sorted({vid for vid, _ in ids})
+    if len(videos) < 2:
+        held[rng.permutation(n)[:target]] = True
+        return held
+    video_of = np.array([vid for vid, _ in ids])
+    for vid in rng.permutation(videos)[:-1]:  # at least one video stays in training
+        if held.sum() >= target:
+            break
+        held |= video_of == vid
+    return held
+
+
+# --------------------------------------------------------------------------- training
+
+
+def to_input(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) → float32 (B, 3, H, W) in [−1, 1] (the estimator's input)."""
+    x = torch.as_tensor(frames)
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def augment(frames: np.ndarray, xy: np.ndarray, params: PositionsParams,
+            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch: random horizontal flips (the target's x flips too) and colour jitter."""
+    x = to_input(frames)
+    y = torch.as_tensor(xy, dtype=torch.float32).clone()
+    b, width = x.shape[0], x.shape[-1]
+    if params.flip:
+        flip = torch.from_numpy(rng.random(b) < 0.5)
+        x[flip] = x[flip].flip(-1)
+        y[flip, 0] = (width - 1) - y[flip, 0]
+    if params.color_jitter > 0:
+        j = params.color_jitter
+        gain = torch.from_numpy(rng.uniform(1 - j, 1 + j, (b, 3, 1, 1))).float()
+        offset = torch.from_numpy(rng.uniform(-j, j, (b, 3, 1, 1))).float()
+        x = (x * gain + offset).clamp(-1.0, 1.0)
+    return x, y
+
+
+def learning_rate(params: PositionsParams, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``loop.steps``."""
+    total, warm = params.loop.steps, params.warmup_steps
+    if step < warm:
+        return params.lr * (step + 1) / warm
+    span = max(1, total - warm)
+    return params.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
+
+
+class PositionTask(TrainTask):
+    """One Adam step on MSE(uv, target) (App. A); evaluation = held-out error in pixels."""
+
+    def __init__(self, params: PositionsParams, fingerprint: str, size: tuple[int, int],
+                 heldout: tuple[np.ndarray, np.ndarray]):
+        self.params = params
+        torch.manual_seed(params.loop.seed)  # the initial weights follow the seed too
+        self.model = PositionEstimator(params.model)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=params.lr)
+        self.fingerprint = fingerprint
+        self.size = size
+        self.heldout = heldout
+
+    def modules(self):
+        return {"position": self.model}
+
+    def optimizers(self):
+        return {"adam": self.opt}
+
+    def ema_modules(self):
+        return ["position"]
+
+    def config(self):
+        # ``loop`` is left out so that a run with more ``loop.steps`` resumes (the cosine horizon
+        # then stretches from the resumed step on); any other param, or other annotated data,
+        # makes the checkpoints unusable and ``run`` trains afresh
+        p = {k: v for k, v in dataclasses.asdict(self.params).items() if k != "loop"}
+        return {"params": p, "annotations": self.fingerprint, "frame_size": list(self.size)}
+
+    def train_step(self, batch, step, ctx: StepContext):
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(self.params, step)
+        x, y = ctx.to_device(batch)
+        with ctx.autocast():
+            out = ctx.modules["position"](x, y)
+        ctx.optimize(out.loss, "adam")
+        err = (out.xy.detach().float() - y).norm(dim=1).mean()
+        return {"loss": out.loss.item(), "train_error_px": err.item(), "lr": self.opt.param_groups[0]["lr"]}
+
+    def evaluate(self, step, ctx: StepContext):
+        frames, xy = self.heldout
+        if len(frames) == 0:
+            return {}
+        pred = predict(ctx.eval_module("position"), frames, ctx.device)
+        return {"val/heldout_error_px": float(np.linalg.norm(pred - xy, axis=1).mean())}
+
+
+def predict(model: torch.nn.Module, frames: np.ndarray, device: torch.device) -> np.ndarray:
+    """(N, H, W, 3) uint8 → (N, 2) float32 predicted pixels (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(frames), _LABEL_BATCH):
+            x = to_input(frames[i : i + _LABEL_BATCH]).to(device)
+            out.append(model(x).xy.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def _batches(params: PositionsParams, frames: np.ndarray, xy: np.ndarray):
+    """``make_batches(start_step)`` for ``fit``: seeded epochs of augmented batches."""
+    n, bs = len(frames), min(params.batch_size, len(frames))
+
+    def make_epoch(epoch: int) -> list[tuple[int, int, np.ndarray]]:
+        order = np.random.default_rng([params.loop.seed, epoch]).permutation(n)
+        return [(epoch, i, order[s : s + bs]) for i, s in enumerate(range(0, n - bs + 1, bs))]
+
+    def make_batches(start: int):
+        for epoch, i, idx in epoch_batches(make_epoch, start):
+            rng = np.random.default_rng([params.loop.seed, epoch, i, 1])
+            yield augment(frames[idx], xy[idx], params, rng)
+
+    return make_batches
+
+
+# --------------------------------------------------------------------------- labelling + ground truth
+
+
+class GroundTruth:
+    """The demo's kept-apart positions (``raw_dir/ground_truth/<video_id>.npz``) in clip pixels."""
+
+    def __init__(self, raw_dir: Path | None):
+        self.folder = Path(raw_dir) / "ground_truth" if raw_dir is not None else None
+        self._cache: dict[str, np.ndarray | None] = {}
+
+    @property
+    def available(self) -> bool:
+        return self.folder is not None and self.folder.is_dir()
+
+    def _load(self, vid: str, size: int) -> np.ndarray | None:
+        path = self.folder / f"{vid}.npz"
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                pos = archive["positions"].astype(np.float64)
+        except (OSError, KeyError, ValueError) as err:
+            raise PositionsError(f"{path}: cannot read ground-truth positions ({err})") from None
+        video = self.folder.parent / "videos" / f"{vid}.mp4"
+        if video.is_file():  # map raw pixels through prepare's resize + centre crop
+            from pipeline.media import MediaError, probe
+
+            try:
+                info = probe(video)
+            except MediaError as err:
+                raise PositionsError(str(err)) from None
+            short = min(info.height, info.width)
+            origin = np.array([(info.width - short) / 2, (info.height - short) / 2])
+            pos = (pos + 0.5 - origin) * (size / short) - 0.5
+        return pos.astype(np.float32)
+
+    def get(self, vid: str, frame: int, size: int) -> np.ndarray | None:
+        if vid not in self._cache:
+            self._cache[vid] = self._load(vid, size)
+        pos = self._cache[vid]
+        return None if pos is None or frame >= len(pos) else pos[frame]
+
+
+def _write_parquet(path: Path, rows: dict[str, list]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "key": pa.array(rows["key"], pa.string()),
+        "t": pa.array(rows["t"], pa.int32()),
+        "x": pa.array(rows["x"], pa.float32()),
+        "y": pa.array(rows["y"], pa.float32()),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _draw_examples(path: Path, examples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+                   scale: int = 4) -> Path:
+    """Frames side by side, ×scale: prediction = red cross, truth = green ring."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for frame, pred, true in examples:
+        img = Image.fromarray(frame).resize((frame.shape[1] * scale, frame.shape[0] * scale),
+                                            Image.NEAREST)
+        draw = ImageDraw.Draw(img)
+
+        def at(p):  # pixel-centre coordinates → the centre of the upscaled pixel
+            return (p[0] + 0.5) * scale, (p[1] + 0.5) * scale
+
+        if true is not None:
+            cx, cy = at(true)
+            draw.ellipse([cx - 6, cy - 6, cx + 6, cy + 6], outline=(0, 255, 0), width=2)
+        cx, cy = at(pred)
+        draw.line([cx - 5, cy - 5, cx + 5, cy + 5], fill=(255, 0, 0), width=2)
+        draw.line([cx - 5, cy + 5, cx + 5, cy - 5], fill=(255, 0, 0), width=2)
+        tiles.append(np.asarray(img))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
+    return path
+
+
+def _stats(errors: list[float] | np.ndarray, prefix: str, p95: bool = False) -> dict[str, float]:
+    e = np.asarray(errors, dtype=np.float64)
+    if e.size == 0:
+        return {}
+    out = {f"{prefix}_mean": float(e.mean()), f"{prefix}_median": float(np.median(e))}
+    if p95:
+        out[f"{prefix}_p95"] = float(np.percentile(e, 95))
+    return out
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run(
+    params: PositionsParams,
+    clips_dir: Path,
+    raw_dir: Path | None,
+    out_model: Path,
+    out_dir: Path,
+    metrics_path: Path,
+    logger: Any,
+    *,
+    ckpt_dir: Path = Path("checkpoints/positions"),
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train on the annotated train frames, label every clip, write model / parquet / metrics.
+
+    Returns the metrics dict written to ``metrics_path`` (numbers, plus ``ground_truth``: a note).
+    """
+    start = time.perf_counter()
+    clips_dir, out_dir = Path(clips_dir), Path(out_dir)
+    annotated = load_annotated(clips_dir)
+    size = tuple(int(s) for s in annotated.frames.shape[1:3])  # (H, W)
+    step = params.model.downsampling
+    if size[0] % step or size[1] % step:
+        raise PositionsError(
+            f"{clips_dir}: frames are {size[0]}×{size[1]}, not divisible by the estimator's "
+            f"downsampling {step} (positions.model.stem_stride × 2^len(channels))")
+    held = holdout_split(annotated.ids, params.holdout_fraction, params.loop.seed)
+    train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    heldout = (annotated.frames[held_idx], annotated.xy[held_idx])
+    logger.log_metrics({"annotated_frames": len(annotated.ids), "train_frames": len(train_idx),
+                        "heldout_frames": len(held_idx)})
+
+    task = PositionTask(params, annotated.fingerprint(), size, heldout)
+    batches = _batches(params, annotated.frames[train_idx], annotated.xy[train_idx])
+    try:
+        result = fit(task, batches, params.loop, ckpt_dir, logger, resume=resume)
+    except CheckpointError as err:
+        if "different config" not in str(err):
+            raise
+        print(f"positions: {err.args[0].split(':')[0]} is from other data or params; training afresh")
+        task = PositionTask(params, annotated.fingerprint(), size, heldout)
+        result = fit(task, batches, params.loop, ckpt_dir, logger, resume=False)
+    if not result.is_main:
+        return {}
+    train_seconds = time.perf_counter() - start
+
+    model = PositionEstimator(params.model)
+    model.load_state_dict(result.state["position"])
+    device = next(task.model.parameters()).device
+    model.to(device).eval()
+    save_model(out_model, params.model, model.state_dict(), steps=result.step,
+               frame_size=list(size), annotations=annotated.fingerprint(),
+               annotated_frames=len(annotated.ids), train_frames=len(train_idx))
+
+    # held-out annotated error
+    metrics: dict[str, Any] = {"annotated_frames": len(annotated.ids),
+                               "train_frames": len(train_idx), "heldout_frames": len(held_idx)}
+    pred_train = predict(model, annotated.frames[train_idx], device)
+    metrics.update(_stats(np.linalg.norm(pred_train - annotated.xy[train_idx], axis=1),
+                          "train_error_px"))
+    pred_held = predict(model, heldout[0], device)
+    metrics.update(_stats(np.linalg.norm(pred_held - heldout[1], axis=1), "heldout_error_px"))
+
+    # label every clip; on frames no clip annotates, compare with the ground truth if any
+    truth = GroundTruth(raw_dir)
+    annotated_ids = set(annotated.ids)
+    never_errors: list[float] = []
+    never_seen: set[tuple[str, int]] = set()
+    annotated_check: list[float] = []  # ground truth vs the annotations: are they the same data?
+    examples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    clip_count = 0
+    for split in SPLITS:
+        rows: dict[str, list] = {"key": [], "t": [], "x": [], "y": []}
+        for sample in _split_clips(clips_dir, split):
+            frames = sample["frames"]
+            if frames.shape[1:3] != size:
+                raise PositionsError(f"{clips_dir}/{split}: clip {sample['key']} is "
+                                     f"{frames.shape[1]}×{frames.shape[2]}, the annotated frames {size[0]}×{size[1]}")
+            pred = predict(model, frames, device)
+            clip_count += 1
+            n = len(frames)
+            rows["key"] += [sample["key"]] * n
+            rows["t"] += list(range(n))
+            rows["x"] += pred[:, 0].tolist()
+            rows["y"] += pred[:, 1].tolist()
+            pos = sample.get("positions")
+            where = f"{clips_dir}/{split}: clip {sample['key']}"
+            for t in range(n):
+                fid = _frame_id(sample["meta"], t, where)
+                marked = pos is not None and bool(np.isfinite(pos[t]).all())
+                if not truth.available or fid in never_seen:
+                    continue
+                true = truth.get(fid[0], fid[1], size[1])
+                if true is None:
+                    continue
+                if marked or fid in annotated_ids:
+                    if marked:
+                        annotated_check.append(float(np.abs(true - pos[t]).max()))
+                    continue
+                never_seen.add(fid)
+                never_errors.append(float(np.linalg.norm(pred[t] - true)))
+                if split == "test" and len(examples) < _EXAMPLES and t == n // 2:
+                    examples.append((frames[t], pred[t], true))
+        _write_parquet(out_dir / f"{split}.parquet", rows)
+    metrics["clips_labelled"] = clip_count
+
+    if truth.available and never_errors:
+        if annotated_check and float(np.median(annotated_check)) > 0.05:
+            raise PositionsError(
+                f"{truth.folder}: ground truth disagrees with the clips' annotations by "
+                f"{np.median(annotated_check):.2f} px (median): not the videos these clips come from")
+        metrics.update(_stats(never_errors, "never_annotated_error_px", p95=True))
+        metrics["never_annotated_frames"] = len(never_errors)
+        metrics["ground_truth"] = f"{truth.folder} (every frame; errors in clip pixels)"
+    else:
+        metrics["ground_truth"] = ("none: only the held-out annotated error is available "
+                                   f"({'no ground_truth folder in ' + str(raw_dir) if raw_dir else 'no raw folder given'})")
+    if not examples:  # no ground truth: show held-out (else training) frames with their annotation
+        src = held_idx if len(held_idx) else train_idx
+        for i in src[:_EXAMPLES]:
+            pred = predict(model, annotated.frames[i : i + 1], device)[0]
+            examples.append((annotated.frames[i], pred, annotated.xy[i]))
+    metrics["frame_height"], metrics["frame_width"] = size
+    metrics["steps"] = result.step
+    metrics["train_seconds"] = train_seconds
+    metrics["seconds"] = time.perf_counter() - start
+
+    _write_json(Path(metrics_path), metrics)
+    logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    logger.set_tag("positions.ground_truth", metrics["ground_truth"])
+    logger.log_artifact(_draw_examples(out_dir / "examples.png", examples), "positions")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (section 'positions')")
+    parser.add_argument("--clips", default="data/clips", help="clip shards (the prepare stage's output)")
+    parser.add_argument("--raw", default="", help="raw data folder; its ground_truth/ (demo) is used "
+                        "for evaluation only ('' = none)")
+    parser.add_argument("--model", default="models/position.pt", help="output model file")
+    parser.add_argument("--out", default="data/positions", help="output folder of <split>.parquet")
+    parser.add_argument("--metrics", default="metrics/positions.json", help="output metrics JSON")
+    parser.add_argument("--ckpt", default="checkpoints/positions", help="training checkpoints")
+    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    args = parser.parse_args(argv)
+    try:
+        params = load_section("positions", args.params)
+    except ParamsError as err:
+        raise SystemExit(f"positions: {err}") from None
+    from pipeline.tracking import stage_run
+
+    with stage_run("positions", params, params_path=args.params) as logger:
+        try:
+            metrics = run(params, Path(args.clips), Path(args.raw) if args.raw else None,
+                          Path(args.model), Path(args.out), Path(args.metrics), logger,
+                          ckpt_dir=Path(args.ckpt), resume=not args.no_resume)
+        except (PositionsError, ParamsError) as err:
+            raise SystemExit(f"positions: {err}") from None
+    if metrics:
+        never = metrics.get("never_annotated_error_px_mean")
+        extra = f", never-annotated {never:.2f} px" if never is not None else ""
+        print(f"positions: {metrics['train_frames']} train / {metrics['heldout_frames']} held-out "
+              f"annotated frames, held-out error {metrics.get('heldout_error_px_mean', float('nan')):.2f} px"
+              f"{extra}; {metrics['clips_labelled']} clips labelled in {metrics['seconds']:.0f}s "
+              f"→ {args.out}")
+
+
+if __name__ == "__main__":
+    main()
