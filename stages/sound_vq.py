@@ -1,0 +1,577 @@
+"""Stage ``sound_vq``: the sound autoencoder of App. A — audio tokens for sound-conditioned synthesis.
+
+App. A "Sound autoencoder": the STFT of the raw audio is encoded, quantized and decoded like the
+frames (E, Q, D without F), giving tokens used as frame-level annotations by the transformer
+(AudioSet-Drums, §4 / Table 6, Table D3). Here:
+
+1. every train/val clip's audio → per-frame log-mel STFT patches (T, 1, 64, 16) in [−1, 1]
+   (``pipeline.audio_features``: hop aligned to the frame rate, fixed dB range);
+2. ``ccvs_models.vq_autoencoder.VQAutoencoder`` (3 stride-2 blocks → 8 × 2 = 16 tokens per frame,
+   paper; codebook 256 by default instead of the paper's 1024, as the demo has ~1.7k train
+   frames) trained with the shared loop (``pipeline.train_loop.fit``: checkpoints in
+   ``<ckpt_dir>/<config hash>/``, resume) on an L1 (or MSE) patch loss + λ_q · L_q (Eq. (3));
+   codes unused for ``dead_code_every`` steps are re-seeded with encoder outputs
+   (``VectorQuantizer.reinit_dead_codes``) so the codebook stays alive;
+3. on val: log-spectral distance (dB) and spectral convergence of the decoded patches, next to a
+   mean-spectrum baseline (every patch predicted as the train-set mean patch); codebook
+   perplexity and dead codes over the train patches;
+4. writes ``models/sound_vq.pt`` (weights + model config + feature config, so ``tokenize`` can
+   recompute patches), ``metrics/sound_vq.json``, and logs artifacts: a PNG of original vs decoded
+   spectrograms and WAVs (original, Griffin-Lim of the original patches, Griffin-Lim of the
+   decoded patches) so a person can listen.
+
+Bad audio: a clip without an audio track (or whose audio ``prepare`` filled with silence because
+the video had none) is skipped; a clip whose audio is unusable (NaN/Inf, wrong length) is
+rejected; both are counted in the metrics, listed one line each on stderr and in the model
+file's meta (``skipped``). When no clip carries audio at all (e.g. ``prepare.audio: false``), the
+stage still writes a model file (``meta.available = False``, ``meta.reason``) and metrics saying
+so, so the DAG runs; when clips have audio but none is usable, it stops with an error.
+
+    python -m stages.sound_vq --params params.yaml --clips data/clips
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
+from pipeline import distributed
+from pipeline.audio_features import (
+    AudioConfigError,
+    AudioError,
+    AudioFeatureConfig,
+    frame_patches,
+    patches_to_audio,
+    patches_to_spectrogram,
+    prepare_audio,
+    spectral_metrics,
+)
+from pipeline.checkpoint import save_model, to_plain
+from pipeline.params import ParamsError, SoundVQParams, load_section
+from pipeline.shards import ShardError, iter_clips
+from pipeline.train_loop import StepContext, TrainTask, epoch_batches, fit
+
+class StageError(RuntimeError):
+    """The stage cannot go on (no usable data, a config that does not fit it); one line."""
+
+
+# --------------------------------------------------------------------------- shared VQ training
+
+
+class VQTask(TrainTask):
+    """One VQ autoencoder (module ``"vq"``) trained on ``recon_loss + q_weight · L_q``.
+
+    Shared by ``sound_vq`` and ``layout_vq``. ``make_input(batch) -> (x, target)`` turns a batch
+    into the model input and the target of ``recon_loss(recon, target)``. Code usage is summed
+    over ``dead_code_every`` steps (across ranks); codes used at most 0 times are then re-seeded
+    with this batch's encoder outputs (on rank 0, broadcast, so replicas stay equal).
+    """
+
+    def __init__(
+        self,
+        model_cfg: VQAutoencoderConfig,
+        lr: float,
+        q_weight: float,
+        dead_code_every: int,
+        recon_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        make_input: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        config: dict[str, Any],
+    ) -> None:
+        self.model = VQAutoencoder(model_cfg)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.q_weight = q_weight
+        self.dead_code_every = dead_code_every
+        self.recon_loss = recon_loss
+        self.make_input = make_input
+        self._config = config
+        self.usage = torch.zeros(model_cfg.codebook_size, dtype=torch.long)
+        self.reseeded_total = 0
+        self.evaluator: Callable[[VQAutoencoder, torch.device], dict[str, float]] | None = None
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vq": self.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
+
+    def ema_modules(self) -> list[str]:
+        return ["vq"]
+
+    def config(self) -> dict[str, Any]:
+        return self._config
+
+    def train_step(self, batch: torch.Tensor, step: int, ctx: StepContext) -> dict[str, float]:
+        x, target = self.make_input(ctx.to_device(batch))
+        with ctx.autocast():
+            out = ctx.modules["vq"](x)
+            recon = self.recon_loss(out.recon.float(), target)
+            loss = recon + self.q_weight * out.q_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss at step {step} (recon {recon.item()}, L_q {out.q_loss.item()}): "
+                "inputs are checked finite, so lower the learning rate or turn bf16 off")
+        ctx.optimize(loss, "opt")
+        self.usage += out.counts.detach().cpu()
+        reseeded = 0
+        if self.dead_code_every and (step + 1) % self.dead_code_every == 0:
+            reseeded = self._reseed(out.z.detach(), ctx)
+        return {"loss": loss.item(), "recon": recon.item(), "q_loss": out.q_loss.item(),
+                "perplexity": out.perplexity.item(), "reseeded_codes": float(reseeded)}
+
+    @torch.no_grad()
+    def _reseed(self, z: torch.Tensor, ctx: StepContext) -> int:
+        usage = self.usage.to(ctx.device)
+        if distributed.is_initialized():
+            torch.distributed.all_reduce(usage)
+        quantizer = ctx.raw["vq"].quantizer
+        n = quantizer.reinit_dead_codes(z, usage, threshold=0) if ctx.is_main else 0
+        if distributed.is_initialized():
+            torch.distributed.broadcast(quantizer.codebook.weight.data, src=0)
+            n = int(distributed.all_reduce_mean({"n": float(n)})["n"] * ctx.world_size)
+        self.usage.zero_()
+        self.reseeded_total += n
+        return n
+
+    def evaluate(self, step: int, ctx: StepContext) -> dict[str, float]:
+        if self.evaluator is None:
+            return {}
+        return self.evaluator(ctx.eval_module("vq"), ctx.device)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"usage": self.usage.clone(), "reseeded_total": self.reseeded_total}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "usage" in state:
+            self.usage = state["usage"].clone().long()
+            self.reseeded_total = int(state.get("reseeded_total", 0))
+
+
+def array_batches(n: int, batch_size: int, seed: int) -> Callable[[int], Any]:
+    """``make_batches(start)`` for ``fit``: endless shuffled index batches over ``n`` items.
+
+    Epoch e is a permutation seeded by (seed, e, rank); the last partial batch is dropped (a batch
+    of all items when there are fewer than ``batch_size``).
+    """
+    size = min(batch_size, n)
+
+    def make_epoch(epoch: int) -> list[np.ndarray]:
+        # the rank is read here, inside fit (which sets up the process group), not at creation
+        perm = np.random.default_rng([seed, epoch, distributed.rank()]).permutation(n)
+        return [perm[i : i + size] for i in range(0, n - size + 1, size)]
+
+    return lambda start: epoch_batches(make_epoch, start)
+
+
+@torch.no_grad()
+def predict(model: VQAutoencoder, x: np.ndarray, device: torch.device, batch: int = 256,
+            make_input: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(reconstructions, tokens) of ``x`` (numpy, N × ...) in batches, on ``device``."""
+    recons, tokens = [], []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device)
+        if make_input is not None:
+            xb, _ = make_input(xb)
+        out = model(xb)
+        recons.append(out.recon.float().cpu().numpy())
+        tokens.append(out.tokens.cpu().numpy())
+    return np.concatenate(recons), np.concatenate(tokens)
+
+
+@torch.no_grad()
+def encode_tokens(model: VQAutoencoder, x: np.ndarray, device: torch.device, batch: int = 256,
+                  make_input: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  ) -> np.ndarray:
+    """Q(E(x)) tokens of ``x`` (numpy, N × ...) in batches (no decoder pass)."""
+    tokens = []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device)
+        if make_input is not None:
+            xb, _ = make_input(xb)
+        tokens.append(model.encode(xb).cpu().numpy())
+    return np.concatenate(tokens)
+
+
+def codebook_usage(tokens: np.ndarray, codebook_size: int) -> dict[str, float]:
+    """Perplexity (exp entropy of the token histogram) and dead codes (never used) of ``tokens``."""
+    counts = np.bincount(tokens.reshape(-1), minlength=codebook_size).astype(np.float64)
+    p = counts / max(counts.sum(), 1.0)
+    entropy = -(p[p > 0] * np.log(p[p > 0])).sum()
+    return {"perplexity": float(np.exp(entropy)), "dead_codes": float((counts == 0).sum()),
+            "used_codes": float((counts > 0).sum())}
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """A short hash of a task config (which names its checkpoint folder)."""
+    text = json.dumps(to_plain(config), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (temp name + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def report_skipped(stage: str, skipped: list[tuple[str, str]], logger: Any) -> None:
+    """One stderr line per skipped clip, and the list as an artifact."""
+    for key, reason in skipped:
+        print(f"{stage}: skipped clip {key}: {reason}", file=sys.stderr)
+    if skipped:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{stage}_skipped.csv"
+            path.write_text("key,reason\n" + "".join(
+                f"{k},\"{r.replace(chr(34), chr(39))}\"\n" for k, r in skipped), encoding="utf-8")
+            logger.log_artifact(path, "skipped")
+
+
+# --------------------------------------------------------------------------- sound data
+
+
+def split_samples(clips: str | Path, split: str) -> Iterator[dict[str, Any]]:
+    """The clips of ``split``; none when a local dataset folder simply has no such split."""
+    root = Path(str(clips))
+    if root.is_dir() and (root / "train").is_dir() and not (root / split).exists():
+        return iter(())
+    return iter_clips(clips, split)
+
+
+@dataclasses.dataclass
+class SoundSplit:
+    """The usable clips of one split as patches (N = sum of the clips' frames)."""
+
+    patches: np.ndarray  # float32 (N, 1, F, W)
+    keys: list[str]  # clip keys, in order
+    frames: list[int]  # frames per clip (patches of clip i: sum(frames[:i]) … + frames[i])
+    fps: list[float]
+    audio: dict[str, np.ndarray]  # prepared audio of the first few clips (for the WAV artifacts)
+    skipped: list[tuple[str, str]]  # (key, reason)
+    with_audio: int  # clips that carried an audio track (usable or not)
+
+
+def load_sound(clips: str | Path, split: str, cfg: AudioFeatureConfig, keep_audio: int = 0) -> SoundSplit:
+    """Per-frame patches of every clip of ``split``; bad/missing audio skipped with a reason."""
+    patches, keys, frames, fps_list, skipped, with_audio = [], [], [], [], [], 0
+    audio_kept: dict[str, np.ndarray] = {}
+    for sample in split_samples(clips, split):
+        key, meta = sample["key"], sample.get("meta", {})
+        if "audio" not in sample:
+            skipped.append((key, "no audio track"))
+            continue
+        if meta.get("audio_silent"):
+            skipped.append((key, "no audio track (prepare filled it with silence)"))
+            continue
+        with_audio += 1
+        num_frames = int(sample["frames"].shape[0])
+        fps, rate = meta.get("fps"), meta.get("audio_rate")
+        if not fps or not rate:
+            skipped.append((key, "meta lacks fps or audio_rate"))
+            continue
+        try:
+            p = frame_patches(sample["audio"], float(rate), float(fps), num_frames, cfg)
+            if len(audio_kept) < keep_audio:
+                audio_kept[key] = prepare_audio(sample["audio"], float(rate), float(fps),
+                                                num_frames, cfg).astype(np.float32)
+        except AudioConfigError as err:
+            raise StageError(f"clip {key}: {err}") from None
+        except AudioError as err:
+            skipped.append((key, str(err)))
+            continue
+        patches.append(p)
+        keys.append(key)
+        frames.append(num_frames)
+        fps_list.append(float(fps))
+    f, w = cfg.freq_bins, cfg.time_bins
+    stacked = np.concatenate(patches) if patches else np.zeros((0, 1, f, w), np.float32)
+    return SoundSplit(stacked, keys, frames, fps_list, audio_kept, skipped, with_audio)
+
+
+def holdout_videos(keys: list[str], fraction: float = 0.1) -> set[str]:
+    """Keys of the clips of the last ``fraction`` of videos (sorted ids; key = <video>_<clip>).
+
+    The val stand-in when a dataset has no val split: whole videos, so no clip overlaps train.
+    Empty when there is a single video.
+    """
+    video = {k: k.rsplit("_", 1)[0] for k in keys}
+    videos = sorted(set(video.values()))
+    n_val = max(1, int(round(len(videos) * fraction))) if len(videos) > 1 else 0
+    held = set(videos[len(videos) - n_val:])
+    return {k for k in keys if video[k] in held}
+
+
+def _take_sound(split: SoundSplit, keep: list[bool]) -> SoundSplit:
+    starts = np.cumsum([0, *split.frames])
+    idx = [i for i, k in enumerate(keep) if k]
+    arr = (np.concatenate([split.patches[starts[i]:starts[i + 1]] for i in idx])
+           if idx else split.patches[:0])
+    keys = [split.keys[i] for i in idx]
+    return SoundSplit(arr, keys, [split.frames[i] for i in idx], [split.fps[i] for i in idx],
+                      {k: v for k, v in split.audio.items() if k in set(keys)}, [], len(idx))
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+_CMAP = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+                  [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+
+
+def colorize(image: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """(H, W) values in [lo, hi] → (H, W, 3) uint8 with a dark-to-bright palette."""
+    t = np.clip((np.asarray(image, np.float64) - lo) / (hi - lo), 0, 1) * (len(_CMAP) - 1)
+    i = np.minimum(np.floor(t).astype(int), len(_CMAP) - 2)
+    frac = (t - i)[..., None]
+    return ((1 - frac) * _CMAP[i] + frac * _CMAP[i + 1]).astype(np.uint8)
+
+
+def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int = 3) -> "Any":
+    """Stack (label, RGB image) rows vertically with a caption above each; a PIL image."""
+    from PIL import Image, ImageDraw
+
+    caption = 12
+    width = max(img.shape[1] for _, img in rows) * scale
+    height = sum(img.shape[0] * scale + caption for _, img in rows)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for label, img in rows:
+        draw.text((2, y), label, fill=(0, 0, 0))
+        y += caption
+        tile = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
+        canvas.paste(tile, (0, y))
+        y += img.shape[0] * scale
+    return canvas
+
+
+def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
+    """16-bit PCM mono WAV (scipy)."""
+    from scipy.io import wavfile
+
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+    wavfile.write(str(path), int(rate), pcm)
+    return path
+
+
+def sound_artifacts(val: SoundSplit, recon: np.ndarray, params: SoundVQParams, folder: Path,
+                    max_clips: int = 2) -> list[Path]:
+    """PNG of original vs decoded spectrograms of the first val clips, and WAVs of the first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    starts = np.cumsum([0, *val.frames])
+    rows, written = [], []
+    for i, key in enumerate(val.keys[:max_clips]):
+        orig = patches_to_spectrogram(val.patches[starts[i]:starts[i + 1]])[::-1]  # low freq at bottom
+        dec = patches_to_spectrogram(recon[starts[i]:starts[i + 1]])[::-1]
+        rows += [(f"{key} original", colorize(orig)), (f"{key} decoded (VQ)", colorize(dec))]
+    if rows:
+        png = folder / "sound_vq_spectrograms.png"
+        labelled_rows(rows).save(png)
+        written.append(png)
+    for i, key in enumerate(val.keys[:1]):
+        cfg, rate = params.features, params.features.sample_rate
+        orig_patches = val.patches[starts[i]:starts[i + 1]]
+        dec_patches = np.clip(recon[starts[i]:starts[i + 1]], -1, 1)
+        it = params.griffin_lim_iters
+        if key in val.audio:
+            written.append(write_wav(folder / f"{key}_original.wav", val.audio[key], rate))
+        written.append(write_wav(folder / f"{key}_griffinlim_original_patches.wav",
+                                 patches_to_audio(orig_patches, val.fps[i], cfg, it), rate))
+        written.append(write_wav(folder / f"{key}_griffinlim_decoded.wav",
+                                 patches_to_audio(dec_patches, val.fps[i], cfg, it), rate))
+    return written
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def _model_config(params: SoundVQParams) -> VQAutoencoderConfig:
+    m = params.model
+    for name in ("in_channels", "out_channels"):
+        if getattr(m, name) not in (0, 1):
+            raise ParamsError(f"sound_vq.model.{name}: a patch has 1 channel, got {getattr(m, name)}")
+    f = m.downsampling
+    cfg = params.features
+    if cfg.freq_bins % f or cfg.time_bins % f:
+        raise ParamsError(
+            f"sound_vq: patches of {cfg.freq_bins}×{cfg.time_bins} cannot be downsampled "
+            f"{len(m.channels)} times (need both divisible by {f})")
+    return dataclasses.replace(m, in_channels=1, out_channels=1)
+
+
+def _unavailable(reason: str, model_out: Path, metrics_out: Path, logger: Any,
+                 extra: dict[str, float]) -> dict[str, float]:
+    save_model(model_out, {}, {}, available=False, reason=reason)
+    metrics = {"available": 0.0, **extra}
+    write_json(metrics_out, {**metrics, "reason": reason})
+    logger.set_tag("sound_vq.available", "false")
+    logger.set_tag("sound_vq.reason", reason)
+    logger.log_metrics(metrics)
+    print(f"sound_vq: {reason}: wrote a placeholder model {model_out}", file=sys.stderr)
+    return metrics
+
+
+def run(
+    params: SoundVQParams,
+    clips: str | Path,
+    model_out: str | Path,
+    metrics_out: str | Path,
+    ckpt_dir: str | Path,
+    logger: Any,
+    artifacts_dir: str | Path | None = None,
+) -> dict[str, float]:
+    """Train the sound VQ on ``clips`` (prepare's output); write the model and metrics; return them."""
+    start = time.perf_counter()
+    model_out, metrics_out = Path(model_out), Path(metrics_out)
+    model_cfg = _model_config(params)
+    feats = params.features
+    train = load_sound(clips, "train", feats)
+    val = load_sound(clips, "val", feats, keep_audio=1)
+    skipped = train.skipped + val.skipped
+    report_skipped("sound_vq", skipped, logger)
+    counts = {"skipped_clips": float(len(skipped)), "train_clips": float(len(train.keys)),
+              "val_clips": float(len(val.keys))}
+    if train.with_audio == 0:
+        return _unavailable("no audio in the data", model_out, metrics_out, logger, counts)
+    if len(train.keys) == 0:
+        raise StageError(
+            f"{clips}: all {train.with_audio} train clips with audio were rejected "
+            f"(first: {train.skipped[0][0]}: {train.skipped[0][1]})" if train.skipped else
+            f"{clips}: no usable train clip")
+    val_source = "val"
+    if len(val.keys) == 0:
+        # no val split: hold out the clips of ~10% of the train videos
+        held = holdout_videos(train.keys)
+        train_all = load_sound(clips, "train", feats, keep_audio=len(train.keys))
+        val = _take_sound(train_all, [k in held for k in train_all.keys])
+        train = _take_sound(train_all, [k not in held for k in train_all.keys])
+        val_source = "train_holdout"
+        if len(val.keys) == 0:
+            raise StageError(f"{clips}: no val clips and too few train videos to hold some out")
+    logger.set_tag("sound_vq.val_source", val_source)
+
+    x_train, x_val = train.patches, val.patches
+    data_hash = hashlib.sha1(x_train.tobytes()).hexdigest()[:16]
+    loss_fn = F.l1_loss if params.loss == "l1" else F.mse_loss
+    config = {"model": dataclasses.asdict(model_cfg), "features": dataclasses.asdict(feats),
+              "batch_size": params.batch_size, "lr": params.lr, "loss": params.loss,
+              "q_weight": params.q_weight, "dead_code_every": params.dead_code_every,
+              "seed": params.loop.seed, "ema_decay": params.loop.ema_decay,
+              "grad_clip": params.loop.grad_clip, "bf16": params.loop.bf16, "data": data_hash}
+    task = VQTask(model_cfg, params.lr, params.q_weight, params.dead_code_every,
+                  recon_loss=loss_fn, make_input=lambda b: (b, b), config=config)
+
+    last: dict[str, np.ndarray] = {}  # the latest evaluation's outputs (the final one = the saved weights)
+
+    def evaluator(model: VQAutoencoder, device: torch.device) -> dict[str, float]:
+        recon, tok_val = predict(model, x_val, device)
+        last["recon"], last["tok_val"] = np.clip(recon, -1, 1), tok_val
+        last["tok_train"] = encode_tokens(model, x_train, device)
+        m = spectral_metrics(x_val, last["recon"], feats)
+        usage = codebook_usage(last["tok_train"], model_cfg.codebook_size)
+        return {"val/lsd_db": m["lsd_db"], "val/spectral_convergence": m["spectral_convergence"],
+                "val/l1": float(np.abs(recon - x_val).mean()),
+                "codebook/perplexity": usage["perplexity"], "codebook/dead_codes": usage["dead_codes"]}
+
+    task.evaluator = evaluator
+    batch_idx = array_batches(len(x_train), params.batch_size, params.loop.seed)
+    x_train_t = torch.from_numpy(x_train)
+    ckpt = Path(ckpt_dir) / fingerprint(config)
+    t_fit = time.perf_counter()
+    result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop, ckpt, logger)
+    fit_s = time.perf_counter() - t_fit
+    if not result.is_main:
+        return {}
+
+    # fit's final evaluation ran on the weights we save (EMA when on, else raw)
+    recon, tok_train, tok_val = last["recon"], last["tok_train"], last["tok_val"]
+    ours = spectral_metrics(x_val, recon, feats)
+    mean_patch = x_train.mean(axis=0, keepdims=True)
+    base = spectral_metrics(x_val, np.broadcast_to(mean_patch, x_val.shape), feats)
+    usage = codebook_usage(tok_train, model_cfg.codebook_size)
+    usage_val = codebook_usage(tok_val, model_cfg.codebook_size)
+    h, w = feats.freq_bins // model_cfg.downsampling, feats.time_bins // model_cfg.downsampling
+    metrics = {
+        "available": 1.0,
+        "val/lsd_db": ours["lsd_db"],
+        "val/spectral_convergence": ours["spectral_convergence"],
+        "baseline/lsd_db": base["lsd_db"],
+        "baseline/spectral_convergence": base["spectral_convergence"],
+        "lsd_vs_baseline": ours["lsd_db"] / max(base["lsd_db"], 1e-12),
+        "sc_vs_baseline": ours["spectral_convergence"] / max(base["spectral_convergence"], 1e-12),
+        "codebook/perplexity": usage["perplexity"],
+        "codebook/dead_codes": usage["dead_codes"],
+        "codebook/used_codes": usage["used_codes"],
+        "codebook/val_perplexity": usage_val["perplexity"],
+        "codebook/reseeded_total": float(task.reseeded_total),
+        "codebook_size": float(model_cfg.codebook_size),
+        "tokens_per_frame": float(h * w),
+        "train_frames": float(len(x_train)),
+        "val_frames": float(len(x_val)),
+        **counts,
+        "train_clips": float(len(train.keys)),
+        "val_clips": float(len(val.keys)),
+        "steps": float(result.step),
+        "resumed_from": float(result.resumed_from if result.resumed_from is not None else -1),
+        "fit_seconds": fit_s,
+    }
+    save_model(model_out, {"model": dataclasses.asdict(model_cfg), "features": dataclasses.asdict(feats)},
+               result.state["vq"], available=True, step=result.step,
+               weights="ema" if params.loop.ema_decay > 0 else "raw", token_grid=[h, w],
+               skipped=[list(s) for s in skipped], val_source=val_source)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(artifacts_dir) if artifacts_dir else Path(tmp)
+        for path in sound_artifacts(val, recon, params, folder):
+            logger.log_artifact(path, "sound_vq")
+    metrics["seconds"] = time.perf_counter() - start
+    logger.log_metrics({k: v for k, v in metrics.items()}, step=result.step)
+    write_json(metrics_out, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (section sound_vq)")
+    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
+    parser.add_argument("--model", default="models/sound_vq.pt", help="output model file")
+    parser.add_argument("--metrics", default="metrics/sound_vq.json", help="output metrics file")
+    parser.add_argument("--ckpt", default="checkpoints/sound_vq", help="checkpoint folder")
+    parser.add_argument("--artifacts", default=None, help="also keep the artifacts in this folder")
+    args = parser.parse_args(argv)
+    try:
+        params = load_section("sound_vq", args.params)
+        _model_config(params)
+    except ParamsError as err:
+        raise SystemExit(f"sound_vq: {err}") from None
+    from pipeline.tracking import stage_run
+
+    with stage_run("sound_vq", params, params_path=args.params) as logger:
+        try:
+            metrics = run(params, args.clips, args.model, args.metrics, args.ckpt, logger,
+                          args.artifacts)
+        except (ParamsError, StageError, ShardError) as err:
+            raise SystemExit(f"sound_vq: {err}") from None
+    if metrics.get("available", 0.0) and "val/lsd_db" in metrics:
+        print(f"sound_vq: val LSD {metrics['val/lsd_db']:.2f} dB (mean-spectrum baseline "
+              f"{metrics['baseline/lsd_db']:.2f}), SC {metrics['val/spectral_convergence']:.3f} "
+              f"(baseline {metrics['baseline/spectral_convergence']:.3f}), perplexity "
+              f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead codes, "
+              f"{metrics['seconds']:.1f}s → {args.model}")
+
+
+if __name__ == "__main__":
+    main()
