@@ -17,10 +17,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
+_LOOP = {"steps": 4, "log_every": 2, "eval_every": 4, "ckpt_every": 4}
 TINY = {
-    "demo": {"num_videos": 6, "num_frames": 12, "annotated_frames": 10, "test_fraction": 0.2,
+    "demo": {"num_videos": 6, "num_frames": 12, "annotated_frames": 20, "test_fraction": 0.2,
              "val_fraction": 0.2},
     "prepare": {"clip_length": 8, "clip_stride": 4, "workers": 1},
+    "positions": {"loop": _LOOP},
+    "sound_vq": {"loop": _LOOP, "griffin_lim_iters": 2},
+    "layout_vq": {"loop": _LOOP},
+    "autoencoder": {"loop": _LOOP, "val_clips": 2, "gif_clips": 1},
+    "transformer": {"loop": _LOOP, "val_clips": 2},
 }
 
 
@@ -43,7 +49,13 @@ def _set_params(proj: Path, changes: dict) -> None:
     path = proj / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for section, values in changes.items():
-        params[section].update(values)
+        if section not in params:  # a stage this checkout does not have yet
+            continue
+        for key, value in values.items():
+            if isinstance(value, dict):
+                params[section][key].update(value)
+            else:
+                params[section][key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
