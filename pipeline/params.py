@@ -21,6 +21,15 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ccvs_models.augment import AugmentConfig
+from ccvs_models.autoencoder import AutoencoderConfig
+from ccvs_models.discriminators import DiscriminatorConfig
+from ccvs_models.perceptual import VGGConfig
+from ccvs_models.position import PositionEstimatorConfig
+from ccvs_models.vq_autoencoder import VQAutoencoderConfig
+from pipeline.audio_features import AudioFeatureConfig
+from pipeline.train_loop import LoopConfig
+
 T = TypeVar("T")
 
 
@@ -85,6 +94,114 @@ class PrepareParams:
     decoder: Literal["auto", "decord", "av"]  # auto: decord, PyAV where decord is missing/fails
 
 
+@dataclasses.dataclass(frozen=True)
+class SoundVQParams:
+    """The sound VQ autoencoder over per-frame STFT patches (``sound_vq`` stage, App. A)."""
+
+    features: AudioFeatureConfig  # audio → (T, 1, 64, 16) patches (pipeline/audio_features.py)
+    model: VQAutoencoderConfig  # E/Q/D; in/out_channels 0 = 1 (one patch channel)
+    batch_size: int  # patches per step
+    lr: float  # Adam learning rate
+    loss: Literal["l1", "mse"]  # reconstruction loss on the [-1, 1] patches
+    q_weight: float  # λ_q, weight of L_q (Eq. (2)/(3))
+    dead_code_every: int  # re-seed codes unused over this many steps (0: never)
+    griffin_lim_iters: int  # Griffin-Lim iterations for the listening artifact
+    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/train_loop.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutVQParams:
+    """The layout VQ autoencoder over one-hot layout maps (``layout_vq`` stage, App. E)."""
+
+    model: VQAutoencoderConfig  # E/Q/D; in/out_channels = number of classes, 0 = from the data
+    batch_size: int  # layout frames per step
+    lr: float  # Adam learning rate
+    q_weight: float  # λ_q, weight of L_q (Eq. (2)/(3))
+    dead_code_every: int  # re-seed codes unused over this many steps (0: never)
+    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/train_loop.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderParams:
+    """E, Q, F, D and their training (the ``autoencoder`` stage; §3.2, App. A, C, D, F, Table 1).
+
+    The ``use_*`` switches and ``self_supervision`` are Table 1's columns; its "F" / "Ctxt."
+    columns are ``model.context_frames`` (0 = no F). See ``pipeline/ae_training.py``.
+    """
+
+    model: AutoencoderConfig  # E/Q/F/D sizes; context_frames = c (0: no F at all)
+    augment: AugmentConfig  # App. F augmentations A, blur B, occlusion o_c of the context
+    image_disc: DiscriminatorConfig  # Δi (resolution = the frames' size)
+    temporal_disc: DiscriminatorConfig  # Δt over video_frames consecutive frames
+    vgg: VGGConfig  # the VGG of Eq. (4) and the layers it compares
+    vgg_weights: str  # local torchvision VGG state dict ("" = torch hub cache, then vgg_url)
+    vgg_url: str  # public weights URL (used only with a network and CCVS_OFFLINE unset)
+    use_rgb: bool  # L1 RGB term of Eq. (4) (Table 1 "RGB")
+    use_vgg: bool  # VGG term of Eq. (4) (Table 1 "VGG"); dropped, with a tag, without weights
+    use_image_disc: bool  # Δi with Eq. (5)/(6) (Table 1 "Δi")
+    use_temporal_disc: bool  # Δt on the video steps' clips (Table 1 "Δt")
+    self_supervision: bool  # augmented-view context + L_c, Eq. (7) (Table 1 "Sup.")
+    lambda_q: float  # λ_q of Eq. (2) (paper: 1)
+    lambda_r: float  # λ_r of Eq. (2) (paper: 10)
+    lambda_a: float  # λ_a of Eq. (2) (paper: 1)
+    lambda_c: float  # λ_c of Eq. (2) (paper: 1)
+    r1_gamma: float  # R1 penalty weight γ on Δi/Δt (0: off; not in the paper)
+    lr: float  # Adam learning rate of E, Q, F, D (paper: 0.02, see ae_training)
+    disc_lr: float  # Adam learning rate of Δi, Δt
+    betas: tuple[float, float]  # Adam (β1, β2) of both optimizers
+    batch_size: int  # frames per image step
+    video_batch_size: int  # clips per video step (App. A recursive decoding)
+    video_frames: int  # frames per clip of a video step (the first one is the real context)
+    video_every: int  # every video_every-th step is a video step (0: image steps only)
+    val_clips: int  # validation clips for the reconstruction metrics (Table 1 protocol)
+    val_frames: int  # frames per validation clip (0: the whole clip)
+    gif_clips: int  # clips in the real | reconstructed GIF
+    dead_code_every: int  # re-seed codes unused over this many steps with encoder outputs (0: never;
+    # not in the paper: keeps the codebook from collapsing while F can copy the context)
+    loop: LoopConfig  # steps, logging, evaluation, checkpoints, EMA, bf16, device
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "video_batch_size", "val_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("video_every", "val_frames", "gif_clips", "dead_code_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.video_frames < 2:
+            raise ValueError(f"video_frames must be >= 2 (a real first frame + decoded ones), "
+                             f"got {self.video_frames}")
+        if self.val_frames == 1:
+            raise ValueError("val_frames must be 0 (whole clip) or >= 2")
+        for name in ("lambda_q", "lambda_r", "lambda_a", "lambda_c", "r1_gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.disc_lr <= 0 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"lr, disc_lr must be > 0 and betas in [0, 1), got "
+                             f"{self.lr}, {self.disc_lr}, {self.betas}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionsParams:
+    """The position estimator (the ``positions`` stage; §4, App. A "Position estimator")."""
+
+    model: PositionEstimatorConfig  # the estimator's sizes and head (ccvs_models/position.py)
+    loop: LoopConfig  # steps, checkpoints, EMA, device, seed (pipeline/train_loop.py)
+    batch_size: int  # annotated frames per step
+    lr: float  # Adam peak learning rate (linear warm-up, then cosine decay to 0)
+    warmup_steps: int  # steps of linear learning-rate warm-up
+    holdout_fraction: float  # share of annotated frames (whole videos) kept out to report the error
+    flip: bool  # augmentation: random horizontal flips (the target's x flips too)
+    color_jitter: float  # augmentation: per-channel gain in 1 ± j and offset in ± j (0 = off)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError("batch_size must be >= 1, lr > 0 and warmup_steps >= 0")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if not 0 <= self.color_jitter < 1:
+            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
+
+
 def section_types() -> dict[str, type]:
     """Every section params.yaml must have, name → dataclass (one place knows the file's shape)."""
     return {
@@ -92,6 +209,10 @@ def section_types() -> dict[str, type]:
         "demo": DemoParams,
         "data": DataParams,
         "prepare": PrepareParams,
+        "sound_vq": SoundVQParams,
+        "layout_vq": LayoutVQParams,
+        "autoencoder": AutoencoderParams,
+        "positions": PositionsParams,
     }
 
 
