@@ -203,7 +203,9 @@ def stage_run(
     run_tags = {"stage": stage, "git_commit": git_commit(), "pipeline_id": pipeline_id()}
     run_tags.update(tags or {})
 
-    if os.environ.get("CCVS_TRACKING", "").lower() in ("off", "0", "false", "none"):
+    # Under torchrun only rank 0 records a run; the other ranks log into memory.
+    other_rank = os.environ.get("RANK", "0") not in ("", "0")
+    if other_rank or os.environ.get("CCVS_TRACKING", "").lower() in ("off", "0", "false", "none"):
         logger = RecordingLogger()
         logger.log_params(flat_params)
         logger.set_tags(run_tags)

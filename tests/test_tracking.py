@@ -84,3 +84,10 @@ def test_tracking_off_gives_recording_logger(monkeypatch):
         assert isinstance(log, RecordingLogger)
         assert log.params == {"a.b": 1}
         assert log.tags["stage"] == "x"
+
+
+def test_only_rank_zero_opens_a_run(monkeypatch):
+    monkeypatch.delenv("CCVS_TRACKING", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    with stage_run("x", {"a": 1}) as log:
+        assert isinstance(log, RecordingLogger)
