@@ -29,6 +29,7 @@ from ccvs_models.position import PositionEstimatorConfig
 from ccvs_models.vq_autoencoder import VQAutoencoderConfig
 from pipeline.audio_features import AudioFeatureConfig
 from pipeline.train_loop import LoopConfig
+from pipeline.transformer_training import Conditioning, TransformerArch
 
 T = TypeVar("T")
 
@@ -202,6 +203,51 @@ class PositionsParams:
             raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenizeParams:
+    """Clips → token shards (the ``tokenize`` stage; §3.3, App. E; stages/tokenize.py)."""
+
+    state_bins: int  # B, bins per coordinate of the (x, y) state (paper setup: 128)
+    state: bool  # state tokens from data/positions (when present)
+    audio: bool  # audio tokens from models/sound_vq.pt (when available)
+    layout: bool  # layout tokens from models/layout_vq.pt (when available)
+    batch_size: int  # frames per E/Q (and VQ) forward pass
+    shard_max_bytes: int  # a token shard is closed once it holds this many bytes
+    device: Literal["cpu", "cuda", "auto"]  # where E, Q and the VQs run
+
+    def __post_init__(self) -> None:
+        if self.state_bins < 1 or self.batch_size < 1 or self.shard_max_bytes < 1:
+            raise ValueError("state_bins, batch_size and shard_max_bytes must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerParams:
+    """The controllable transformer T and its training (``transformer`` stage; §3.3, App. A, E).
+
+    The sequence fields of ``TransformerConfig`` (codebook sizes, tokens per frame, classes) come
+    from ``data/tokens/vocab.json``; ``model`` holds the rest (pipeline/transformer_training.py).
+    """
+
+    model: TransformerArch  # N, layers, heads, width, positions (Table 2)
+    conditioning: Conditioning  # which annotations T reads, and their conditioning dropout
+    batch_size: int  # sequences per step
+    lr: float  # AdamW peak learning rate
+    min_lr: float  # learning rate at the end of the cosine decay
+    warmup_steps: int  # steps of linear warm-up
+    weight_decay: float  # AdamW weight decay (matrices and embeddings only)
+    betas: tuple[float, float]  # AdamW (β1, β2)
+    val_clips: int  # validation clips for the perplexity (0: all)
+    loop: LoopConfig  # steps, logging, eval, checkpoints, bf16, device (pipeline/train_loop.py)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.lr <= 0 or self.min_lr < 0 or self.warmup_steps < 0:
+            raise ValueError("batch_size must be >= 1, lr > 0, min_lr >= 0, warmup_steps >= 0")
+        if self.min_lr > self.lr or self.weight_decay < 0 or self.val_clips < 0:
+            raise ValueError("min_lr must be <= lr, weight_decay >= 0, val_clips >= 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+
+
 def section_types() -> dict[str, type]:
     """Every section params.yaml must have, name → dataclass (one place knows the file's shape)."""
     return {
@@ -213,6 +259,8 @@ def section_types() -> dict[str, type]:
         "layout_vq": LayoutVQParams,
         "autoencoder": AutoencoderParams,
         "positions": PositionsParams,
+        "tokenize": TokenizeParams,
+        "transformer": TransformerParams,
     }
 
 

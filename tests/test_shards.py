@@ -108,7 +108,10 @@ def test_corrupt_shard_error_names_the_file(tmp_path):
 @pytest.mark.parametrize("count, cap", [(9, 10**6), (12, 3 * 7000)], ids=["one-shard", "many-shards"])
 def test_dataloader_workers_see_every_clip_once(tmp_path, count, cap):
     _write(tmp_path / "train", count, cap)
-    loader = torch.utils.data.DataLoader(clip_dataset(tmp_path, "train"), batch_size=2, num_workers=2)
+    # forkserver: a forked worker inherits whatever threads earlier tests left running (Prefect's
+    # test server), which can kill it; a fresh server process keeps this test order-independent.
+    loader = torch.utils.data.DataLoader(clip_dataset(tmp_path, "train"), batch_size=2, num_workers=2,
+                                         multiprocessing_context="forkserver")
     keys = [k for batch in loader for k in batch["key"]]
     assert sorted(keys) == sorted(_clip(i)["key"] for i in range(count))
     batch = next(iter(loader))

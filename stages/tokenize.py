@@ -1,0 +1,476 @@
+"""Stage ``tokenize``: every clip → the token sample T reads (§3.1, §3.3, App. A, App. E).
+
+Paper §3.3: a video becomes h·w frame tokens per frame — Q(E(x_t)) with the frozen E and Q of the
+autoencoder (§3.1) — and its annotations become tokens too: the frame-level state (x, y) in B bins
+per coordinate, audio tokens from the sound autoencoder (App. A), layout tokens from the layout
+autoencoder (App. E); the video-level class label and, for point-to-point synthesis, the end
+frame's tokens (App. E; here the clip's last frame). The format is ``pipeline.token_shards``
+(docs/CONTRACTS.md "Token sample").
+
+Inputs (each annotation is optional: a model file that is missing or says ``available: False``
+— "no layouts in the data", "no audio in the data" — or no ``positions`` folder means that
+annotation is simply absent, and ``vocab.json``'s ``absent`` says why):
+
+- ``clips``: prepare's shards (``pipeline.shards.iter_clips``) and ``classes.json``;
+- ``models/autoencoder.pt`` (required): ``CCVSAutoencoder.tokenize`` on frames scaled to [−1, 1];
+- ``models/sound_vq.pt``: ``pipeline.audio_features.frame_patches`` (the feature config saved in the
+  model) → ``VQAutoencoder.encode`` → l_a tokens per frame. A clip without usable audio (no track,
+  silence-filled by prepare, bad samples) gets the null id on every frame (``meta.missing``);
+- ``models/layout_vq.pt``: one-hot K-channel layout → ``VQAutoencoder.encode`` → l_l tokens per
+  frame; a clip without layout (or with a label ≥ K) gets null ids;
+- ``data/positions/<split>.parquet`` (key, t, x, y pixels): quantized by
+  ``pipeline.token_shards.StateBins`` over the frame ([−½, W − ½] per coordinate, ``state_bins``
+  bins; range in vocab.json); frames without a finite row get the null id.
+
+Outputs: ``out/{split}/tokens-%05d.tar`` (``ShardWriter``: size-capped, atomic, byte-identical for
+the same inputs), ``out/manifest.parquet`` (one row per sample: key, video_id, split, shard,
+label_id, num_frames, first_frame, missing), ``out/vocab.json``.
+
+Streaming: clips are read in shard order and grouped until they hold ``batch_size`` frames; the
+group goes through E/Q (and the VQs) in chunks of ``batch_size`` frames — E's convolutions are ~3×
+faster on such batches than per clip — and its samples are written at once. Memory holds one group
+plus the split's trajectory table (8 bytes per frame) and the manifest rows. The grouping depends
+only on the clip order, so a rerun gives byte-identical shards.
+
+    python -m stages.tokenize --params params.yaml --clips data/clips --out data/tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
+from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
+from pipeline import distributed
+from pipeline.audio_features import AudioConfigError, AudioError, AudioFeatureConfig, frame_patches
+from pipeline.checkpoint import CheckpointError, load_model
+from pipeline.params import ParamsError, TokenizeParams, load_section
+from pipeline.shards import ShardError, ShardWriter, iter_clips
+from pipeline.token_shards import (
+    MANIFEST_FILE,
+    TOKEN_PATTERN,
+    VOCAB_FILE,
+    StateBins,
+    TokenShardError,
+    encode_token_sample,
+    write_json_atomic,
+)
+
+SPLITS = ("train", "val", "test")
+
+
+class TokenizeError(RuntimeError):
+    """The stage cannot go on (a required input missing or unreadable); one line."""
+
+
+def _tuples(config: dict[str, Any]) -> dict[str, Any]:
+    """Lists in a saved config → tuples (the config dataclasses type sequences as tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- upstream models
+
+
+@dataclasses.dataclass
+class Upstream:
+    """The frozen models and tables the tokenizer applies (None / reason where absent)."""
+
+    autoencoder: CCVSAutoencoder
+    frame_vocab: int
+    sound: VQAutoencoder | None = None
+    sound_features: AudioFeatureConfig | None = None
+    layout: VQAutoencoder | None = None
+    layout_classes: int = 0
+    absent: dict[str, str] = dataclasses.field(default_factory=dict)  # kind → reason
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # input → content hash
+
+
+def _load(path: Path, what: str):
+    try:
+        return load_model(path)
+    except (CheckpointError, OSError, RuntimeError) as err:
+        raise TokenizeError(f"{path}: cannot read the {what} model ({err})") from None
+
+
+def load_upstream(params: TokenizeParams, autoencoder: Path, sound_vq: Path | None,
+                  layout_vq: Path | None, device: torch.device) -> Upstream:
+    """Rebuild E/Q, the sound VQ and the layout VQ from their model files (frozen, eval mode)."""
+    if not autoencoder.exists():
+        raise TokenizeError(f"{autoencoder}: autoencoder model not found (run the autoencoder stage)")
+    config, state, _ = _load(autoencoder, "autoencoder")
+    try:
+        ae = CCVSAutoencoder(AutoencoderConfig(**_tuples(config)))
+        ae.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TokenizeError(f"{autoencoder}: does not rebuild a CCVSAutoencoder ({err})") from None
+    up = Upstream(ae.to(device).eval().requires_grad_(False), ae.config.codebook_size)
+    up.sources["autoencoder"] = _file_hash(autoencoder)
+
+    def optional(path: Path | None, kind: str, enabled: bool):
+        if not enabled:
+            up.absent[kind] = f"tokenize.{kind} is false"
+            return None
+        if path is None or not path.exists():
+            up.absent[kind] = f"no model file ({path})"
+            return None
+        loaded = _load(path, f"{kind} VQ")
+        if not loaded.meta.get("available", True) or not loaded.state:
+            up.absent[kind] = str(loaded.meta.get("reason", "model marked unavailable"))
+            return None
+        try:
+            model = VQAutoencoder(VQAutoencoderConfig(**_tuples(loaded.config["model"])))
+            model.load_state_dict(loaded.state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise TokenizeError(f"{path}: does not rebuild a VQAutoencoder ({err})") from None
+        up.sources[kind] = _file_hash(path)
+        return loaded, model.to(device).eval().requires_grad_(False)
+
+    got = optional(sound_vq, "audio", params.audio)
+    if got is not None:
+        loaded, up.sound = got
+        try:
+            up.sound_features = AudioFeatureConfig(**_tuples(loaded.config["features"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise TokenizeError(f"{sound_vq}: no usable feature config ({err})") from None
+    got = optional(layout_vq, "layout", params.layout)
+    if got is not None:
+        _, up.layout = got
+        up.layout_classes = up.layout.config.in_channels
+    return up
+
+
+# --------------------------------------------------------------------------- per clip
+
+
+@torch.no_grad()
+def frame_tokens(ae: CCVSAutoencoder, frames: np.ndarray, batch: int,
+                 device: torch.device) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames → (T, h, w) int64 codes Q(E(x)), x in [−1, 1]."""
+    out = []
+    for i in range(0, len(frames), batch):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch])).to(device)
+        x = x.movedim(-1, -3).float().div(127.5).sub(1.0)
+        out.append(ae.tokenize(x).cpu().numpy())
+    return np.concatenate(out).astype(np.int64)
+
+
+@torch.no_grad()
+def vq_tokens(model: VQAutoencoder, x: np.ndarray, batch: int, device: torch.device,
+              one_hot: int = 0) -> np.ndarray:
+    """(T, C, H, W) inputs (or (T, H, W) class maps with ``one_hot`` = K) → (T, h·w) codes."""
+    out = []
+    for i in range(0, len(x), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(device)
+        if one_hot:
+            xb = F.one_hot(xb.long(), one_hot).permute(0, 3, 1, 2).float()
+        out.append(model.encode(xb).flatten(1).cpu().numpy())
+    return np.concatenate(out).astype(np.int64)
+
+
+def read_trajectories(positions_dir: Path, split: str) -> dict[str, np.ndarray] | None:
+    """``positions_dir/<split>.parquet`` → key → (T, 2) float32 (NaN where no row); None if absent."""
+    path = positions_dir / f"{split}.parquet"
+    if not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["key", "t", "x", "y"]).to_pydict()
+    except Exception as err:  # pyarrow raises several types; all mean "unreadable"
+        raise TokenizeError(f"{path}: cannot read the trajectories ({err})") from None
+    rows: dict[str, list[tuple[int, float, float]]] = {}
+    for key, t, x, y in zip(table["key"], table["t"], table["x"], table["y"]):
+        rows.setdefault(key, []).append((int(t), x, y))
+    out = {}
+    for key, items in rows.items():
+        arr = np.full((max(t for t, _, _ in items) + 1, 2), np.nan, np.float32)
+        for t, x, y in items:
+            if t >= 0:
+                arr[t] = (np.nan if x is None else x, np.nan if y is None else y)
+        out[key] = arr
+    return out
+
+
+def _state_for(traj: np.ndarray | None, n: int, bins: StateBins) -> np.ndarray:
+    xy = np.full((n, 2), np.nan, np.float32)
+    if traj is not None:
+        m = min(n, len(traj))
+        xy[:m] = traj[:m]
+    return bins.quantize(xy)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {"key": pa.string(), "video_id": pa.string(), "split": pa.string(), "shard": pa.string(),
+            "label_id": pa.int32(), "num_frames": pa.int32(), "first_frame": pa.int32(),
+            "missing": pa.string()}
+    table = pa.table({c: pa.array([r[c] for r in rows], t) for c, t in cols.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run(
+    params: TokenizeParams,
+    clips: str | Path,
+    autoencoder: str | Path,
+    out_dir: str | Path,
+    logger: Any,
+    sound_vq: str | Path | None = None,
+    layout_vq: str | Path | None = None,
+    positions: str | Path | None = None,
+) -> dict[str, float]:
+    """Tokenize every clip of every split; write shards, manifest and vocab; return metrics."""
+    start = time.perf_counter()
+    clips, out_dir = Path(clips), Path(out_dir)
+    device = distributed.device_for(0, params.device)
+    up = load_upstream(params, Path(autoencoder), Path(sound_vq) if sound_vq else None,
+                       Path(layout_vq) if layout_vq else None, device)
+    classes_path = clips / "classes.json"
+    try:
+        classes = json.loads(classes_path.read_text(encoding="utf-8")) if classes_path.exists() else []
+    except json.JSONDecodeError as err:
+        raise TokenizeError(f"{classes_path}: not valid JSON ({err})") from None
+
+    positions_dir = Path(positions) if positions else None
+    use_state = params.state and positions_dir is not None and any(
+        (positions_dir / f"{s}.parquet").exists() for s in SPLITS)
+    if not params.state:
+        up.absent["state"] = "tokenize.state is false"
+    elif not use_state:
+        up.absent["state"] = f"no trajectories ({positions_dir}/<split>.parquet)"
+    else:
+        up.sources["positions"] = hashlib.sha1(b"".join(
+            _file_hash(positions_dir / f"{s}.parquet").encode()
+            for s in SPLITS if (positions_dir / f"{s}.parquet").exists())).hexdigest()[:16]
+
+    if out_dir.exists():  # a stage output is rewritten whole (DVC removes it first anyway)
+        ours = {*SPLITS, VOCAB_FILE, MANIFEST_FILE}
+        foreign = sorted(p.name for p in out_dir.iterdir()
+                         if p.name not in ours and not p.name.startswith("."))
+        if foreign:
+            raise TokenizeError(f"{out_dir}: holds {foreign[:3]}, not a tokenize output; "
+                                f"refusing to replace it")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    rows: list[dict[str, Any]] = []
+    counts = {f"{s}_clips": 0.0 for s in SPLITS}
+    missing_counts = {k: 0.0 for k in ("state", "audio", "layout")}
+    frame_hw: tuple[int, int] | None = None
+    bins: StateBins | None = None
+    audio_tpf = layout_tpf = 0
+    for split in SPLITS:
+        trajectories = read_trajectories(positions_dir, split) if use_state else None
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        writer = ShardWriter(out_dir / split, params.shard_max_bytes, pattern=TOKEN_PATTERN)
+        try:
+            def emit(sample: dict[str, Any], codes: np.ndarray, audio: np.ndarray | None,
+                     layout: np.ndarray | None) -> None:
+                nonlocal bins
+                key, meta, frames = sample["key"], sample.get("meta", {}), sample["frames"]
+                n = int(frames.shape[0])
+                missing: list[str] = []
+                state = None
+                if use_state:
+                    bins = bins or StateBins.for_frame(params.state_bins, frames.shape[1],
+                                                       frames.shape[2])
+                    traj = trajectories.get(key) if trajectories is not None else None
+                    state = _state_for(traj, n, bins)
+                    if traj is None or (state == bins.null_id).any():
+                        missing.append("state")
+                if audio is not None and (audio == up.sound.config.codebook_size).all():
+                    missing.append("audio")
+                if layout is not None and (layout == up.layout.config.codebook_size).all():
+                    missing.append("layout")
+                for kind in missing:
+                    missing_counts[kind] += 1
+                token_meta = {
+                    "key": key, "video_id": meta.get("video_id", key.rsplit("_", 1)[0]),
+                    "split": split, "label": meta.get("label", ""),
+                    "label_id": int(meta.get("label_id", 0)), "fps": meta.get("fps"),
+                    "first_frame": int(meta.get("first_frame", 0)),
+                    "frame_step": int(meta.get("frame_step", 1)), "num_frames": n,
+                    "missing": missing,
+                }
+                try:
+                    encoded = encode_token_sample(key, codes, token_meta,
+                                                  frame_vocab=up.frame_vocab, state=state,
+                                                  audio=audio, layout=layout)
+                except TokenShardError as err:
+                    raise TokenizeError(str(err)) from None
+                shard = writer.write(encoded)
+                rows.append({"key": key, "video_id": token_meta["video_id"], "split": split,
+                             "shard": shard, "label_id": token_meta["label_id"], "num_frames": n,
+                             "first_frame": token_meta["first_frame"],
+                             "missing": ",".join(missing)})
+                counts[f"{split}_clips"] += 1
+
+            pending: list[dict[str, Any]] = []
+            source = iter_clips(clips, split) if (clips / split).is_dir() else iter(())
+            for sample in itertools.chain(source, [None]):
+                if sample is not None:
+                    pending.append(sample)
+                    if sum(int(s["frames"].shape[0]) for s in pending) < params.batch_size:
+                        continue
+                if not pending:
+                    continue
+                for item in zip(pending, *encode_group(up, pending, params.batch_size, device)):
+                    frame_hw = frame_hw or item[1].shape[1:]
+                    audio_tpf = audio_tpf or (item[2].shape[1] if item[2] is not None else 0)
+                    layout_tpf = layout_tpf or (item[3].shape[1] if item[3] is not None else 0)
+                    emit(*item)
+                pending = []
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+
+    if frame_hw is None:
+        raise TokenizeError(f"{clips}: no clips in any split")
+    num_classes = max(len(classes), 1 + max((r["label_id"] for r in rows), default=-1))
+    sizes = [r["num_frames"] for r in rows]
+    vocab = {
+        "frame": {"vocab": up.frame_vocab, "height": frame_hw[0], "width": frame_hw[1],
+                  "dtype": "int16" if up.frame_vocab < 32767 else "int32"},
+        "end_frame": True,  # end_frame.npy = the clip's last frame's codes (App. E)
+        "state": bins.to_dict() if bins is not None else None,
+        "audio": ({"vocab": up.sound.config.codebook_size, "tokens_per_frame": audio_tpf,
+                   "null_id": up.sound.config.codebook_size} if up.sound is not None else None),
+        "layout": ({"vocab": up.layout.config.codebook_size, "tokens_per_frame": layout_tpf,
+                    "null_id": up.layout.config.codebook_size} if up.layout is not None else None),
+        "label": {"num_classes": num_classes, "classes": list(classes)},
+        "absent": dict(sorted(up.absent.items())),
+        "clip_frames": {"min": min(sizes), "max": max(sizes)},
+        "splits": {s: int(counts[f"{s}_clips"]) for s in SPLITS},
+        "sources": dict(sorted(up.sources.items())),
+    }
+    write_json_atomic(out_dir / VOCAB_FILE, vocab)
+    _write_manifest(out_dir / MANIFEST_FILE, rows)
+    for kind, reason in up.absent.items():
+        logger.set_tag(f"tokenize.absent.{kind}", reason)
+        print(f"tokenize: no {kind} tokens: {reason}", file=sys.stderr)
+    metrics = {**counts, **{f"missing_{k}_clips": v for k, v in missing_counts.items()},
+               "tokens_per_frame": float(frame_hw[0] * frame_hw[1]),
+               "seconds": time.perf_counter() - start}
+    logger.log_metrics(metrics)
+    return metrics
+
+
+def _audio_patches(up: Upstream, sample: dict[str, Any]) -> np.ndarray | None:
+    """(T, 1, F, W) sound patches of a clip, or None when it has no usable audio."""
+    assert up.sound_features is not None
+    meta, n = sample.get("meta", {}), int(sample["frames"].shape[0])
+    fps, rate = meta.get("fps"), meta.get("audio_rate")
+    if "audio" not in sample or meta.get("audio_silent") or not fps or not rate:
+        return None
+    try:
+        return frame_patches(sample["audio"], float(rate), float(fps), n, up.sound_features)
+    except AudioConfigError as err:
+        raise TokenizeError(f"clip {sample['key']}: {err}") from None
+    except AudioError as err:
+        print(f"tokenize: clip {sample['key']}: audio unusable ({err}): null audio tokens",
+              file=sys.stderr)
+        return None
+
+
+def _grouped(inputs: list[np.ndarray | None], encode, null_shape: tuple[int, int],
+             null_id: int, sizes: list[int]) -> list[np.ndarray]:
+    """Encode the non-None per-clip inputs as one stream; None → (T, n) null ids."""
+    usable = [x for x in inputs if x is not None]
+    codes = encode(np.concatenate(usable)) if usable else None
+    out, at = [], 0
+    for x, t in zip(inputs, sizes):
+        if x is None:
+            out.append(np.full((t, null_shape[1]), null_id, np.int64))
+        else:
+            out.append(codes[at:at + t])
+            at += t
+    return out
+
+
+def encode_group(up: Upstream, samples: list[dict[str, Any]], batch: int, device: torch.device
+                 ) -> tuple[list[np.ndarray], list[np.ndarray | None], list[np.ndarray | None]]:
+    """Frame codes (T, h, w), audio codes (T, l_a) and layout codes (T, l_l) of each clip.
+
+    The clips' frames are concatenated and cut into chunks of ``batch`` (E's convolutions are much
+    faster on big batches than per clip); the grouping depends only on the clip order, so the
+    output is reproducible. Clips without usable audio / layout get null ids.
+    """
+    sizes = [int(s["frames"].shape[0]) for s in samples]
+    frames = np.concatenate([s["frames"] for s in samples])
+    codes = frame_tokens(up.autoencoder, frames, batch, device)
+    frame_codes = list(np.split(codes, np.cumsum(sizes)[:-1]))
+    audio: list[np.ndarray | None] = [None] * len(samples)
+    if up.sound is not None:
+        cfg, f = up.sound_features, up.sound.config.downsampling
+        l_a = (cfg.freq_bins // f) * (cfg.time_bins // f)
+        audio = _grouped([_audio_patches(up, s) for s in samples],
+                         lambda x: vq_tokens(up.sound, x, batch, device), (0, l_a),
+                         up.sound.config.codebook_size, sizes)
+    layout: list[np.ndarray | None] = [None] * len(samples)
+    if up.layout is not None:
+        f = up.layout.config.downsampling
+        hw = (samples[0]["frames"].shape[1] // f) * (samples[0]["frames"].shape[2] // f)
+        maps = [s.get("layout") for s in samples]
+        maps = [m if m is not None and int(m.max(initial=0)) < up.layout_classes else None
+                for m in maps]
+        layout = _grouped(maps, lambda x: vq_tokens(up.layout, x, batch, device,
+                                                    one_hot=up.layout_classes),
+                          (0, hw), up.layout.config.codebook_size, sizes)
+    return frame_codes, audio, layout
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (section tokenize)")
+    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
+    parser.add_argument("--autoencoder", default="models/autoencoder.pt")
+    parser.add_argument("--sound-vq", default="models/sound_vq.pt")
+    parser.add_argument("--layout-vq", default="models/layout_vq.pt")
+    parser.add_argument("--positions", default="data/positions", help="positions stage folder")
+    parser.add_argument("--out", default="data/tokens")
+    args = parser.parse_args(argv)
+    from pipeline.tracking import stage_run
+
+    try:
+        params = load_section("tokenize", args.params)
+        with stage_run("tokenize", params, params_path=args.params) as logger:
+            run(params, args.clips, args.autoencoder, args.out, logger, sound_vq=args.sound_vq,
+                layout_vq=args.layout_vq, positions=args.positions)
+    except (ParamsError, TokenizeError, ShardError, TokenShardError) as err:
+        sys.exit(f"tokenize: {err}")
+
+
+if __name__ == "__main__":
+    main()

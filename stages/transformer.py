@@ -1,0 +1,207 @@
+"""Stage ``transformer``: train the controllable transformer T on token shards (§3.3, Eq. (8)).
+
+Paper §3.3 / App. A "Transformer" / Table 2: an Image-GPT-like decoder over the sequence
+L = l_v + N·(l_f + h·w) of annotation and frame tokens, trained by next-token cross-entropy on the
+frame tokens only (Eq. (8)); App. E: the end frame as a video-level annotation whose positional
+embedding encodes its gap to the window (point-to-point synthesis). The model is
+``ccvs_models.transformer.CCVSTransformer``; the training pieces are
+``pipeline.transformer_training``.
+
+1. Reads ``data/tokens`` (``pipeline.token_shards``): ``vocab.json`` fixes the sequence (codebook
+   sizes, tokens per frame, which annotations exist); ``transformer.conditioning`` picks which of
+   them T reads. Train windows: N frames at a random start in a random train clip, end_gap = clip
+   end − window start. Validation: every val clip's first window (no val split: the clips of the
+   last ~10% of train videos by id are held out).
+2. Trains with the shared loop (``pipeline.train_loop.fit``: checkpoints in ``ckpt_dir``,
+   ``resume="auto"``, bf16 option, DDP under torchrun): AdamW, linear warm-up + cosine decay,
+   gradient clipping, conditioning dropout per annotation kind.
+3. Logs loss, frame-token accuracy and learning rate every ``log_every`` steps, validation
+   perplexity / loss / accuracy every ``eval_every`` steps, to the logger and to
+   ``plots_dir/{train,val}.csv`` (``dvc plots``).
+4. Writes ``models/transformer.pt`` (``save_model``: the ``TransformerConfig`` + weights) and
+   ``metrics/transformer.json``: ``val/perplexity`` next to the codebook-usage baseline
+   ``baseline/unigram_perplexity`` = exp(entropy of the train-set unigram of frame codes) and
+   ``baseline/unigram_val_perplexity`` (val codes scored by that unigram); ``perplexity_ratio`` =
+   val perplexity / unigram perplexity (the issue's done criterion: well below 1).
+
+    python -m stages.transformer --params params.yaml --tokens data/tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ccvs_models.transformer import CCVSTransformer, TransformerConfig
+from pipeline.checkpoint import CheckpointError, save_model, to_plain
+from pipeline.params import ParamsError, TransformerParams, load_section
+from pipeline.shards import ShardError
+from pipeline.token_shards import (
+    MANIFEST_FILE,
+    VOCAB_FILE,
+    TokenShardError,
+    TokenSplit,
+    load_token_split,
+    read_vocab,
+    write_json_atomic,
+)
+from pipeline.train_loop import fit
+from pipeline.transformer_training import (
+    CurveLogger,
+    OptimSettings,
+    TransformerTask,
+    fixed_windows,
+    model_config,
+    random_windows,
+    unigram_baseline,
+)
+
+
+class TransformerStageError(RuntimeError):
+    """The stage cannot go on (no tokens, inconsistent clips); one line."""
+
+
+def _data_fingerprint(tokens: Path) -> str:
+    h = hashlib.sha1()
+    for name in (VOCAB_FILE, MANIFEST_FILE):
+        path = tokens / name
+        if path.exists():
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def holdout(train: TokenSplit, fraction: float = 0.1) -> tuple[TokenSplit, TokenSplit]:
+    """(train, val): the clips of the last ``fraction`` of videos (sorted ids) held out."""
+    videos = sorted({k.rsplit("_", 1)[0] for k in train.keys})
+    if len(videos) < 2:
+        raise TransformerStageError("no val clips and fewer than 2 train videos to hold one out")
+    held = set(videos[len(videos) - max(1, round(fraction * len(videos))):])
+    is_val = np.array([k.rsplit("_", 1)[0] in held for k in train.keys])
+    return train.take(np.flatnonzero(~is_val)), train.take(np.flatnonzero(is_val))
+
+
+def run(
+    params: TransformerParams,
+    tokens: str | Path,
+    model_out: str | Path,
+    metrics_out: str | Path,
+    plots_dir: str | Path,
+    ckpt_dir: str | Path,
+    logger: Any,
+) -> dict[str, float]:
+    """Train T on ``tokens`` (tokenize's output); write model, metrics, curves; return metrics."""
+    start = time.perf_counter()
+    tokens = Path(tokens)
+    vocab = read_vocab(tokens)
+    train = load_token_split(tokens, "train", vocab)
+    val = load_token_split(tokens, "val", vocab)
+    if len(train) == 0:
+        raise TransformerStageError(f"{tokens}: no train token samples")
+    val_source = "val"
+    if len(val) == 0:
+        train, val = holdout(train)
+        val_source = "train_holdout"
+    clip_len = train.frames.shape[1]
+    if val.frames.shape[1] != clip_len:
+        raise TransformerStageError(f"{tokens}: val clips have {val.frames.shape[1]} frames, "
+                                    f"train clips {clip_len}")
+    try:
+        cfg = model_config(params.model, params.conditioning, vocab, clip_len)
+    except ValueError as err:
+        raise TransformerStageError(str(err)) from None
+    if params.val_clips:
+        val = val.take(np.arange(min(params.val_clips, len(val))))
+    layout = cfg.sequence_layout
+    loop = params.loop
+    optim = OptimSettings(params.lr, params.min_lr, params.warmup_steps, params.weight_decay,
+                          tuple(params.betas), loop.steps)  # type: ignore[arg-type]
+    config = {"model": dataclasses.asdict(cfg), "params": to_plain(params),
+              "data": _data_fingerprint(tokens)}
+    config["params"]["loop"] = {k: v for k, v in config["params"]["loop"].items()
+                                if k not in ("steps", "log_every", "eval_every", "ckpt_every",
+                                             "keep_checkpoints", "device")}
+    torch.manual_seed(loop.seed)  # T's initial weights depend on the seed only
+    task = TransformerTask(cfg, optim, params.conditioning.drop_probs(),
+                           fixed_windows(val, layout, params.batch_size), config)
+    logger.set_tags({"transformer.val_source": val_source,
+                     "transformer.sequence_length": str(layout.length),
+                     "transformer.parameters": str(task.model.num_parameters())})
+    curves = CurveLogger(logger, plots_dir)
+    t_fit = time.perf_counter()
+    result = fit(task, random_windows(train, layout, params.batch_size, loop.seed), loop,
+                 Path(ckpt_dir), curves, resume="auto")
+    fit_s = time.perf_counter() - t_fit
+    if not result.is_main:
+        return {}
+
+    base = unigram_baseline(train.frames, val.frames, cfg.frame_vocab)
+    ev = result.eval_metrics
+    steps_run = result.step - (result.resumed_from or 0)
+    metrics = {
+        "val/perplexity": ev.get("val/perplexity", float("nan")),
+        "val/loss": ev.get("val/loss", float("nan")),
+        "val/accuracy": ev.get("val/accuracy", float("nan")),
+        "baseline/unigram_perplexity": base["unigram_perplexity"],
+        "baseline/unigram_val_perplexity": base["unigram_val_perplexity"],
+        "perplexity_ratio": ev.get("val/perplexity", float("nan")) / base["unigram_perplexity"],
+        "codebook/used_codes": base["used_codes"],
+        "train/loss": result.metrics.get("loss", float("nan")),
+        "train/accuracy": result.metrics.get("accuracy", float("nan")),
+        "train_clips": float(len(train)),
+        "val_clips": float(len(val)),
+        "sequence_length": float(layout.length),
+        "parameters": float(task.model.num_parameters()),
+        "steps": float(result.step),
+        "resumed_from": float(result.resumed_from if result.resumed_from is not None else -1),
+        "fit_seconds": fit_s,
+        "train_tokens_per_s": steps_run * params.batch_size * layout.length / max(fit_s, 1e-9),
+    }
+    save_model(model_out, cfg, result.state["transformer"], step=result.step,
+               weights="ema" if loop.ema_decay > 0 else "raw", val_source=val_source,
+               conditioning=dataclasses.asdict(params.conditioning), vocab=vocab)
+    metrics["seconds"] = time.perf_counter() - start
+    logger.log_metrics({k: v for k, v in metrics.items() if not k.startswith("val/")},
+                       step=result.step)
+    write_json_atomic(metrics_out, {**metrics, "val_source": val_source})
+    return metrics
+
+
+def load_transformer(path: str | Path) -> CCVSTransformer:
+    """``models/transformer.pt`` → T (eval mode, CPU)."""
+    from pipeline.checkpoint import load_model
+
+    config, state, _ = load_model(path)
+    model = CCVSTransformer(TransformerConfig(**config))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (section transformer)")
+    parser.add_argument("--tokens", default="data/tokens", help="tokenize's output folder")
+    parser.add_argument("--model", default="models/transformer.pt")
+    parser.add_argument("--metrics", default="metrics/transformer.json")
+    parser.add_argument("--plots", default="plots/transformer")
+    parser.add_argument("--ckpt", default="checkpoints/transformer")
+    args = parser.parse_args(argv)
+    from pipeline.tracking import stage_run
+
+    try:
+        params = load_section("transformer", args.params)
+        with stage_run("transformer", params, params_path=args.params) as logger:
+            run(params, args.tokens, args.model, args.metrics, args.plots, args.ckpt, logger)
+    except (ParamsError, TransformerStageError, TokenShardError, ShardError, CheckpointError) as err:
+        sys.exit(f"transformer: {err}")
+
+
+if __name__ == "__main__":
+    main()
