@@ -57,6 +57,7 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
         "steps": steps,
         "val_psnr": metrics["val/psnr"],
         "val_ssim": metrics["val/ssim"],
+        "val_psnr_first": metrics["val/psnr_first"],
         "val_psnr_last": metrics["val/psnr_last"],
         "val_ssim_last": metrics["val/ssim_last"],
         "codebook_perplexity": metrics["codebook/perplexity"],
@@ -92,13 +93,14 @@ def main() -> None:
             raise SystemExit(f"context_frames={c} failed:\n{out.stderr[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| F | c | val PSNR (dB) | val SSIM | PSNR last | SSIM last | image step (s) | "
-          "video step (s) | run (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| F | c | val PSNR (dB) | val SSIM | PSNR frame 1 | PSNR last | SSIM last | perplexity | "
+          "image step (s) | video step (s) | run (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {'on' if r['context_frames'] else 'off'} | {r['context_frames']} | "
-              f"{r['val_psnr']:.2f} | {r['val_ssim']:.3f} | {r['val_psnr_last']:.2f} | "
-              f"{r['val_ssim_last']:.3f} | {r['image_step_s']:.2f} | {r['video_step_s']:.2f} | "
+              f"{r['val_psnr']:.2f} | {r['val_ssim']:.3f} | {r['val_psnr_first']:.2f} | "
+              f"{r['val_psnr_last']:.2f} | {r['val_ssim_last']:.3f} | "
+              f"{r['codebook_perplexity']:.0f} | {r['image_step_s']:.2f} | {r['video_step_s']:.2f} | "
               f"{r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

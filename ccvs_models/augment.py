@@ -66,12 +66,14 @@ class AugmentConfig:
     p_occlusion: float = 0.5  # chance the context gets occluders (o_c)
     occluders: tuple[int, int] = (1, 3)  # number of occluders (rectangles or ellipses), inclusive
     occluder_size: tuple[float, float] = (0.2, 0.5)  # occluder side / diameter, fraction of frame
+    p_blank: float = 0.0  # chance the whole context is occluded (o_c = 0): x must then come from
+    # its tokens alone, which keeps E, Q informative while F could copy (ours, not in the paper)
     analytic_affine_inverse: bool = True  # exact inverse for affine-only samples (App. C)
     inversion_sigma: float = 1.0  # std (cells) of the 3×3 Gaussian B of Alg. C1
 
     def __post_init__(self) -> None:
         probabilities = ("p_rotation", "p_scale", "p_translation", "p_elastic", "p_blur",
-                         "p_occlusion")
+                         "p_occlusion", "p_blank")
         for name in probabilities:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -238,7 +240,8 @@ def sample_occlusion(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """o_c: (B, 1, H, W) with 1 = visible and 0 under random rectangles / ellipses."""
+    """o_c: (B, 1, H, W) with 1 = visible and 0 under random rectangles / ellipses (and 0
+    everywhere for a ``p_blank`` share of the samples)."""
     g = generator
     k = max(cfg.occluders[1], 1)
     occluded = _bernoulli(batch, cfg.p_occlusion, g)
@@ -262,6 +265,9 @@ def sample_occlusion(
     in_ellipse = dx**2 + dy**2 <= 1
     shape = torch.where(ellipse.to(device)[:, :, None, None], in_ellipse, in_rect)
     hidden = (shape & active.to(device)[:, :, None, None]).any(1, keepdim=True)
+    if cfg.p_blank > 0:  # drawn last (and only then), so p_blank = 0 keeps the other draws
+        blank = _bernoulli(batch, cfg.p_blank, g).to(device)
+        hidden = hidden | blank[:, None, None, None]
     return (~hidden).to(dtype)
 
 

@@ -63,6 +63,9 @@ class AutoencoderConfig:
     flow_hidden: tuple[int, ...] = (32, 32, 16)  # channels of F's match / refine conv stacks per
     # F level, coarse → fine (the last value repeats; an int = the same everywhere)
     flow_corr_dim: int = 16  # channels of the 1×1 projection F correlates (0 = raw features)
+    flow_mask_init: float = -2.0  # prior mask logit m at the coarsest F level (flow prior: 0);
+    # σ(−2) ≈ 0.12, so Eq. (1) starts by mostly copying the (unwarped) context, which is what
+    # the L_c target asks on visible pixels. Not in the paper (0 would start at σ = 0.5).
     negative_slope: float = 0.2  # LeakyReLU slope (App. A uses LeakyReLU; slope not given)
 
     def __post_init__(self) -> None:
@@ -250,6 +253,7 @@ class Decoder(nn.Module):
                     hidden=cfg.level_hidden(level),
                     corr_dim=cfg.flow_corr_dim,
                     negative_slope=cfg.negative_slope,
+                    mask_init=cfg.flow_mask_init,
                 )
                 for level in cfg.active_flow_levels
             }

@@ -229,6 +229,18 @@ def fuse(
 # --------------------------------------------------------------------------- one level of F
 
 
+def unit_rms(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Scale each location of (N, C, h, w) to unit root-mean-square over channels.
+
+    F's matching features go through this: the correlation of two of them is then their cosine
+    similarity (in [−1, 1]) whatever the scale of E's and D's features. Without it the cost
+    volume of a freshly initialised model has a std of ~0.005, F's conv heads see almost
+    nothing and the fusion mask stays at its initial value for the whole short demo training.
+    """
+    return t * torch.rsqrt(t.float().pow(2).mean(1, keepdim=True) + eps).to(t.dtype)
+
+
+
 class FlowLevelOutput(NamedTuple):
     """F at one decoder level r_k."""
 
@@ -257,7 +269,8 @@ class FlowLevel(nn.Module):
     """F at one resolution level (Fig. A1-(2)): match → refine → fuse.
 
     Matching and refinement work on a shared 1×1 projection of the features (``corr_dim``
-    channels, LiteFlowNet-style matching features); the fusion uses the full features e^k.
+    channels, LiteFlowNet-style matching features) scaled to unit RMS per location
+    (``unit_rms``: the cost volume is a cosine similarity); the fusion uses the full features e^k.
     This is a speed choice (the cost volume and the refine convs cost grows with their input
     channels); the paper does not say which features F's convs see.
 
@@ -267,6 +280,8 @@ class FlowLevel(nn.Module):
         hidden: channels of the match / refine conv stacks.
         corr_dim: channels of the projection. 0 = use the features themselves.
         negative_slope: LeakyReLU slope.
+        mask_init: the mask logit used when no prior mask is given (the coarsest F level);
+            negative = start by taking the context (σ(m) < 0.5).
     """
 
     def __init__(
@@ -276,9 +291,11 @@ class FlowLevel(nn.Module):
         hidden: int = 32,
         corr_dim: int = 16,
         negative_slope: float = 0.2,
+        mask_init: float = 0.0,
     ) -> None:
         super().__init__()
         self.radius = radius
+        self.mask_init = mask_init
         self.negative_slope = negative_slope
         self.key = nn.Conv2d(channels, corr_dim, 1) if corr_dim > 0 else nn.Identity()
         key_ch = corr_dim if corr_dim > 0 else channels
@@ -299,7 +316,7 @@ class FlowLevel(nn.Module):
             context: (B, c, C, h, w) encoded context features e_i^k, c ≥ 1.
             flow: (B, c, 2, h, w) prior flow (the coarser level's, already upsampled), or None
                 for zero.
-            mask: (B, c, 1, h, w) prior mask logits (upsampled), or None for zero.
+            mask: (B, c, 1, h, w) prior mask logits (upsampled), or None for ``mask_init``.
         """
         b, c, ch, h, w = context.shape
         if d.shape != (b, ch, h, w):
@@ -310,10 +327,10 @@ class FlowLevel(nn.Module):
         # Fold the c frames into the batch: every frame is matched against the same d.
         e_n = context.reshape(n, ch, h, w)
         f = d.new_zeros(n, 2, h, w) if flow is None else flow.reshape(n, 2, h, w)
-        m = d.new_zeros(n, 1, h, w) if mask is None else mask.reshape(n, 1, h, w)
-        key_d = self.key(d)
+        m = d.new_full((n, 1, h, w), self.mask_init) if mask is None else mask.reshape(n, 1, h, w)
+        key_d = unit_rms(self.key(d))
         key_d = key_d.unsqueeze(1).expand(b, c, *key_d.shape[1:]).reshape(n, -1, h, w)
-        key_e = self.key(e_n)
+        key_e = unit_rms(self.key(e_n))
 
         # match: cost volume between d and the context warped by the prior flow.
         cost = correlation(key_d, warp(key_e, f), self.radius)

@@ -42,6 +42,15 @@ from its context, gives E no reason to recover). With ``dead_code_every`` > 0 th
 re-seeds every code with encoder outputs of the batch (a data-dependent init), and codes unused
 over ``dead_code_every`` steps are re-seeded the same way later (``reseed_dead_codes``).
 
+F at a short budget (not in the paper; measured on the demo data, see BENCHMARKS.md): with the
+self-supervised context the decoder learns to copy the context through F before the tokens carry
+anything, and F's mask stays near its initial value everywhere. In the recursive evaluation the
+model then behaves like "copy x_0": frame 1 is much better than without F, but later frames fall
+to F off's level or below as the gripper moves. Knobs: ``model.flow_mask_init`` (F starts by
+taking the context, σ(m) < 0.5, as L_c's target asks on visible pixels) and ``augment.p_blank``
+(a share of the context views fully occluded, o_c = 0, so x must come from its tokens; 0.3
+measured worse at 150 steps, so the demo keeps 0).
+
 Evaluation — Table 1 "Reconstruction": every frame's true tokens Q(E(x_t)) are decoded with F's
 context = the previous *reconstructed* frames (the real first frame as initial context), so errors
 propagate as at inference. PSNR and SSIM (``pipeline.image_metrics``, on [0, 1] frames) are the
@@ -285,13 +294,15 @@ def _token_shape(model: CCVSAutoencoder, x: torch.Tensor) -> tuple[int, int]:
 
 
 def summarize(result: ReconstructionEval, codebook_size: int) -> dict[str, float]:
-    """val/psnr, val/ssim (means over decoded frames), their last-frame values, codebook stats."""
+    """val/psnr, val/ssim (means over decoded frames), PSNR at the first decoded frame, their
+    last-frame values, codebook stats."""
     counts = np.bincount(result.tokens.reshape(-1), minlength=codebook_size).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
     return {
         "val/psnr": float(result.psnr.mean()),
         "val/ssim": float(result.ssim.mean()),
+        "val/psnr_first": float(result.psnr[:, 0].mean()),  # frame 1: the real x_0 as context
         "val/psnr_last": float(result.psnr[:, -1].mean()),
         "val/ssim_last": float(result.ssim[:, -1].mean()),
         "codebook/perplexity": float(np.exp(entropy)),

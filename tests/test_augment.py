@@ -151,6 +151,20 @@ def test_occlusion_masks() -> None:
     assert (hidden > 0).all() and (hidden < 0.9).all()
 
 
+def test_blank_context_hides_everything_and_asks_for_the_decoded_features() -> None:
+    x = smooth_images(8)
+    ss = make_context(x, cfg(p_blank=1.0), gen())
+    assert torch.count_nonzero(ss.context) == 0
+    assert torch.equal(ss.mask_target, torch.ones_like(ss.mask_target))  # σ(m) → 1: keep d
+    some = sample_occlusion(64, H, W, cfg(p_blank=0.5), gen(1))
+    blank = (some.flatten(1).amax(1) == 0).float().mean()
+    assert 0.2 < blank < 0.8 and ((some == 0) | (some == 1)).all()
+    # p_blank = 0 draws nothing more: the other occluders are unchanged.
+    base = cfg(p_occlusion=1.0)
+    assert torch.equal(sample_occlusion(4, H, W, base, gen(2)),
+                       sample_occlusion(4, H, W, dataclasses.replace(base, p_blank=0.0), gen(2)))
+
+
 def test_downsampled_targets_are_consistent_with_warping_at_the_coarse_level() -> None:
     # An image translated by 4 px at full resolution = the pooled image translated by 2 px.
     x = smooth_images(2, 32, 32)

@@ -11,6 +11,7 @@ from ccvs_models.flow import (
     correlation,
     fuse,
     fuse_single,
+    unit_rms,
     upsample_flow,
     warp,
 )
@@ -187,6 +188,35 @@ def test_flow_level_starts_from_the_prior_and_fuses_eq1():
     expected = 0.5 * d + 0.5 * warp(e[:, 0], prior[:, 0])
     assert torch.allclose(out.d, expected, atol=1e-6)
     assert torch.equal(out.fused_mask, out.mask[:, 0])
+
+
+def test_unit_rms_and_scale_free_matching():
+    torch.manual_seed(0)
+    t = torch.randn(2, 5, 4, 4) * 0.1  # E's features are ~0.1 at init (eps = 1e-6 of the MS)
+    u = unit_rms(t)
+    assert torch.allclose(u.pow(2).mean(1), torch.ones(2, 4, 4), atol=1e-3)
+    assert torch.allclose(unit_rms(t * 30.0), u, atol=1e-3)
+    # F's flow and mask do not depend on the scale of E's / D's features (tiny at init).
+    level = FlowLevel(channels=6, radius=1, hidden=8, corr_dim=4)
+    randomize_last_layers(level)
+    torch.nn.init.zeros_(level.key.bias)
+    d, e = torch.randn(2, 6, 8, 8), torch.randn(2, 1, 6, 8, 8)
+    small, big = level(d * 0.1, e * 0.1), level(d, e)
+    assert torch.allclose(small.flow, big.flow, atol=1e-3)
+    assert torch.allclose(small.mask, big.mask, atol=1e-3)
+    assert big.flow.abs().max() > 1e-3  # the heads do react to the features
+
+
+def test_flow_level_without_prior_starts_at_zero_flow_and_the_mask_init():
+    torch.manual_seed(0)
+    level = FlowLevel(channels=6, radius=1, hidden=8, corr_dim=4, mask_init=-2.0)
+    d = torch.randn(2, 6, 8, 8)
+    e = torch.randn(2, 1, 6, 8, 8)
+    out = level(d, e)
+    assert torch.equal(out.flow, torch.zeros_like(out.flow))
+    assert torch.allclose(out.mask, torch.full_like(out.mask, -2.0))
+    keep = torch.sigmoid(torch.tensor(-2.0))  # ≈ 0.12: mostly the (unwarped) context
+    assert torch.allclose(out.d, keep * d + (1 - keep) * e[:, 0], atol=1e-6)
 
 
 def test_flow_level_folds_frames_into_the_batch_like_a_per_frame_loop():
