@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from pipeline.atomic import write_json
 
 from pipeline.shards import Npy, ShardError, iter_shard, list_shards
 
@@ -235,13 +236,8 @@ def load_token_split(root: str | Path, split: str, vocab: dict[str, Any]) -> Tok
 
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
-    """JSON with sorted keys, written to a temp name then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """JSON with sorted keys, written to a temp name then renamed (``pipeline.atomic``)."""
+    return write_json(path, data)
 
 
 def read_vocab(root: str | Path) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import torch
 
 from ccvs_models.autoencoder import CCVSAutoencoder
 from pipeline.ae_training import AutoencoderTask, make_batch_stream, reconstruct_clips, side_by_side
+from pipeline.atomic import write_json
 from pipeline.checkpoint import save_model, to_plain
 from pipeline.media_write import write_gif
 from pipeline.params import AutoencoderParams, ParamsError, load_section
@@ -119,13 +120,6 @@ def check_fits(params: AutoencoderParams, frames: np.ndarray) -> None:
 def fingerprint(config: dict[str, Any]) -> str:
     text = json.dumps(to_plain(config), sort_keys=True, default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_curve(path: Path, rows: list[dict[str, float]]) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder
+from pipeline.atomic import write_json
 from pipeline.checkpoint import save_model
 from pipeline.params import LayoutVQParams, ParamsError, load_section
 from pipeline.shards import ShardError
@@ -61,7 +61,7 @@ from stages.sound_vq import (
     predict,
     report_skipped,
     split_samples,
-    write_json,
+    write_placeholder,
 )
 
 
@@ -155,18 +155,6 @@ def layout_artifact(true: np.ndarray, pred: np.ndarray, key: str, folder: Path,
     return path
 
 
-def _unavailable(reason: str, model_out: Path, metrics_out: Path, logger: Any,
-                 extra: dict[str, float]) -> dict[str, float]:
-    save_model(model_out, {}, {}, available=False, reason=reason)
-    metrics = {"available": 0.0, **extra}
-    write_json(metrics_out, {**metrics, "reason": reason})
-    logger.set_tag("layout_vq.available", "false")
-    logger.set_tag("layout_vq.reason", reason)
-    logger.log_metrics(metrics)
-    print(f"layout_vq: {reason}: wrote a placeholder model {model_out}", file=sys.stderr)
-    return metrics
-
-
 def run(
     params: LayoutVQParams,
     clips: str | Path,
@@ -187,7 +175,7 @@ def run(
     val = load_layouts(clips, "val")
     if train.with_layout == 0:
         report_skipped("layout_vq", [], logger)
-        return _unavailable("no layouts in the data", model_out, metrics_out, logger,
+        return write_placeholder("layout_vq", "no layouts in the data", model_out, metrics_out, logger,
                             {"clips_without_layout": float(len(train.skipped) + len(val.skipped))})
     val_source = "val"
     if val.with_layout == 0:

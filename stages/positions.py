@@ -40,9 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -51,6 +49,7 @@ import numpy as np
 import torch
 
 from ccvs_models.position import PositionEstimator
+from pipeline.atomic import write_json, write_parquet
 from pipeline.checkpoint import CheckpointError, save_model
 from pipeline.params import ParamsError, PositionsParams, load_section
 from pipeline.shards import ShardError, iter_clips
@@ -310,7 +309,6 @@ class GroundTruth:
 
 def _write_parquet(path: Path, rows: dict[str, list]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.table({
         "key": pa.array(rows["key"], pa.string()),
@@ -318,20 +316,7 @@ def _write_parquet(path: Path, rows: dict[str, list]) -> None:
         "x": pa.array(rows["x"], pa.float32()),
         "y": pa.array(rows["y"], pa.float32()),
     })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_parquet(path, table)
 
 
 def _draw_examples(path: Path, examples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
@@ -499,7 +484,7 @@ def run(
     metrics["train_seconds"] = train_seconds
     metrics["seconds"] = time.perf_counter() - start
 
-    _write_json(Path(metrics_path), metrics)
+    write_json(Path(metrics_path), metrics)
     logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     logger.set_tag("positions.ground_truth", metrics["ground_truth"])
     logger.log_artifact(_draw_examples(out_dir / "examples.png", examples), "positions")

@@ -31,7 +31,6 @@ import collections
 import concurrent.futures as futures
 import csv
 import dataclasses
-import json
 import multiprocessing
 import os
 import shutil
@@ -45,6 +44,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.atomic import write_json
 from pipeline.media import MediaError, iter_frames, probe, read_audio
 from pipeline.params import DataParams, ParamsError, PrepareParams, load_section
 from pipeline.shards import ShardWriter, encode_sample, write_sample
@@ -424,12 +424,6 @@ class _ManifestWriter:
         os.replace(self.tmp, self.path)
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def check_params(p: PrepareParams) -> None:
     """Fail early, naming the key, on values no video could satisfy."""
     for key in ("resolution", "clip_length", "clip_stride", "frame_step", "audio_rate",
@@ -491,7 +485,8 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     os.replace(rejected_tmp, out_dir / "rejected.csv")
     shards = {split: len(writer.close()) for split, writer in writers.items()}
     manifest.close()
-    _write_json(out_dir / "classes.json", listing.classes)
+    write_json(out_dir / "classes.json", listing.classes, indent=1, sort_keys=False,
+               ensure_ascii=False)
 
     seconds = time.perf_counter() - start
     metrics = {

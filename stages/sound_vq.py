@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -59,6 +58,7 @@ from pipeline.audio_features import (
     prepare_audio,
     spectral_metrics,
 )
+from pipeline.atomic import write_json
 from pipeline.checkpoint import save_model, to_plain
 from pipeline.params import ParamsError, SoundVQParams, load_section
 from pipeline.shards import ShardError, iter_clips
@@ -218,15 +218,6 @@ def fingerprint(config: dict[str, Any]) -> str:
     """A short hash of a task config (which names its checkpoint folder)."""
     text = json.dumps(to_plain(config), sort_keys=True, default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (temp name + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def report_skipped(stage: str, skipped: list[tuple[str, str]], logger: Any) -> None:
@@ -413,15 +404,17 @@ def _model_config(params: SoundVQParams) -> VQAutoencoderConfig:
     return dataclasses.replace(m, in_channels=1, out_channels=1)
 
 
-def _unavailable(reason: str, model_out: Path, metrics_out: Path, logger: Any,
-                 extra: dict[str, float]) -> dict[str, float]:
+def write_placeholder(stage: str, reason: str, model_out: Path, metrics_out: Path, logger: Any,
+                      extra: dict[str, float]) -> dict[str, float]:
+    """A model file saying the data have nothing for ``stage`` (no audio / no layouts), so the
+    DAG still runs and tokenize leaves that annotation out (``meta["available"] = False``)."""
     save_model(model_out, {}, {}, available=False, reason=reason)
     metrics = {"available": 0.0, **extra}
     write_json(metrics_out, {**metrics, "reason": reason})
-    logger.set_tag("sound_vq.available", "false")
-    logger.set_tag("sound_vq.reason", reason)
+    logger.set_tag(f"{stage}.available", "false")
+    logger.set_tag(f"{stage}.reason", reason)
     logger.log_metrics(metrics)
-    print(f"sound_vq: {reason}: wrote a placeholder model {model_out}", file=sys.stderr)
+    print(f"{stage}: {reason}: wrote a placeholder model {model_out}", file=sys.stderr)
     return metrics
 
 
@@ -446,7 +439,8 @@ def run(
     counts = {"skipped_clips": float(len(skipped)), "train_clips": float(len(train.keys)),
               "val_clips": float(len(val.keys))}
     if train.with_audio == 0:
-        return _unavailable("no audio in the data", model_out, metrics_out, logger, counts)
+        return write_placeholder("sound_vq", "no audio in the data", model_out, metrics_out, logger,
+                                 counts)
     if len(train.keys) == 0:
         raise StageError(
             f"{clips}: all {train.with_audio} train clips with audio were rejected "

@@ -42,7 +42,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import sys
 import time
@@ -56,6 +55,7 @@ import torch.nn.functional as F
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
 from pipeline import distributed
+from pipeline.atomic import write_parquet
 from pipeline.audio_features import AudioConfigError, AudioError, AudioFeatureConfig, frame_patches
 from pipeline.checkpoint import CheckpointError, load_model
 from pipeline.params import ParamsError, TokenizeParams, load_section
@@ -226,19 +226,12 @@ def _state_for(traj: np.ndarray | None, n: int, bins: StateBins) -> np.ndarray:
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     cols = {"key": pa.string(), "video_id": pa.string(), "split": pa.string(), "shard": pa.string(),
             "label_id": pa.int32(), "num_frames": pa.int32(), "first_frame": pa.int32(),
             "missing": pa.string()}
     table = pa.table({c: pa.array([r[c] for r in rows], t) for c, t in cols.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_parquet(path, table)
 
 
 def run(
