@@ -4,7 +4,8 @@ The ``prepare`` stage decodes every dataset of the paper (§4 "Datasets", App. E
 module: frames with decord's ``VideoReader``, audio with decord's ``AudioReader`` (down-mixed to mono
 at the native rate, then resampled with soxr), and PyAV where decord is not installed (Linux aarch64) or fails on
 a particular file (decord 0.6 mis-sizes some frame widths, e.g. 48 px). Both backends give the
-same frames up to decoder rounding (``tests/test_media.py`` checks it).
+same frames up to decoder rounding (``tests/test_media.py`` checks it). :func:`probe_with_audio`
+reads the audio with PyAV while probing (one opening of the file; what ``prepare`` uses).
 
 Every problem with an input is a :class:`MediaError` whose message is one line naming the file
 and what is wrong with it (empty file, not a video, truncated, no video stream, no audio...),
@@ -103,6 +104,22 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     This runs before decord sees a file, so a broken input gets a precise reason (and decord is
     never handed something that may crash it).
     """
+    return _probe(path, None)[0]
+
+
+def probe_with_audio(path: str | os.PathLike, *, audio_rate: int) -> tuple[VideoInfo, np.ndarray | None]:
+    """:func:`probe`, and in the same pass over the container the audio track as
+    :func:`read_audio` gives it (PyAV; ``None`` without an audio stream).
+
+    One opening of the file instead of two (the probe's and decord's ``AudioReader``): opening
+    and probing a short mp4 costs as much as decoding its audio (``bench/prepare.py``).
+    """
+    if audio_rate <= 0:
+        raise ValueError(f"audio_rate must be positive, got {audio_rate}")
+    return _probe(path, audio_rate)
+
+
+def _probe(path: str | os.PathLike, audio_rate: int | None) -> tuple[VideoInfo, np.ndarray | None]:
     path = Path(path)
     if not path.exists():
         raise MediaError(path, "file not found")
@@ -125,7 +142,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if not fps or not math.isfinite(fps):
             raise MediaError(path, "unknown frame rate")
         num_frames = int(stream.frames or 0)
-        if num_frames <= 0:  # some containers do not count frames: decode to count them
+        counted = num_frames <= 0
+        if counted:  # some containers do not count frames: decode to count them
             try:
                 num_frames = sum(1 for _ in container.decode(stream))
             except av.FFmpegError as err:
@@ -137,15 +155,15 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         height, width = stream.codec_context.height, stream.codec_context.width
         if not height or not width:
             raise MediaError(path, "video stream has no frame size")
-        audio_rate, audio_start = 0, 0.0
+        native_rate, audio_start = 0, 0.0
         if container.streams.audio:
             sound = container.streams.audio[0]
-            audio_rate = int(sound.rate or sound.codec_context.sample_rate or 0)
+            native_rate = int(sound.rate or sound.codec_context.sample_rate or 0)
             if sound.start_time is not None:
                 audio_start = float(sound.start_time * sound.time_base)
-            if audio_rate <= 0:
+            if native_rate <= 0:
                 raise MediaError(path, "audio stream has no sample rate")
-        return VideoInfo(
+        info = VideoInfo(
             path=str(path),
             num_frames=num_frames,
             fps=fps,
@@ -153,9 +171,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             width=width,
             has_audio=bool(container.streams.audio),
             start_time=start_time,
-            audio_rate=audio_rate,
+            audio_rate=native_rate,
             audio_start_time=audio_start,
         )
+        if audio_rate is None or not info.has_audio:
+            return info, None
+        if counted:  # counting the frames read the whole file
+            container.seek(0)
+        return info, _audio_out(path, _decode_audio(path, container, native_rate), info, audio_rate)
 
 
 # --------------------------------------------------------------------------- frames
@@ -168,6 +191,29 @@ def _as_rgb(batch: np.ndarray) -> np.ndarray:
     if batch.shape[-1] == 1:
         batch = np.repeat(batch, 3, axis=-1)
     return batch
+
+
+class _DLPack:
+    """Hands a decord NDArray to ``numpy.from_dlpack`` (decord 0.6 has ``to_dlpack`` but not the
+    ``__dlpack__`` protocol numpy asks for)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, *args, **kwargs):
+        return self.array.to_dlpack()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+
+def _to_numpy(array) -> np.ndarray:
+    """A decord CPU NDArray as a (read-only) numpy array sharing its memory: ``asnumpy()`` would
+    copy every decoded pixel once more (~5 ms per 64 frames of 256×256)."""
+    try:
+        return np.from_dlpack(_DLPack(array))
+    except (AttributeError, TypeError, RuntimeError, BufferError):  # pragma: no cover - other versions
+        return array.asnumpy()
 
 
 def _decord_frames(
@@ -185,7 +231,7 @@ def _decord_frames(
     for begin in range(0, len(indices), chunk):
         wanted = indices[begin : begin + chunk]
         try:
-            batch = reader.get_batch(wanted).asnumpy()
+            batch = _to_numpy(reader.get_batch(wanted))
         except Exception as err:
             if begin == 0:
                 raise _DecordUnfit(f"decord cannot decode the video ({_short(err)})") from None
@@ -253,6 +299,8 @@ def iter_frames(
 ) -> Iterator[np.ndarray]:
     """Yield the frames ``0, frame_step, 2*frame_step, ...`` as uint8 chunks (n<=chunk_size, H, W, 3).
 
+    The chunks may be read-only (decord's buffer, not copied): copy one before writing into it.
+
     threads: decoder threads (0 = the library's choice; 1 when files are decoded in parallel).
     ``backend="auto"`` uses decord and falls back to PyAV for a file decord cannot handle.
     """
@@ -297,16 +345,25 @@ def _decord_audio(path: Path) -> np.ndarray:
 
 
 def _av_audio(path: Path, native_rate: int) -> np.ndarray:
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as err:
+        raise MediaError(path, f"cannot decode the audio track ({_short(err)})") from None
+    with container:
+        return _decode_audio(path, container, native_rate)
+
+
+def _decode_audio(path: Path, container, native_rate: int) -> np.ndarray:
+    """The first audio stream of an open container, down-mixed to mono float32 at its rate."""
     chunks: list[np.ndarray] = []
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            mono = av.AudioResampler(format="fltp", layout="mono", rate=native_rate)
-            for frame in container.decode(stream):
-                for out in mono.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in mono.resample(None):
+        stream = container.streams.audio[0]
+        mono = av.AudioResampler(format="fltp", layout="mono", rate=native_rate)
+        for frame in container.decode(stream):
+            for out in mono.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
+        for out in mono.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
     except av.FFmpegError as err:
         raise MediaError(path, f"cannot decode the audio track ({_short(err)})") from None
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
@@ -337,6 +394,12 @@ def read_audio(
                 raise
     if samples is None:
         samples = _av_audio(path, native)  # raises its own MediaError if it fails too
+    return _audio_out(path, samples, info, audio_rate)
+
+
+def _audio_out(path: Path, samples: np.ndarray, info: VideoInfo, audio_rate: int) -> np.ndarray:
+    """Native-rate mono samples → checked, resampled to ``audio_rate``, sample 0 at time 0."""
+    native = info.audio_rate
     if samples.size == 0:
         raise MediaError(path, "audio track holds no samples")
     if not np.all(np.isfinite(samples)):
@@ -366,7 +429,8 @@ def read_video(
 ) -> VideoData:
     """Decode a whole video (frames, and the audio track when ``audio``) into memory.
 
-    Fine for one video at a time; for long videos use :func:`iter_frames`. ``audio`` is
+    Fine for one video at a time; for long videos use :func:`iter_frames` (frames may be a
+    read-only view of decord's buffer: copy before writing into them). ``audio`` is
     ``None`` in the result when the file has no audio track (the caller decides whether that
     is an error). Raises :class:`MediaError` naming the file for any bad input.
     """

@@ -11,15 +11,20 @@ of videos (``pipeline.sources``: the demo world, a folder/glob, a manifest CSV) 
    transform: x' = (x + ½ − x₀)·s − ½ with the crop's left edge x₀ and scale s);
 2. cut clips of ``clip_length`` frames every ``clip_stride`` (kept) frames, with the audio
    samples that play during those frames (mono, ``audio_rate``; a missing track is rejected or
-   replaced by silence per ``missing_audio``), the annotated positions (NaN elsewhere) and layouts;
+   replaced by silence per ``missing_audio``), the annotated positions (NaN elsewhere) and layouts.
+   The audio track is decoded by PyAV in the same opening of the file as the probe
+   (``media.probe_with_audio``: one opening instead of two, ~0.05 of 0.9 CPU-seconds in
+   ``bench/prepare.py``), except with ``decoder: decord`` (decord's ``AudioReader``); the two
+   differ by float rounding of the down-mix only (< 1e-6);
 3. write webdataset shards per split (``pipeline.shards``), ``manifest.parquet`` (one row per
    clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``.
 
-Videos are decoded by a pool of ``workers`` processes; results come back in input order with at
-most ``2 × workers`` videos in flight, so the output is byte-identical for any ``workers`` and
-memory does not grow with the number of videos. A decoding process writes its clips' tar members
-to a part file that the parent appends to the shard (``os.copy_file_range``), rather than
-pickling every pixel through a pipe.
+Videos are decoded by ``workers`` processes (in this process when ``workers`` is 1). A decoding
+process sends back only its clips' sizes and manifest rows; the parent, taking videos in input
+order, places each clip in a shard (``ShardWriter.place``: shard, offset) and sends the placement
+back; the decoding process then writes the clip there itself (``pwritev``), so no pixel passes
+through a pipe or is copied twice, and the shards are byte-identical for any ``workers``. At most
+``2 × workers`` videos are in flight, so memory does not grow with the number of videos.
 
     python -m stages.prepare --params params.yaml --out data/clips
 """
@@ -27,27 +32,25 @@ pickling every pixel through a pipe.
 from __future__ import annotations
 
 import argparse
-import collections
-import concurrent.futures as futures
+import contextlib
 import csv
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from pipeline.atomic import write_json
-from pipeline.media import MediaError, iter_frames, probe, read_audio
+from pipeline.media import MediaError, iter_frames, probe, probe_with_audio, read_audio
 from pipeline.params import DataParams, ParamsError, PrepareParams, load_section
-from pipeline.shards import ShardWriter, encode_sample, write_sample
+from pipeline.shards import Placement, ShardWriter, encode_sample, sample_nbytes, write_placed
 from pipeline.sources import SPLITS, SourceError, VideoSource, list_sources
 
 MANIFEST_COLUMNS = (
@@ -125,8 +128,8 @@ class Clip:
 
 @dataclasses.dataclass
 class VideoResult:
-    """What a worker sends back for one input: the processed frames (once, not once per
-    overlapping clip, so the parent receives each pixel once) and its clips; or a rejection."""
+    """What decoding one input gives: the processed frames (held once, not once per overlapping
+    clip) and its clips; or a rejection."""
 
     video: VideoSource
     rejected: str | None = None
@@ -135,45 +138,39 @@ class VideoResult:
     clips: list[Clip] = dataclasses.field(default_factory=list)
     clip_length: int = 0
     frames_decoded: int = 0
-    part: str | None = None  # the clips already written as tar members in this file (workers)
-    part_sizes: list[int] = dataclasses.field(default_factory=list)  # bytes per clip in `part`
 
-    def to_part(self, path: Path) -> "VideoResult":
-        """Write the clips' tar members to ``path`` and drop the arrays: a decoding process
-        sends back a file name instead of pickling every pixel through a pipe."""
-        with open(path, "wb") as handle:
-            self.part_sizes = [write_sample(handle, sample) for sample, _ in self.samples()]
-        self.part, self.frames, self.layout = str(path), None, None
-        for clip in self.clips:
-            clip.audio = clip.positions = None
-        return self
-
-    def write_to(self, writer: ShardWriter) -> Iterator[dict[str, Any]]:
-        """Append the clips to ``writer``; yield each manifest row with its shard."""
-        if self.part is None:
-            for sample, row in self.samples():
-                yield {**row, "shard": writer.write(sample)}
-            return
-        with open(self.part, "rb") as handle:
-            offset = 0
-            for clip, size in zip(self.clips, self.part_sizes):
-                yield {**clip.row, "shard": writer.write_raw(handle, offset, size)}
-                offset += size
-        os.unlink(self.part)
-
-    def samples(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """(encoded sample, manifest row) per clip; arrays are views, serialised by the writer."""
+    def samples(self) -> list[dict[str, Any]]:
+        """The encoded sample of each clip; arrays are views, serialised when written."""
+        out = []
         for clip in self.clips:
             window = slice(clip.start, clip.start + self.clip_length)
-            sample = encode_sample(
+            out.append(encode_sample(
                 clip.key,
                 self.frames[window],
                 clip.meta,
                 audio=clip.audio,
                 positions=clip.positions,
                 layout=None if self.layout is None else self.layout[window],
-            )
-            yield sample, clip.row
+            ))  # fmt: skip
+        return out
+
+    def summary(self, samples: list[dict[str, Any]]) -> "VideoSummary":
+        """What the parent needs to place the clips (no pixels)."""
+        return VideoSummary(
+            self.video, self.rejected, self.frames_decoded, [c.row for c in self.clips],
+            [sample_nbytes(sample) for sample in samples],
+        )  # fmt: skip
+
+
+@dataclasses.dataclass
+class VideoSummary:
+    """A decoded video as the parent sees it: rows and byte sizes of its clips, or a rejection."""
+
+    video: VideoSource
+    rejected: str | None
+    frames_decoded: int
+    rows: list[dict[str, Any]]  # manifest rows, without the shard
+    sizes: list[int]  # bytes each clip's sample takes in a shard
 
 
 def clip_starts(num_kept: int, clip_length: int, clip_stride: int) -> list[int]:
@@ -207,47 +204,42 @@ def _positions(video: VideoSource, num_kept: int, step: int, crop: Crop) -> np.n
     return out
 
 
-def process_video(
-    video: VideoSource, params: PrepareParams, parts_dir: str | None = None, index: int = 0
-) -> VideoResult:
+def process_video(video: VideoSource, params: PrepareParams) -> VideoResult:
     """Decode ``video`` and cut it into clips (runs in a decoding process).
 
     Any problem with the input (unreadable, too short, no audio when required, a bad layout
-    file) becomes ``VideoResult.rejected``, a one-line reason. With ``parts_dir`` the clips are
-    written there as tar members (``<index>.part``) instead of being returned as arrays.
+    file) becomes ``VideoResult.rejected``, a one-line reason.
     """
     try:
-        result = _process(video, params)
+        return _process(video, params)
     except MediaError as err:
         return VideoResult(video, rejected=err.problem if err.path == video.path else str(err))
-    if parts_dir is not None and not result.rejected:
-        result.to_part(Path(parts_dir) / f"{index:08d}.part")
-    return result
 
 
 def _process(video: VideoSource, p: PrepareParams) -> VideoResult:
-    info = probe(video.path)
+    audio = None
+    if p.audio and p.decoder != "decord":  # probe and audio in one opening of the file (PyAV)
+        info, audio = probe_with_audio(video.path, audio_rate=p.audio_rate)
+    else:
+        info = probe(video.path)
     need = (p.clip_length - 1) * p.frame_step + 1
     if info.num_frames < need:
         return VideoResult(video, rejected=_too_short(info.num_frames, need, p))
 
     crop = Crop.center(info.height, info.width, p.resolution)
-    chunks = [
-        crop.frames(chunk)
-        for chunk in iter_frames(
-            video.path, frame_step=p.frame_step, chunk_size=_CHUNK, backend=p.decoder, threads=1,
-            info=info,
-        )
-    ]
-    frames = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    chunks = iter_frames(
+        video.path, frame_step=p.frame_step, chunk_size=_CHUNK, backend=p.decoder, threads=1, info=info
+    )
+    frames = _gather((crop.frames(chunk) for chunk in chunks), -(-info.num_frames // p.frame_step))
     num_kept = len(frames)
     starts = clip_starts(num_kept, p.clip_length, p.clip_stride)
     if not starts:  # the container over-counted its frames
         return VideoResult(video, rejected=_too_short((num_kept - 1) * p.frame_step + 1, need, p))
 
-    audio, per_clip = None, 0
+    per_clip = 0
     if p.audio:
-        audio = read_audio(video.path, audio_rate=p.audio_rate, backend=p.decoder, info=info)
+        if p.decoder == "decord":
+            audio = read_audio(video.path, audio_rate=p.audio_rate, backend=p.decoder, info=info)
         if audio is None and p.missing_audio == "reject":
             return VideoResult(video, rejected="no audio track (prepare.missing_audio: reject)")
         per_clip = int(round(p.clip_length * p.frame_step * p.audio_rate / info.fps))
@@ -306,6 +298,26 @@ def _process(video: VideoSource, p: PrepareParams) -> VideoResult:
     return result
 
 
+def _gather(chunks: Iterator[np.ndarray], expected: int) -> np.ndarray:
+    """Chunks of frames → one array: the chunk itself when it holds the whole video, else the
+    chunks copied once into an array sized from the container's count (grown if it under-counted)."""
+    frames, count = None, 0
+    for chunk in chunks:
+        if frames is None and len(chunk) >= expected:
+            frames, count = chunk, len(chunk)
+            continue
+        if frames is None or count + len(chunk) > len(frames):
+            grown = np.empty((max(expected, 2 * count, count + len(chunk)), *chunk.shape[1:]), chunk.dtype)
+            if count:
+                grown[:count] = frames[:count]
+            frames = grown
+        frames[count : count + len(chunk)] = chunk
+        count += len(chunk)
+    if frames is None:  # pragma: no cover - iter_frames raises MediaError first
+        raise RuntimeError("no frames to gather")
+    return frames[:count]
+
+
 def _too_short(frames: int, need: int, p: PrepareParams) -> str:
     noun = "frame" if frames == 1 else "frames"
     return (
@@ -314,58 +326,199 @@ def _too_short(frames: int, need: int, p: PrepareParams) -> str:
     )
 
 
-# --------------------------------------------------------------------------- parallel map
+# --------------------------------------------------------------------------- decoding, writing
 
 
 def _start_method() -> str:
     """``fork`` on Linux: a worker starts in milliseconds instead of re-importing av/decord/numpy
     (``spawn`` costs ~1 s per worker, as much as decoding a dozen small videos). The workers only
-    decode files and return bytes, so they need none of the parent's threads or locks.
+    decode files and write bytes, so they need none of the parent's threads or locks.
     Elsewhere (macOS, Windows) the platform's safe default, ``spawn``."""
     if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
         return "fork"
     return "spawn"
 
 
-def _describe(item: Any) -> str:
-    video = item[1] if isinstance(item, tuple) else item
-    return str(getattr(video, "path", video))
+def _place(summary: VideoSummary, writers: dict[str, ShardWriter]) -> list[Placement]:
+    writer = writers[summary.video.split]
+    return [writer.place(size) for size in summary.sizes]
 
 
-def _decode_task(task: tuple[int, VideoSource], params: PrepareParams, parts_dir: str | None) -> VideoResult:
-    index, video = task
-    return process_video(video, params, parts_dir, index)
-
-
-def ordered_map(
-    fn: Callable[..., VideoResult], items: Iterable[Any], workers: int, *args: Any
-) -> Iterator[VideoResult]:
-    """``fn(item, *args)`` for each item, in input order, over ``workers`` processes with at most
-    ``2 × workers`` items in flight (bounded memory; same output for any worker count)."""
-    items = list(items)
-    if workers <= 1:
-        for item in items:
-            yield fn(item, *args)
+def _decode_all(
+    videos: list[VideoSource], params: PrepareParams, writers: dict[str, ShardWriter]
+) -> Iterator[tuple[VideoSummary, list[Placement]]]:
+    """Decode ``videos`` and write their clips into ``writers`` (one per split); yield, in input
+    order, each video's summary and its clips' placements (their shards)."""
+    if params.workers <= 1 or len(videos) <= 1:
+        for video in videos:
+            result = process_video(video, params)
+            samples = result.samples()
+            summary = result.summary(samples)
+            placements = _place(summary, writers)
+            write_placed(placements, samples)
+            for placement in placements:
+                writers[video.split].done(placement)
+            yield summary, placements
         return
-    context = multiprocessing.get_context(_start_method())
-    with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending: collections.deque = collections.deque()
-        queue = iter(items)
-        for item in queue:
-            pending.append((item, pool.submit(fn, item, *args)))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            item, future = pending.popleft()
-            try:
-                result = future.result()
-            except futures.process.BrokenProcessPool:
-                names = ", ".join(_describe(i) for i in [item, *(i for i, _ in pending)])
-                raise PrepareError(f"a decoding process crashed while reading one of: {names}") from None
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(fn, nxt, *args)))
-            yield result
+    pool = _Pool(params)
+    try:
+        yield from pool.run(videos, writers)
+    finally:
+        pool.close()
+
+
+def _runs(placements: list[Placement]) -> list[tuple[Placement, int]]:
+    """Placements as (first, count) runs of consecutive samples in one shard (a short message)."""
+    runs: list[list[Any]] = []
+    for placement in placements:
+        if runs and runs[-1][0].path == placement.path:
+            runs[-1][1] += 1
+        else:
+            runs.append([placement, 1])
+    return [(first, count) for first, count in runs]
+
+
+def _expand(runs: list[tuple[Placement, int]], samples: list[dict[str, Any]]) -> list[Placement]:
+    """Inverse of :func:`_runs`, given the samples (whose sizes set the offsets)."""
+    out: list[Placement] = []
+    sizes = iter(sample_nbytes(sample) for sample in samples)
+    for first, count in runs:
+        offset = first.offset
+        for _ in range(count):
+            size = next(sizes)
+            out.append(first._replace(offset=offset, size=size))
+            offset += size
+    return out
+
+
+def _worker(conn: Any, params: PrepareParams) -> None:
+    """A decoding process. Messages in: ``("task", i, video)`` (decode it, keep its encoded
+    samples, answer ``("result", i, VideoSummary)``), ``("place", i, runs)`` (write the kept
+    samples of video i there, answer ``("written", i)``), ``("stop",)``. An unexpected error is
+    answered with ``("error", i, message)``."""
+    kept: dict[int, list[dict[str, Any]]] = {}
+    index = -1
+    try:
+        while True:
+            message = conn.recv()
+            if message[0] == "stop":
+                return
+            index = message[1]
+            if message[0] == "task":
+                result = process_video(message[2], params)
+                samples = result.samples()
+                if samples:
+                    kept[index] = samples
+                conn.send(("result", index, result.summary(samples)))
+            else:
+                samples = kept.pop(index)
+                write_placed(_expand(message[2], samples), samples)
+                conn.send(("written", index))
+    except (EOFError, KeyboardInterrupt):  # the parent is gone, or Ctrl-C (the parent handles it)
+        return
+    except BaseException as err:  # a bug or a write error: tell the parent, in one line
+        try:
+            conn.send(("error", index, " ".join(f"{type(err).__name__}: {err}".split())))
+        except OSError:
+            pass
+
+
+@dataclasses.dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    task: int | None = None  # the video it is decoding
+    kept: set[int] = dataclasses.field(default_factory=set)  # videos decoded, not yet written
+
+
+class _Pool:
+    """``workers`` decoding processes, each fed one video at a time (so the load balances), with
+    at most ``2 × workers`` videos between the oldest not yet placed and the newest started."""
+
+    def __init__(self, params: PrepareParams):
+        context = multiprocessing.get_context(_start_method())
+        self.workers: list[_Worker] = []
+        for _ in range(params.workers):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_worker, args=(theirs, params), daemon=True)
+            process.start()
+            theirs.close()
+            self.workers.append(_Worker(process, mine))
+        self.finished = False
+
+    def run(
+        self, videos: list[VideoSource], writers: dict[str, ShardWriter]
+    ) -> Iterator[tuple[VideoSummary, list[Placement]]]:
+        by_conn = {worker.conn: worker for worker in self.workers}
+        arrived: dict[int, VideoSummary] = {}  # decoded, waiting for their turn
+        unwritten: dict[int, tuple[ShardWriter, list[Placement]]] = {}
+        owner: dict[int, _Worker] = {}
+        started = placed = 0
+        window = 2 * len(self.workers)
+        while placed < len(videos) or unwritten:
+            for worker in self.workers:  # only idle workers get a task: they are reading
+                if worker.task is None and started < min(len(videos), placed + window):
+                    worker.task, owner[started] = started, worker
+                    self._send(worker, ("task", started, videos[started]), videos)
+                    started += 1
+            for conn in multiprocessing.connection.wait(list(by_conn)):
+                worker = by_conn[conn]
+                try:
+                    kind, index, *payload = conn.recv()
+                except (EOFError, OSError):
+                    raise PrepareError(self._crashed(worker, videos)) from None
+                if kind == "result":
+                    arrived[index] = payload[0]
+                    worker.task = None
+                elif kind == "written":
+                    writer, placements = unwritten.pop(index)
+                    for placement in placements:
+                        writer.done(placement)
+                    worker.kept.discard(index)
+                else:
+                    raise PrepareError(f"{videos[index].path}: {payload[0]}")
+            while placed in arrived:
+                summary = arrived.pop(placed)
+                placements = _place(summary, writers)
+                worker = owner.pop(placed)
+                if placements:
+                    unwritten[placed] = (writers[summary.video.split], placements)
+                    worker.kept.add(placed)
+                    self._send(worker, ("place", placed, _runs(placements)), videos)
+                yield summary, placements
+                placed += 1
+        self.finished = True
+
+    def _send(self, worker: _Worker, message: tuple, videos: list[VideoSource]) -> None:
+        try:
+            worker.conn.send(message)
+        except OSError:  # a broken pipe: the process is gone
+            raise PrepareError(self._crashed(worker, videos)) from None
+
+    @staticmethod
+    def _crashed(worker: _Worker, videos: list[VideoSource]) -> str:
+        worker.process.join(timeout=1)  # reap it, for its exit code
+        held = sorted(worker.kept | ({worker.task} if worker.task is not None else set()))
+        names = ", ".join(str(videos[i].path) for i in held) or "(no video)"
+        code = worker.process.exitcode
+        return f"a decoding process crashed (exit code {code}) while reading or writing: {names}"
+
+    def close(self) -> None:
+        """Stop the processes: politely after a complete run, at once after an error."""
+        for worker in self.workers:
+            if self.finished:
+                try:
+                    worker.conn.send(("stop",))
+                except OSError:
+                    pass
+            else:
+                worker.process.terminate()
+        for worker in self.workers:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():  # pragma: no cover - a stuck decoder
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
 
 
 # --------------------------------------------------------------------------- outputs
@@ -417,6 +570,11 @@ class _ManifestWriter:
         self.writer.write_table(pa.table(columns, schema=self.schema))
         self.rows = []
 
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
     def close(self) -> None:
         if self.rows or self.writer is None:
             self._flush()
@@ -454,34 +612,31 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     clips = {split: 0 for split in SPLITS}
     frames_decoded = 0
     rejected_tmp = out_dir / "rejected.csv.tmp"
-    with open(rejected_tmp, "w", newline="", encoding="utf-8") as handle:
-        rejects = csv.writer(handle, lineterminator="\n")
-        rejects.writerow(["source", "reason"])
-        rejects.writerows(listing.rejected)
-        num_rejected = len(listing.rejected)
-        # with several processes, each writes its clips' tar members to a part file that the
-        # kernel appends to the shard: pixels never travel through a pipe (twice the CPU time)
-        parts = tempfile.mkdtemp(prefix=".parts-", dir=out_dir) if params.workers > 1 else None
-        tasks = list(enumerate(listing.videos))
-        results = ordered_map(_decode_task, tasks, params.workers, params, parts)
-        progress = tqdm(results, total=len(tasks), desc="prepare", unit="video", file=sys.stderr)
-        try:
-            for result in progress:
-                if result.rejected:
-                    rejects.writerow([result.video.source, result.rejected])
-                    num_rejected += 1
-                    continue
-                frames_decoded += result.frames_decoded
-                for row in result.write_to(writers[result.video.split]):
-                    manifest.add(row)
-                    clips[result.video.split] += 1
-        except BaseException:
-            for writer in writers.values():
-                writer.abort()
-            raise
-        finally:
-            if parts is not None:
-                shutil.rmtree(parts, ignore_errors=True)
+    try:
+        with open(rejected_tmp, "w", newline="", encoding="utf-8") as handle:
+            rejects = csv.writer(handle, lineterminator="\n")
+            rejects.writerow(["source", "reason"])
+            rejects.writerows(listing.rejected)
+            num_rejected = len(listing.rejected)
+            decoded = contextlib.closing(_decode_all(listing.videos, params, writers))
+            progress = tqdm(total=len(listing.videos), desc="prepare", unit="video", file=sys.stderr)
+            with decoded as results, progress:  # closing stops the decoding processes at once
+                for summary, placements in results:
+                    progress.update()
+                    if summary.rejected:
+                        rejects.writerow([summary.video.source, summary.rejected])
+                        num_rejected += 1
+                        continue
+                    frames_decoded += summary.frames_decoded
+                    for row, placement in zip(summary.rows, placements):
+                        manifest.add({**row, "shard": placement.shard})
+                        clips[summary.video.split] += 1
+    except BaseException:  # leave no half-written file behind
+        for writer in writers.values():
+            writer.abort()
+        manifest.abort()
+        rejected_tmp.unlink(missing_ok=True)
+        raise
     os.replace(rejected_tmp, out_dir / "rejected.csv")
     shards = {split: len(writer.close()) for split, writer in writers.items()}
     manifest.close()

@@ -125,6 +125,17 @@ def test_video_without_audio_gives_none(videos):
     assert probe(videos["silent"]).has_audio is False
 
 
+@pytest.mark.parametrize("name", ["click", "six", "silent"])
+def test_probe_with_audio_is_probe_plus_the_pyav_track(videos, name):
+    info, audio = media.probe_with_audio(videos[name], audio_rate=22050)
+    assert info == probe(videos[name])
+    expected = read_audio(videos[name], audio_rate=22050, backend="av")
+    if expected is None:
+        assert audio is None
+    else:
+        np.testing.assert_array_equal(audio, expected)  # resampled, aligned, mono: the same samples
+
+
 def _audio_only(path: Path) -> Path:
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("aac", rate=16000, layout="mono")

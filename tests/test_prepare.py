@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 
@@ -132,7 +133,11 @@ def test_demo_source_makes_every_clip(demo_dir, demo_run):
     decoded = read_video(demo_dir / "videos" / "v2.mp4", audio=True, audio_rate=8000)
     clip = clips["v2_0001"]  # frames 4..11
     np.testing.assert_array_equal(clip["frames"], decoded.frames[4:12])
-    np.testing.assert_array_equal(clip["audio"], decoded.audio[3200:3200 + 6400])  # 0.4 s .. 1.2 s
+    # the audio is read by PyAV while probing (media.probe_with_audio): exactly its samples, and
+    # decord's AudioReader agrees up to float rounding of the down-mix
+    by_av = media.read_audio(demo_dir / "videos" / "v2.mp4", audio_rate=8000, backend="av")
+    np.testing.assert_array_equal(clip["audio"], by_av[3200:3200 + 6400])  # 0.4 s .. 1.2 s
+    np.testing.assert_allclose(clip["audio"], decoded.audio[3200:3200 + 6400], atol=1e-5)
     assert clip["meta"] == {
         "video_id": "v2", "source": str(demo_dir / "videos" / "v2.mp4"), "split": "val",
         "label": "left", "label_id": 0, "fps": 10.0, "first_frame": 4, "frame_step": 1,
@@ -146,11 +151,18 @@ def test_demo_source_makes_every_clip(demo_dir, demo_run):
     assert (clip["layout"][:, :, :6] == 1).all() and (clip["layout"][:, :, 6:] == 0).all()
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_workers_and_reruns_give_identical_output(demo_dir, demo_run, tmp_path):
     out, _, manifest, _, _ = demo_run
     small = tmp_path / "clips"
     _run(_data("demo", demo_dir), _params(shard_max_bytes=60_000), small)  # many tiny shards
     assert len(list((small / "train").glob("*.tar"))) > 1
+    # 2 processes writing clips in place, shards filling and closing while others are written
+    _run(_data("demo", demo_dir), _params(shard_max_bytes=60_000, workers=2), tmp_path / "two")
+    assert _tree(tmp_path / "two") == _tree(small)
     _, again, _, _ = _run(_data("demo", demo_dir), _params(workers=2), small)  # same folder
     pd.testing.assert_frame_equal(again, manifest)
     for split in ("train", "val", "test"):  # stale shards of the first run are gone
@@ -158,6 +170,38 @@ def test_workers_and_reruns_give_identical_output(demo_dir, demo_run, tmp_path):
         assert names == sorted(p.name for p in (out / split).iterdir())
         for name in names:
             assert (small / split / name).read_bytes() == (out / split / name).read_bytes()
+
+
+def test_long_videos_decoded_in_chunks_give_the_same_clips(demo_dir, demo_run, tmp_path, monkeypatch):
+    out = demo_run[0]
+    monkeypatch.setattr(prepare, "_CHUNK", 7)  # 20-frame videos: chunks of 7, 7, 6
+    _run(_data("demo", demo_dir), _params(), tmp_path)
+    assert _tree(tmp_path) == _tree(out)
+    chunks = [np.full((n, 2, 2, 3), i, np.uint8) for i, n in enumerate((3, 3, 2))]
+    for expected in (8, 5, 20):  # the container's count right, under-counted, over-counted
+        gathered = prepare._gather(iter(chunks), expected)
+        np.testing.assert_array_equal(gathered, np.concatenate(chunks))
+
+
+@pytest.mark.skipif(prepare._start_method() != "fork", reason="the patch must reach the workers")
+@pytest.mark.parametrize("failure", ["crash", "bug"])
+def test_a_failing_decoding_process_names_the_video(demo_dir, tmp_path, monkeypatch, failure):
+    real = prepare.process_video
+
+    def flaky(video, params):
+        if video.video_id == "v2":
+            if failure == "crash":
+                os._exit(3)  # as a segfault in a decoder would
+            raise RuntimeError("boom")
+        return real(video, params)
+
+    monkeypatch.setattr(prepare, "process_video", flaky)
+    with pytest.raises(PrepareError) as err:
+        _run(_data("demo", demo_dir), _params(workers=2), tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "v2.mp4" in message
+    assert ("crashed" in message) if failure == "crash" else ("RuntimeError: boom" in message)
+    assert not list(tmp_path.rglob("*.tmp"))  # no half-written shard left behind
 
 
 @pytest.mark.skipif("decord" not in media.available_backends(), reason="no decord")
@@ -180,7 +224,8 @@ def test_frame_step_subsamples_frames_and_keeps_audio_span(demo_dir, tmp_path):
     decoded = read_video(demo_dir / "videos" / "v0.mp4", audio=True, audio_rate=8000)
     clip = _all_clips(tmp_path)["v0_0001"]
     np.testing.assert_array_equal(clip["frames"], decoded.frames[4:12:2])
-    np.testing.assert_array_equal(clip["audio"], decoded.audio[3200:3200 + 6400])
+    by_av = media.read_audio(demo_dir / "videos" / "v0.mp4", audio_rate=8000, backend="av")
+    np.testing.assert_array_equal(clip["audio"], by_av[3200:3200 + 6400])
     assert np.isnan(clip["positions"]).all()  # annotated frame 5 is not a kept frame
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,51 @@ def test_shards_are_byte_identical_across_runs(tmp_path):
     assert a == (tmp_path / "b" / "train" / "clips-00000.tar").read_bytes()
 
 
+def _encoded(i: int) -> dict:
+    c = _clip(i)
+    return encode_sample(c["key"], c["frames"], c["meta"], audio=c["audio"], positions=c["positions"],
+                         layout=c["layout"])  # fmt: skip
+
+
+def test_placed_samples_written_in_any_order_give_the_same_shards(tmp_path):
+    samples = [_encoded(i) for i in range(7)]
+    cap = 3 * shards.sample_nbytes(samples[0]) + 1024  # 3 samples per shard
+    with ShardWriter(tmp_path / "seq" / "train", cap) as writer:
+        names = [writer.write(sample) for sample in samples]
+    writer = ShardWriter(tmp_path / "placed" / "train", cap)
+    placements = [writer.place(shards.sample_nbytes(sample)) for sample in samples]
+    assert [p.shard for p in placements] == names and len(set(names)) == 3
+    folder = tmp_path / "placed" / "train"
+    for i in reversed(range(7)):  # written back to front, as decoding processes may
+        shards.write_placed([placements[i]], [samples[i]])
+        writer.done(placements[i])
+        finished = sorted(p.name for p in folder.glob("*.tar"))
+        # a full shard is renamed only once all its samples are written; the last one at close
+        assert finished == (["clips-00000.tar"] if i == 0 else []) + (["clips-00001.tar"] if i <= 3 else [])
+    writer.close()
+    for name in sorted(p.name for p in (tmp_path / "seq" / "train").iterdir()):
+        assert (folder / name).read_bytes() == (tmp_path / "seq" / "train" / name).read_bytes()
+    assert [s["key"] for s in iter_clips(folder)] == [s["__key__"] for s in samples]
+
+
+def test_unwritten_placements_fail_close_and_abort_removes_them(tmp_path):
+    writer = ShardWriter(tmp_path / "train", 10**6)
+    placement = writer.place(shards.sample_nbytes(_encoded(0)))
+    with pytest.raises(ShardError, match="never written"):
+        writer.close()
+    writer.abort()
+    assert list((tmp_path / "train").iterdir()) == []
+    with pytest.raises(ShardError, match="were placed"):  # a sample that is not the placed size
+        shards.write_placed([placement._replace(size=placement.size + 512)], [_encoded(0)])
+
+
+def test_tar_headers_parse_back():
+    for name, size in [("v_0000.frames.npy", 0), ("é" * 50, 12345), ("x" * 100, 8**11 - 1)]:
+        info = tarfile.TarInfo.frombuf(shards.tar_header(name, size), "utf-8", "strict")
+        fields = (info.name, info.size, info.mode, info.mtime, info.uid, info.uname, info.type)
+        assert fields == (name, size, 0o444, 0, 0, "", tarfile.REGTYPE)
+
+
 def test_failed_write_leaves_no_partial_shard(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(tmp_path / "val", 10**6) as writer:
@@ -112,10 +159,10 @@ def test_dataloader_workers_see_every_clip_once(tmp_path, count, cap):
     # test server), which can kill it; a fresh server process keeps this test order-independent.
     loader = torch.utils.data.DataLoader(clip_dataset(tmp_path, "train"), batch_size=2, num_workers=2,
                                          multiprocessing_context="forkserver")
-    keys = [k for batch in loader for k in batch["key"]]
+    batches = list(loader)  # one pass: each pass starts 2 fresh worker processes (~seconds)
+    keys = [k for batch in batches for k in batch["key"]]
     assert sorted(keys) == sorted(_clip(i)["key"] for i in range(count))
-    batch = next(iter(loader))
-    assert batch["frames"].shape == (2, 4, 8, 8, 3) and batch["frames"].dtype == torch.uint8
+    assert batches[0]["frames"].shape == (2, 4, 8, 8, 3) and batches[0]["frames"].dtype == torch.uint8
 
 
 @pytest.mark.parametrize("count, cap", [(7, 10**6), (12, 3 * 7000)])
