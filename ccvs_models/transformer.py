@@ -529,10 +529,18 @@ class PositionalEmbedding(nn.Module):
         is_label, is_end = (kinds == TokenKind.LABEL), (kinds == TokenKind.END_FRAME)
         self.register_buffer("is_label", is_label.float()[:, None], persistent=False)
         self.register_buffer("is_end", is_end.float()[:, None], persistent=False)
+        # the same tables as python ints, for the one-position fast path (incremental decoding)
+        self._time_list, self._slot_list = time.tolist(), slot.tolist()
+        self._end_list = is_end.tolist()
 
-    def forward(self, positions: torch.Tensor, end_gap: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, end_gap: torch.Tensor | None = None,
+                first: int | None = None) -> torch.Tensor:
         """positions: (T,) long in ⟦0, L⟦; end_gap: (B,) long ≥ 0, the end frame's timestep minus
-        the window's first frame's (None: N − 1). → (B, T, D) with an end frame, else (1, T, D)."""
+        the window's first frame's (None: N − 1); first: positions[0] as a python int when the
+        positions are consecutive (lets one position skip the table lookups; same values).
+        → (B, T, D) with an end frame, else (1, T, D)."""
+        if first is not None and positions.numel() == 1:
+            return self._one(first, end_gap)
         if self.mode == "decomposed":
             pe = self.space(self.slot_index[positions]) * self.has_slot[positions]
             pe = pe + self.time(self.time_index[positions]) * self.is_frame[positions]
@@ -553,6 +561,38 @@ class PositionalEmbedding(nn.Module):
                              f"frame), got {end_gap.tolist()}")
         gap = self.gap(end_gap.clamp(max=self.max_end_gap))  # (B, D)
         return pe + gap[:, None, :] * self.is_end[positions][None]
+
+    def _gap(self, end_gap: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """(B or 1, D) gap embedding, after the checks of ``forward``."""
+        assert self.gap is not None
+        if end_gap is None:
+            return self.gap.weight[self.default_gap][None]
+        end_gap = torch.as_tensor(end_gap, device=device).long().reshape(-1)
+        if end_gap.numel() and int(end_gap.min()) < 0:
+            raise ValueError(f"end_gap must be ≥ 0 (the end frame lies after the window's first "
+                             f"frame), got {end_gap.tolist()}")
+        return self.gap(end_gap.clamp(max=self.max_end_gap))
+
+    def _one(self, pos: int, end_gap: torch.Tensor | None) -> torch.Tensor:
+        """``forward`` for the single position ``pos``: the terms that the masks keep, added in
+        the same order (the masked terms are exact zeros), so the values are identical."""
+        if self.gap is None and end_gap is not None:
+            raise ValueError("end_gap given, but the model has no end frame (end_frame=False)")
+        t, slot = self._time_list[pos], self._slot_list[pos]
+        if self.mode == "decomposed":
+            if slot >= 0:
+                pe = self.space.weight[slot]
+                if t >= 0:
+                    pe = pe + self.time.weight[t]
+            else:  # the class token
+                pe = self.video.weight[0]
+        else:
+            pe = self.absolute.weight[pos]
+        pe = pe[None, None]  # (1, 1, D)
+        if self.gap is None:
+            return pe
+        gap = self._gap(end_gap, pe.device)  # checks end_gap even where it adds nothing
+        return pe + gap[:, None, :] if self._end_list[pos] else pe.expand(gap.shape[0], 1, -1)
 
 
 class TransformerOutput(NamedTuple):
@@ -614,6 +654,8 @@ class CCVSTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
         self.head = nn.Linear(d, cfg.frame_vocab, bias=False)
         self.register_buffer("kinds", lay.kinds(), persistent=False)  # (L,)
+        self._kind_list = lay.kinds().tolist()  # python copies for the one-token fast path
+        self._table_of = {int(kind): (name, high) for kind, name, high in self._tables()}
         self._init_weights()
 
     # kind → (table name, highest valid id); END_FRAME reads the frame table
@@ -646,6 +688,16 @@ class CCVSTransformer(nn.Module):
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` (default L) tokens."""
         return KVCache(self.config.n_layer, batch_size, max_len or self.layout.length)
 
+    def _embed_one(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """``embed`` of one position (B, 1): its kind is known, so one table, no index search."""
+        kind = self._kind_list[pos]
+        name, high = self._table_of[kind]
+        low_id, high_id = torch.aminmax(tokens)
+        if int(low_id) < 0 or int(high_id) > high:
+            raise ValueError(f"CCVSTransformer: {TokenKind(kind).name} token ids must be in "
+                             f"[0, {high}], got [{int(low_id)}, {int(high_id)}]")
+        return F.embedding(tokens, self.tokens[name].weight)
+
     def embed(self, tokens: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), kinds (T,) → (B, T, D) token embeddings, each from its kind's table."""
         x = None
@@ -666,11 +718,12 @@ class CCVSTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, end_gap: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                start_pos: int = 0) -> TransformerOutput:
+                start_pos: int = 0, last_only: bool = False) -> TransformerOutput:
         """tokens: (B, T) long, positions start_pos … start_pos+T−1 of the layout (§3.3; kinds are
         the layout's); end_gap: (B,) long end-frame gap (App. E; None = N − 1, the window's last
         frame); targets: (B, T), usually ``tokens`` → loss of Eq. (8) on frame tokens only;
-        kv_cache: continue from its cached positions (start_pos must equal ``kv_cache.length``).
+        kv_cache: continue from its cached positions (start_pos must equal ``kv_cache.length``);
+        last_only: score the last position only (sampling: logits (B, 1, q); no targets).
         Returns logits (B, T, q), ô_i scoring token i+1, and the loss."""
         b, t = tokens.shape
         if kv_cache is not None and start_pos != kv_cache.length:
@@ -680,11 +733,17 @@ class CCVSTransformer(nn.Module):
                              f"sequence of L = {self.layout.length}")
         positions = torch.arange(start_pos, start_pos + t, device=tokens.device)
         kinds = self.kinds[start_pos:start_pos + t]
-        x = self.drop(self.embed(tokens, kinds) + self.pos(positions, end_gap))
+        # one token (incremental decoding): its kind and position are python ints, no lookups
+        emb = self._embed_one(tokens, start_pos) if t == 1 else self.embed(tokens, kinds)
+        x = self.drop(emb + self.pos(positions, end_gap, first=start_pos))
         for i, block in enumerate(self.blocks):
             x = block(x, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(t)
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only=True scores one position: no loss, pass targets=None")
+            x = x[:, -1:]
         logits = self.head(self.ln_f(x))
         loss = frame_token_loss(logits, targets, kinds) if targets is not None else None
         return TransformerOutput(logits=logits, loss=loss)

@@ -1,0 +1,384 @@
+"""The doubly autoregressive sampler: T completes the token sequence, D·S·E·F turns it into frames
+(Fig. 1, §3.1 top-k sampling, §3.3 "Inference", App. D context, App. E point-to-point / long-term).
+
+Tokens (``sample_tokens``, §3.3 "Inference"): T completes the sequence one frame code at a time.
+Annotation tokens — video level (class label, end frame) at the start, then frame t's state,
+audio and layout before its codes, in ``SequenceLayout`` order — are inserted, never sampled; T's
+head scores the q frame codes only. Each code is drawn among the k highest scores of ô, weighted
+by their softmax (§3.1, "drawn randomly from the top-k scores"); k = 1 is the argmax. Randomness is
+per sample: row i draws one uniform per sampled token from its own ``torch.Generator(seeds[i])``
+and picks by inverse CDF over its top-k probabilities, so a row's tokens do not depend on the
+other rows of the batch.
+
+Sliding window (§3.3): T holds N frames. Frame t is sampled in the window of frames
+s … t with s = max(0, t − N + 1); when s moves, the oldest frame is dropped and the whole window is
+re-encoded — positions are absolute (the decomposed embedding's timestep term belongs to the window
+slot), so shifting a KV cache would keep keys computed at the wrong positions. The end frame's
+gap embedding (App. E) gets end_gap = end_time − s, which shrinks as the window slides.
+
+KV cache (incremental decoding): within a window each new token is fed alone with the keys/values
+of the earlier positions cached; ``SamplerConfig(kv_cache=False)`` recomputes the whole prefix per
+token instead. Both compute the same logits (up to float rounding) and so pick the same tokens.
+
+Frames (``synthesize``, Fig. 1): the m given frames are tokenized by Q(E(·)) and seed the context
+buffer with E(x_t); each new frame's codes are decoded as soon as they arrive,
+x̂_t = D(U(codes_t), F over E(x_{t−c} … x_{t−1})), and S (shift-and-add) pushes E(x̂_t) into the
+buffer of the last c frames (App. D; App. E's long-term study uses c up to 16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ccvs_models.autoencoder import CCVSAutoencoder
+from ccvs_models.transformer import CCVSTransformer, SequenceLayout, TokenKind
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """How T picks each frame code."""
+
+    top_k: int = 100  # §3.1 top-k sampling; 1 = greedy (argmax, no randomness); > q acts as q
+    temperature: float = 1.0  # logits / temperature before top-k (not in the paper)
+    kv_cache: bool = True  # incremental decoding (App. A); False = recompute the prefix per token
+    step_threads: int = 1  # CPU threads for the one-token steps of the KV-cache path (0 = leave
+    # torch's setting). A token's matrix-vector products are memory-bound and too small to split:
+    # with 2 threads on a shared CPU each split op waits for a descheduled thread (measured 5–25×
+    # slower per token, bench/synthesis.py). torch's thread count is process-wide: it is set for
+    # those steps only and restored before window rebuilds, on_frame callbacks and on return.
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"SamplerConfig: top_k must be ≥ 1, got {self.top_k}")
+        if self.step_threads < 0:
+            raise ValueError(f"SamplerConfig: step_threads must be ≥ 0, got {self.step_threads}")
+        if not self.temperature > 0:
+            raise ValueError(f"SamplerConfig: temperature must be > 0, got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenControls:
+    """Annotation tokens for the WHOLE output video of n frames; None = not given → that kind's
+    null id (SequenceLayout.null_id) wherever the model has that kind (trained with conditioning
+    dropout). A control given for a kind the model does not have -> ValueError naming it."""
+
+    label: torch.Tensor | None = None  # (B,) class ids
+    end_frame: torch.Tensor | None = None  # (B, h, w) frame codes of the end frame (App. E)
+    end_time: int | None = None  # its timestep in the output video (None = n − 1)
+    state: torch.Tensor | None = None  # (B, n, 2) state bins (x, y)
+    audio: torch.Tensor | None = None  # (B, n, l_a) sound-VQ codes
+    layout: torch.Tensor | None = None  # (B, n, l_l) layout-VQ codes
+
+    def repeat(self, samples: int) -> TokenControls:
+        """Each row repeated ``samples`` times in a row (row b·S + s is sample s of input b)."""
+        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.repeat_interleave(samples, dim=0)
+        return TokenControls(label=rep(self.label), end_frame=rep(self.end_frame),
+                             end_time=self.end_time, state=rep(self.state),
+                             audio=rep(self.audio), layout=rep(self.layout))
+
+
+class SynthesisOutput(NamedTuple):
+    frames: torch.Tensor  # (B, S, n, 3, H, W) in [−1, 1]; frames t < m are the given start frames
+    tokens: torch.Tensor  # (B, S, n, h, w) long
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+class _Plan(NamedTuple):
+    """Validated inputs of one sampling run."""
+
+    video: torch.Tensor  # (B, l_v) video-level tokens (label, end frame), nulls where not given
+    annotations: torch.Tensor  # (B, n, l_f) frame-level tokens (state, audio, layout)
+    end_time: int  # timestep of the end frame (used only when the model has one)
+
+
+def _fail(msg: str) -> None:
+    raise ValueError(f"sample_tokens: {msg}")
+
+
+def _check_ids(name: str, x: torch.Tensor, high: int) -> None:
+    if x.is_floating_point() or x.is_complex():
+        _fail(f"{name} must hold integer ids, got dtype {x.dtype}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) > high):
+        _fail(f"{name} ids must be in [0, {high}], got [{int(x.min())}, {int(x.max())}]")
+
+
+def _plan(lay: SequenceLayout, start: torch.Tensor, n: int,
+          controls: TokenControls | None) -> _Plan:
+    """Check every input against the layout (one clear ValueError) and build the given tokens."""
+    h, w, big_n = lay.frame_height, lay.frame_width, lay.num_frames
+    if start.dim() != 4 or tuple(start.shape[2:]) != (h, w):
+        _fail(f"start must be (B, m, {h}, {w}) frame codes, got {tuple(start.shape)}")
+    b, m = start.shape[:2]
+    if b < 1:
+        _fail("start has an empty batch")
+    _check_ids("start frame", start, lay.frame_vocab - 1)
+    if not isinstance(n, int) or n < max(m, 1):
+        _fail(f"num_frames ({n}) must be ≥ the {m} given start frames and ≥ 1")
+    if m == 0 and lay.video_len + lay.frame_annotation_len == 0:
+        _fail("m = 0 start frames needs a token before the first frame code (a class label, "
+              "an end frame or frame-level annotations); this model has none")
+    c = controls or TokenControls()
+    dev = start.device
+
+    # video level: [label] [end frame]
+    video: list[torch.Tensor] = []
+    if c.label is not None and lay.num_classes == 0:
+        _fail("a class label was given but the model has no label tokens (num_classes = 0)")
+    if lay.num_classes:
+        label = c.label
+        if label is None:
+            label = torch.full((b,), lay.null_id(TokenKind.LABEL), dtype=torch.long)
+        if tuple(label.shape) != (b,):
+            _fail(f"label must be ({b},), got {tuple(label.shape)}")
+        _check_ids("label", label, lay.null_id(TokenKind.LABEL))
+        video.append(label.to(dev).long()[:, None])
+    if (c.end_frame is not None or c.end_time is not None) and not lay.end_frame:
+        _fail("an end frame / end_time was given but the model has no end frame (end_frame=False)")
+    end_time = n - 1 if c.end_time is None else c.end_time
+    if lay.end_frame:
+        end = c.end_frame
+        if end is None:
+            end = torch.full((b, h, w), lay.null_id(TokenKind.END_FRAME), dtype=torch.long)
+        if tuple(end.shape) != (b, h, w):
+            _fail(f"end_frame must be ({b}, {h}, {w}) frame codes, got {tuple(end.shape)}")
+        _check_ids("end_frame", end, lay.null_id(TokenKind.END_FRAME))
+        video.append(end.to(dev).long().flatten(1))
+        last_start = max(0, n - big_n)  # the last window's first frame
+        if not isinstance(end_time, int) or end_time < last_start:
+            _fail(f"end_time {end_time} lies before the first frame ({last_start}) of the last "
+                  f"window of N = {big_n} frames: the window would slide past the end frame "
+                  f"(end_gap < 0); use end_time ≥ num_frames − N")
+
+    # frame level: [state (2)] [audio (l_a)] [layout (l_l)], for all n frames
+    per_frame: list[torch.Tensor] = []
+    for name, x, count, kind in (("state", c.state, lay.state_tokens, TokenKind.STATE),
+                                 ("audio", c.audio, lay.audio_tokens, TokenKind.AUDIO),
+                                 ("layout", c.layout, lay.layout_tokens, TokenKind.LAYOUT)):
+        if count == 0:
+            if x is not None:
+                _fail(f"{name} tokens were given but the model has no {name} tokens")
+            continue
+        if x is None:
+            x = torch.full((b, n, count), lay.null_id(kind), dtype=torch.long)
+        if tuple(x.shape) != (b, n, count):
+            _fail(f"{name} must be (B={b}, num_frames={n}, {count}), got {tuple(x.shape)}")
+        _check_ids(name, x, lay.null_id(kind))
+        per_frame.append(x.to(dev).long())
+    annotations = (torch.cat(per_frame, dim=2) if per_frame
+                   else torch.zeros(b, n, 0, dtype=torch.long, device=dev))
+    video_tokens = (torch.cat(video, dim=1) if video
+                    else torch.zeros(b, 0, dtype=torch.long, device=dev))
+    return _Plan(video=video_tokens, annotations=annotations, end_time=end_time)
+
+
+def _seeds(seeds: Sequence[int] | None, rows: int) -> list[int]:
+    if seeds is None:
+        return list(range(rows))
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != rows:
+        raise ValueError(f"sampler: {len(seeds)} seeds for {rows} batch rows (one per row)")
+    return seeds
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the call, the caller's train/eval flags restored after."""
+    flags = [[(m, m.training) for m in mod.modules()] for mod in modules]
+    for mod in modules:
+        mod.eval()
+    try:
+        yield
+    finally:
+        for group in flags:
+            for m, training in group:
+                m.training = training
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n (0 = unchanged) inside the block, restored after."""
+    before = torch.get_num_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def _pick(logits: torch.Tensor, k: int, temperature: float,
+          uniform: torch.Tensor | None) -> torch.Tensor:
+    """logits (B, q) → (B,) ids: argmax (k = 1), else inverse CDF of uniform (B,) over the
+    softmax of the k highest logits / temperature (§3.1). Row-wise only: rows never mix."""
+    if k == 1 or uniform is None:
+        return logits.argmax(dim=-1)
+    top, idx = torch.topk(logits.float() / temperature, k, dim=-1)  # (B, k), descending
+    cdf = torch.softmax(top, dim=-1).cumsum(dim=-1)
+    choice = (cdf < uniform[:, None] * cdf[:, -1:]).sum(dim=-1).clamp(max=k - 1)
+    return idx.gather(1, choice[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames: int,
+                  controls: TokenControls | None = None, config: SamplerConfig = SamplerConfig(),
+                  seeds: Sequence[int] | None = None,
+                  on_frame: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """start (B, m, h, w) frame codes of the m given frames (m ≥ 0; m = 0 only when the sequence
+    has a token before the first frame code) → (B, num_frames, h, w) codes, the first m = start.
+    seeds: one per batch row (sample i's draws depend only on seeds[i]); None = 0..B−1.
+    on_frame(t, codes (B, h, w)) is called once per NEW frame t ≥ m as soon as its last code is
+    sampled (so the caller can decode it while T goes on). Sliding window past N frames (§3.3)."""
+    lay = transformer.layout
+    plan = _plan(lay, start, num_frames, controls)
+    b, m = start.shape[:2]
+    seeds = _seeds(seeds, b)
+    dev = start.device
+    n, big_n, hw = num_frames, lay.num_frames, lay.tokens_per_frame
+    lv, lf, stride = lay.video_len, lay.frame_annotation_len, lay.frame_stride
+    k = min(config.top_k, lay.frame_vocab)
+
+    codes = torch.empty(b, n, hw, dtype=torch.long, device=dev)
+    codes[:, :m] = start.to(dev).long().flatten(2)
+    uniforms = None
+    if k > 1:  # one uniform per sampled token, from each row's own generator
+        count = (n - m) * hw
+        uniforms = torch.stack([torch.rand(count, generator=torch.Generator().manual_seed(s))
+                                for s in seeds]).to(dev)
+    buf = torch.empty(b, lay.length, dtype=torch.long, device=dev)  # the window's sequence
+    buf[:, :lv] = plan.video
+    cache = transformer.new_kv_cache(b) if config.kv_cache else None
+    step_threads = config.step_threads if dev.type == "cpu" else 0
+    window, gap, draw = -1, None, 0
+    with _eval_mode(transformer):
+        for t in range(m, n):
+            s = max(0, t - big_n + 1)
+            if s != window:  # a new window: frames s … t−1 in full, the cache restarts
+                window = s
+                body = torch.cat([plan.annotations[:, s:t], codes[:, s:t]], dim=2)
+                buf[:, lv:lv + (t - s) * stride] = body.flatten(1)
+                if lay.end_frame:
+                    gap = torch.full((b,), plan.end_time - s, dtype=torch.long, device=dev)
+                if cache is not None:
+                    cache.crop(0)
+            first = lv + (t - s) * stride + lf  # position of frame t's first code
+            buf[:, first - lf:first] = plan.annotations[:, t]
+            # with the cache, step_threads from the first small step (after a window's prefill)
+            small_from = 0 if cache is None or cache.length > 0 else 1
+            with contextlib.ExitStack() as scope:
+                for j in range(hw):
+                    if cache is not None and j == small_from:
+                        scope.enter_context(_threads(step_threads))
+                    p = first + j  # the position to sample, scored by ô_{p−1}
+                    if cache is None:
+                        out = transformer(buf[:, :p], end_gap=gap, last_only=True)
+                    else:  # feed what the cache lacks: a prefill, 1 + l_f tokens or 1 token
+                        out = transformer(buf[:, cache.length:p], end_gap=gap, kv_cache=cache,
+                                          start_pos=cache.length, last_only=True)
+                    u = None if uniforms is None else uniforms[:, draw]
+                    tok = _pick(out.logits[:, -1], k, config.temperature, u)
+                    draw += 1
+                    buf[:, p] = tok
+                    codes[:, t, j] = tok
+            if on_frame is not None:
+                on_frame(t, codes[:, t].view(b, lay.frame_height, lay.frame_width))
+    return codes.view(b, n, lay.frame_height, lay.frame_width)
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def _check_models(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
+                  start_frames: torch.Tensor) -> None:
+    acfg, lay = autoencoder.config, transformer.layout
+    if start_frames.dim() != 5 or start_frames.shape[2] != acfg.in_channels:
+        raise ValueError(f"synthesize: start_frames must be (B, m, {acfg.in_channels}, H, W), "
+                         f"got {tuple(start_frames.shape)}")
+    hh, ww = start_frames.shape[-2:]
+    if hh % acfg.downsampling or ww % acfg.downsampling:
+        raise ValueError(f"synthesize: frame size {hh}×{ww} is not divisible by 2^K = "
+                         f"{acfg.downsampling}")
+    if (hh // acfg.downsampling, ww // acfg.downsampling) != (lay.frame_height, lay.frame_width):
+        raise ValueError(f"synthesize: {hh}×{ww} frames give {hh // acfg.downsampling}×"
+                         f"{ww // acfg.downsampling} tokens, T expects {lay.frame_height}×"
+                         f"{lay.frame_width} (frames of {lay.frame_height * acfg.downsampling}×"
+                         f"{lay.frame_width * acfg.downsampling})")
+    if acfg.codebook_size != lay.frame_vocab:
+        raise ValueError(f"synthesize: the autoencoder's codebook has {acfg.codebook_size} codes, "
+                         f"T's frame vocabulary {lay.frame_vocab}: not a matching pair")
+
+
+@torch.no_grad()
+def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
+               start_frames: torch.Tensor, num_frames: int,
+               controls: TokenControls | None = None, config: SamplerConfig = SamplerConfig(),
+               samples: int = 1, seeds: Sequence[int] | None = None,
+               context_frames: int | None = None,
+               on_frame: Callable[[int], None] | None = None) -> SynthesisOutput:
+    """Fig. 1 doubly autoregressive synthesis: start_frames (B, m, 3, H, W) in [−1, 1], tokenized
+    by Q(E(·)) (m = 0, unconditional: T samples frame 0 too — it needs a token before the first
+    code, a class or an end frame — and D decodes it without context); S = ``samples`` per input in ONE batch of B·S rows
+    (controls repeated S times; seeds: B·S of them, default 0..B·S−1); each new frame's codes are
+    decoded by D as soon as they arrive, with F over E of the last c frames (c = context_frames,
+    default autoencoder.config.context_frames, up to 16; App. E), and the decoded frame is pushed
+    into the context buffer (shift-and-add S). on_frame(t) after frame t is decoded (progress)."""
+    _check_models(autoencoder, transformer, start_frames)
+    if samples < 1:
+        raise ValueError(f"synthesize: samples must be ≥ 1, got {samples}")
+    c = autoencoder.config.context_frames if context_frames is None else context_frames
+    if c < 0:
+        raise ValueError(f"synthesize: context_frames must be ≥ 0, got {c}")
+    use_context = autoencoder.has_flow and c > 0
+    b, m = start_frames.shape[:2]
+    rows = b * samples
+    seeds = _seeds(seeds, rows)
+    dev = start_frames.device
+    hh, ww = start_frames.shape[-2:]
+
+    with _eval_mode(autoencoder, transformer):
+        x0 = start_frames.float()
+        h, w = transformer.layout.frame_height, transformer.layout.frame_width
+        start_codes = (autoencoder.tokenize(x0.flatten(0, 1)).view(b, m, h, w) if m
+                       else torch.zeros(b, 0, h, w, dtype=torch.long, device=dev))
+        frames = torch.empty(rows, num_frames, x0.shape[2], hh, ww, device=dev)
+        frames[:, :m] = x0.repeat_interleave(samples, dim=0)
+        # S: the context buffer holds E's features of the last c frames, one list per frame
+        buffer: deque[list[torch.Tensor]] = deque(maxlen=max(c, 1))  # maxlen = c when used
+        if use_context and m:
+            feats = autoencoder.encode(x0[:, max(0, m - c):].flatten(0, 1)).features
+            kept = x0.shape[1] - max(0, m - c)
+            per = [f.view(b, kept, *f.shape[1:]).repeat_interleave(samples, dim=0) for f in feats]
+            for i in range(kept):
+                buffer.append([f[:, i] for f in per])
+
+        def decode(t: int, codes: torch.Tensor) -> None:
+            context = None
+            if use_context and buffer:  # per level (B·S, c', C_k, h_k, w_k), oldest first
+                context = [torch.stack([fr[lvl] for fr in buffer], dim=1)
+                           for lvl in range(len(buffer[0]))]
+            x_hat = autoencoder.decode_tokens(codes, context).x_hat
+            frames[:, t] = x_hat
+            if use_context and t < num_frames - 1:  # shift-and-add (the last frame feeds none)
+                buffer.append(autoencoder.encode(x_hat).features)
+            if on_frame is not None:
+                on_frame(t)
+
+        tokens = sample_tokens(transformer, start_codes.repeat_interleave(samples, dim=0),
+                               num_frames, controls.repeat(samples) if controls else None,
+                               config, seeds, decode)
+    return SynthesisOutput(frames=frames.view(b, samples, *frames.shape[1:]),
+                           tokens=tokens.view(b, samples, *tokens.shape[1:]))

@@ -1,0 +1,321 @@
+"""The doubly autoregressive sampler (ccvs_models/sampler.py): KV cache = no cache (also when the
+window slides), greedy = step-by-step argmax, per-row seeds, annotations inserted verbatim, top-k,
+the end-frame gap of App. E, and synthesize()'s D·S·E·F loop (start frames, S samples, context)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
+from ccvs_models.sampler import SamplerConfig, TokenControls, sample_tokens, synthesize
+from ccvs_models.transformer import CCVSTransformer, TokenKind, TransformerConfig
+
+torch.set_num_threads(1)
+
+Q, H, W, N = 11, 2, 3, 3
+
+
+def config(**overrides) -> TransformerConfig:
+    """Every annotation kind; N = 3 frames of 2×3 codes."""
+    fields = dict(frame_vocab=Q, frame_height=H, frame_width=W, num_frames=N, state=True,
+                  state_bins=5, audio_tokens_per_frame=2, audio_vocab=7,
+                  layout_tokens_per_frame=1, layout_vocab=4, num_classes=3, end_frame=True,
+                  max_end_gap=6, n_layer=2, n_head=2, n_embd=32)
+    fields.update(overrides)
+    return TransformerConfig(**fields)
+
+
+def make(cfg: TransformerConfig | None = None, seed: int = 0) -> CCVSTransformer:
+    torch.manual_seed(seed)
+    model = CCVSTransformer(cfg or config()).eval()
+    with torch.no_grad():  # spread the logits: random init gives near-ties
+        model.head.weight.mul_(50)
+    return model
+
+
+def controls(b: int, n: int, seed: int = 3, end_time: int | None = None) -> TokenControls:
+    g = torch.Generator().manual_seed(seed)
+    return TokenControls(label=torch.randint(3, (b,), generator=g),
+                         end_frame=torch.randint(Q, (b, H, W), generator=g), end_time=end_time,
+                         state=torch.randint(5, (b, n, 2), generator=g),
+                         audio=torch.randint(7, (b, n, 2), generator=g),
+                         layout=torch.randint(4, (b, n, 1), generator=g))
+
+
+def start_codes(b: int, m: int, seed: int = 5) -> torch.Tensor:
+    return torch.randint(Q, (b, m, H, W), generator=torch.Generator().manual_seed(seed))
+
+
+class Recorder:
+    """Records every call of T: (tokens, start_pos, last logits)."""
+
+    def __init__(self, model: CCVSTransformer) -> None:
+        self.model, self.calls = model, []
+        self.forward = model.forward
+
+    def __enter__(self) -> Recorder:
+        def rec(tokens, *args, **kwargs):
+            out = self.forward(tokens, *args, **kwargs)
+            self.calls.append((tokens.clone(), kwargs.get("start_pos", 0), out.logits[:, -1]))
+            return out
+        self.model.forward = rec
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.model.forward
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+@pytest.mark.parametrize("n", [3, 7])  # within the N = 3 window / sliding over 5 windows
+def test_kv_cache_and_recompute_give_the_same_tokens(n):
+    model = make()
+    ctl = controls(2, n)
+    out = {}
+    for kv in (True, False):
+        for threads in (0, 1):
+            cfg = SamplerConfig(top_k=6, kv_cache=kv, step_threads=threads)
+            out[kv, threads] = sample_tokens(model, start_codes(2, 1), n, ctl, cfg, seeds=[3, 4])
+    first = out[True, 1]
+    assert first.shape == (2, n, H, W)
+    assert all(torch.equal(first, o) for o in out.values())
+
+
+def test_greedy_is_deterministic_and_the_stepwise_argmax_of_the_uncached_logits():
+    model = make()
+    ctl = controls(2, N)
+    greedy = SamplerConfig(top_k=1)
+    a = sample_tokens(model, start_codes(2, 1), N, ctl, greedy, seeds=[0, 1])
+    b = sample_tokens(model, start_codes(2, 1), N, ctl, greedy, seeds=[7, 8])  # seeds unused
+    assert torch.equal(a, b)
+    seq = model.layout.assemble(a, state=ctl.state, audio=ctl.audio, layout=ctl.layout,
+                                label=ctl.label, end_frame=ctl.end_frame)
+    with torch.no_grad():
+        logits = model(seq.tokens, end_gap=torch.tensor([N - 1, N - 1])).logits
+    lay = model.layout
+    for t in range(1, N):  # every sampled code is the argmax of ô at the position before it
+        pos = torch.arange(lay.segment(t, TokenKind.FRAME).start, lay.segment(t, TokenKind.FRAME).stop)
+        assert torch.equal(seq.tokens[:, pos], logits[:, pos - 1].argmax(-1))
+
+
+def test_seeds_make_samples_reproducible_and_diverse():
+    model = make()
+    ctl, start = controls(2, 5), start_codes(2, 1)
+    cfg = SamplerConfig(top_k=Q)
+    a = sample_tokens(model, start, 5, ctl, cfg, seeds=[10, 11])
+    assert torch.equal(a, sample_tokens(model, start, 5, ctl, cfg, seeds=[10, 11]))
+    c = sample_tokens(model, start, 5, ctl, cfg, seeds=[12, 13])
+    assert not torch.equal(a[0, 1:], c[0, 1:]) and not torch.equal(a[1, 1:], c[1, 1:])
+    assert torch.equal(sample_tokens(model, start, 5, ctl, cfg, seeds=[0, 1]),
+                       sample_tokens(model, start, 5, ctl, cfg))  # default seeds 0..B−1
+    assert torch.equal(a[:, 0], start[:, 0])  # the given frame is kept
+
+
+def test_a_row_does_not_depend_on_the_other_rows():
+    model = make()
+    ctl2, start2 = controls(2, 5), start_codes(2, 1)
+    ctl1 = TokenControls(**{k: (v[:1] if isinstance(v, torch.Tensor) else v)
+                            for k, v in vars(ctl2).items()})
+    cfg = SamplerConfig(top_k=Q)
+    both = sample_tokens(model, start2, 5, ctl2, cfg, seeds=[21, 22])
+    alone = sample_tokens(model, start2[:1], 5, ctl1, cfg, seeds=[21])
+    assert torch.equal(alone[0], both[0])
+
+
+def test_annotations_are_inserted_verbatim_and_missing_kinds_get_null_ids():
+    model = make()
+    lay = model.layout
+    n = 5  # slides: windows start at 0, 1, 2
+    ctl = controls(2, n)
+    ctl = TokenControls(label=ctl.label, end_frame=ctl.end_frame, state=ctl.state,
+                        audio=ctl.audio)  # no layout → its null id
+    with Recorder(model) as rec:
+        codes = sample_tokens(model, start_codes(2, 1), n, ctl, SamplerConfig(top_k=4))
+    # rebuild each window's sequence from the calls (a call at start_pos 0 starts a window)
+    windows: list[torch.Tensor] = []
+    for tokens, start_pos, _ in rec.calls:
+        if start_pos == 0:
+            windows.append(tokens)
+        else:
+            assert windows[-1].shape[1] == start_pos  # contiguous feeding
+            windows[-1] = torch.cat([windows[-1], tokens], dim=1)
+    assert len(windows) == 3
+    for s, seq in enumerate(windows):
+        assert torch.equal(seq[:, lay.label_position], ctl.label)
+        assert torch.equal(seq[:, lay.end_frame_slice], ctl.end_frame.flatten(1))
+        frames_in = (seq.shape[1] - lay.video_len + H * W - 1) // lay.frame_stride
+        for j in range(frames_in):
+            t = s + j
+            assert torch.equal(seq[:, lay.segment(j, TokenKind.STATE)], ctl.state[:, t])
+            assert torch.equal(seq[:, lay.segment(j, TokenKind.AUDIO)], ctl.audio[:, t])
+            assert (seq[:, lay.segment(j, TokenKind.LAYOUT)] == lay.null_id(TokenKind.LAYOUT)).all()
+            got = seq[:, lay.segment(j, TokenKind.FRAME)]
+            assert torch.equal(got, codes[:, t].flatten(1)[:, :got.shape[1]])
+
+
+def test_top_k_only_samples_among_the_k_highest_logits():
+    model = make(config(n_embd=16))
+    k = 3
+    with Recorder(model) as rec:
+        codes = sample_tokens(model, start_codes(2, 1), 4, controls(2, 4),
+                              SamplerConfig(top_k=k, kv_cache=False, temperature=3.0))
+    sampled = codes[:, 1:].flatten(1)  # one recorded call per sampled token
+    assert len(rec.calls) == sampled.shape[1]
+    chosen_ranks = []
+    for i, (_, _, logits) in enumerate(rec.calls):
+        top = logits.topk(k, dim=-1).indices
+        assert (top == sampled[:, i:i + 1]).any(-1).all()
+        chosen_ranks += (top == sampled[:, i:i + 1]).float().argmax(-1).tolist()
+    assert len(set(chosen_ranks)) > 1  # not just the argmax
+
+
+def test_end_gap_follows_the_sliding_window():
+    model = make()
+    gaps = []
+    model.pos.register_forward_pre_hook(
+        lambda mod, args: gaps.append(args[1].tolist() if len(args) > 1 else None))
+    n, end_time = 7, 8
+    sample_tokens(model, start_codes(2, 1), n, controls(2, n, end_time=end_time),
+                  SamplerConfig(top_k=2))
+    distinct = [g for i, g in enumerate(gaps) if i == 0 or g != gaps[i - 1]]
+    # windows start at 0 (frames 1, 2), then 1, 2, 3, 4: gap = end_time − window start
+    assert distinct == [[end_time - s] * 2 for s in range(0, n - N + 1)]
+
+
+def test_fast_single_position_path_matches_the_general_one():
+    for pos_embedding in ("decomposed", "learned"):
+        model = make(config(pos_embedding=pos_embedding))
+        L = model.layout.length
+        positions = torch.arange(L)
+        for gap in (None, torch.tensor([2, 9])):
+            with torch.no_grad():
+                full = model.pos(positions, gap)
+                for p in range(L):
+                    one = model.pos(positions[p:p + 1], gap, first=p)
+                    assert torch.equal(one.expand(full.shape[0], 1, -1), full[:, p:p + 1])
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = make()
+    ok = start_codes(2, 1)
+    plain = make(config(num_classes=0, end_frame=False, state=False, audio_tokens_per_frame=0,
+                        layout_tokens_per_frame=0))
+    cases = [
+        (model, ok[0], 4, None, "start must be"),
+        (model, ok + Q, 4, None, r"start frame ids must be in \[0, 10\]"),
+        (model, start_codes(2, 3), 2, None, "num_frames"),
+        (model, ok, 4, TokenControls(state=torch.zeros(2, 3, 2, dtype=torch.long)), "state must be"),
+        (model, ok, 4, TokenControls(audio=torch.full((2, 4, 2), 9)), r"audio ids must be in \[0, 7\]"),
+        (model, ok, 4, TokenControls(label=torch.zeros(3, dtype=torch.long)), "label must be"),
+        (model, ok, 7, TokenControls(end_time=3), "end_time 3 lies before"),
+        (plain, ok, 4, TokenControls(label=torch.zeros(2, dtype=torch.long)), "no label tokens"),
+        (plain, ok, 4, TokenControls(end_time=3), "no end frame"),
+        (plain, ok, 4, TokenControls(audio=torch.zeros(2, 4, 2, dtype=torch.long)), "no audio"),
+        (plain, start_codes(2, 0), 4, None, "m = 0 start frames"),
+    ]
+    for net, start, n, ctl, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            sample_tokens(net, start, n, ctl)
+    with pytest.raises(ValueError, match="seeds"):
+        sample_tokens(model, ok, 4, seeds=[1])
+    with pytest.raises(ValueError, match="top_k"):
+        SamplerConfig(top_k=0)
+    # m = 0 works when annotations come first
+    assert sample_tokens(model, start_codes(2, 0), 2, controls(2, 2)).shape == (2, 2, H, W)
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def autoencoder(context_frames: int = 2) -> CCVSAutoencoder:
+    """K = 2: 8×12 frames → 2×3 tokens of the Q-code book."""
+    torch.manual_seed(0)
+    return CCVSAutoencoder(AutoencoderConfig(
+        base_channels=4, channel_mult=(1, 2, 2), num_levels=2, latent_dim=8, codebook_size=Q,
+        context_frames=context_frames, flow_radius=1, flow_hidden=4, flow_corr_dim=4)).eval()
+
+
+def start_frames(b: int, m: int) -> torch.Tensor:
+    return torch.rand(b, m, 3, 4 * H, 4 * W, generator=torch.Generator().manual_seed(9)) * 2 - 1
+
+
+def test_synthesize_keeps_start_frames_and_samples_s_rows_in_one_batch():
+    ae, model = autoencoder(), make()
+    b, m, s, n = 2, 2, 3, 5
+    x0 = start_frames(b, m)
+    ctl = controls(b, n)
+    calls = []
+    model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(args[0].shape[0]),
+                                    with_kwargs=True)
+    out = synthesize(ae, model, x0, n, ctl, SamplerConfig(top_k=Q), samples=s)
+    assert out.frames.shape == (b, s, n, 3, 4 * H, 4 * W)
+    assert out.tokens.shape == (b, s, n, H, W)
+    assert set(calls) == {b * s}  # one batch of B·S rows
+    assert torch.equal(out.frames[:, :, :m], x0[:, None].expand(b, s, m, 3, 4 * H, 4 * W))
+    assert torch.equal(out.tokens[:, :, :m],
+                       ae.tokenize(x0.flatten(0, 1)).view(b, 1, m, H, W).expand(b, s, m, H, W))
+    assert out.frames.abs().max() <= 1
+    for i in range(b):  # top-k: the S samples of an input differ
+        for j in range(1, s):
+            assert not torch.equal(out.frames[i, 0, m:], out.frames[i, j, m:])
+    greedy = synthesize(ae, model, x0, n, ctl, SamplerConfig(top_k=1), samples=s)
+    assert torch.equal(greedy.frames, greedy.frames[:, :1].expand_as(greedy.frames))
+
+
+@pytest.mark.parametrize("c, expected", [(2, [1, 2, 2, 2]), (0, [None] * 4)])
+def test_decoder_gets_the_last_c_frames_as_context(c, expected):
+    ae, model = autoencoder(context_frames=c), make()
+    seen, encoded = [], []
+    decode, encode = ae.decode_tokens, ae.encode
+
+    def record_decode(tokens, context=None):
+        seen.append(None if context is None else context[0].shape[1])
+        return decode(tokens, context)
+
+    def record_encode(x):
+        encoded.append(x.clone())
+        return encode(x)
+
+    ae.decode_tokens, ae.encode = record_decode, record_encode
+    x0 = start_frames(1, 1)
+    progress = []
+    out = synthesize(ae, model, x0, 5, config=SamplerConfig(top_k=4), on_frame=progress.append)
+    assert seen == expected and progress == [1, 2, 3, 4]
+    if c:  # S: E sees the given frame, then each decoded frame (the last one is never needed)
+        assert torch.equal(encoded[0], x0[:, 0])
+        assert len(encoded) == 4
+        assert all(torch.equal(e[0], out.frames[0, 0, t]) for t, e in enumerate(encoded[1:], 1))
+    else:
+        assert encoded == []
+
+
+def test_synthesize_rejects_mismatched_models_and_frames():
+    ae, model = autoencoder(), make()
+    with pytest.raises(ValueError, match="T expects 2×3"):
+        synthesize(ae, model, torch.zeros(1, 1, 3, 8, 8), 4)
+    with pytest.raises(ValueError, match="start_frames must be"):
+        synthesize(ae, model, torch.zeros(1, 3, 8, 12), 4)
+    bare = make(config(num_classes=0, end_frame=False, state=False, audio_tokens_per_frame=0,
+                       layout_tokens_per_frame=0))
+    with pytest.raises(ValueError, match="m = 0"):  # nothing precedes frame 0's first code
+        synthesize(ae, bare, torch.zeros(1, 0, 3, 8, 12), 4)
+    with pytest.raises(ValueError, match="codebook"):
+        synthesize(ae, make(config(frame_vocab=Q + 1)), start_frames(1, 1), 4)
+
+
+def test_unconditional_synthesis_samples_and_decodes_frame_zero_without_context():
+    ae, model = autoencoder(context_frames=2), make()
+    seen = []
+    original = ae.decode_tokens
+
+    def spy(codes, context=None):
+        seen.append(None if context is None else context[0].shape[1])
+        return original(codes, context)
+
+    ae.decode_tokens = spy
+    out = synthesize(ae, model, torch.zeros(2, 0, 3, 8, 12), 4, samples=2)
+    assert out.frames.shape == (2, 2, 4, 3, 8, 12) and torch.isfinite(out.frames).all()
+    assert seen == [None, 1, 2, 2]  # frame 0 from its tokens alone, then up to c = 2 frames
+    assert not torch.equal(out.tokens[0, 0, 0], out.tokens[0, 1, 0])  # frame 0 itself is sampled
