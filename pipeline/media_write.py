@@ -1,4 +1,4 @@
-"""Writing videos (H.264 + AAC mp4) and sample GIFs.
+"""Writing videos (H.264 + AAC mp4), sample GIFs and PNG sheets.
 
 The demo world (``stages/demo_data.py``) and test fixtures write their videos here; the
 ``prepare`` stage reads them back with decord. Every writer is atomic: it writes to a hidden
@@ -163,4 +163,15 @@ def write_gif(path: str | Path, frames: np.ndarray, fps: int, scale: int = 1) ->
             duration=max(1, round(1000 / fps)),
             loop=0,
         )
+    return path
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write ``image`` (uint8 (H, W[, 3])) as a PNG (temp name, then renamed)."""
+    path = Path(path)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"{path}: a PNG needs uint8 (H, W[, 3]), got {image.dtype} {image.shape}")
+    with _atomic_target(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
     return path

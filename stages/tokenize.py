@@ -5,7 +5,10 @@ autoencoder (§3.1) — and its annotations become tokens too: the frame-level s
 per coordinate, audio tokens from the sound autoencoder (App. A), layout tokens from the layout
 autoencoder (App. E); the video-level class label and, for point-to-point synthesis, the end
 frame's tokens (App. E; here the clip's last frame). The format is ``pipeline.token_shards``
-(docs/CONTRACTS.md "Token sample").
+(docs/CONTRACTS.md "Token sample"). The conversions themselves (loading the upstream models,
+frames → codes, audio → patches → codes, layouts → codes, trajectories → bins) live in
+``pipeline.annotation_tokens``, shared with synthesis (``pipeline.synthesis_io``); this stage
+streams the clips through them.
 
 Inputs (each annotation is optional: a model file that is missing or says ``available: False``
 — "no layouts in the data", "no audio in the data" — or no ``positions`` folder means that
@@ -38,7 +41,6 @@ only on the clip order, so a rerun gives byte-identical shards.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -50,14 +52,24 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
 from pipeline import distributed
+from pipeline.annotation_tokens import (
+    KINDS,
+    Upstream,
+    UpstreamError,
+    file_hash,
+    frame_tokens,
+    layout_codes,
+    layout_tokens_per_frame,
+    sound_patches,
+    sound_tokens_per_frame,
+    trajectory_state,
+    vq_tokens,
+)
+from pipeline.annotation_tokens import load_upstream as _load_upstream
 from pipeline.atomic import write_parquet
-from pipeline.audio_features import AudioConfigError, AudioError, AudioFeatureConfig, frame_patches
-from pipeline.checkpoint import CheckpointError, load_model
+from pipeline.audio_features import AudioConfigError, AudioError
 from pipeline.params import ParamsError, TokenizeParams, load_section
 from pipeline.shards import ShardError, ShardWriter, iter_clips
 from pipeline.token_shards import (
@@ -77,116 +89,15 @@ class TokenizeError(RuntimeError):
     """The stage cannot go on (a required input missing or unreadable); one line."""
 
 
-def _tuples(config: dict[str, Any]) -> dict[str, Any]:
-    """Lists in a saved config → tuples (the config dataclasses type sequences as tuples)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- upstream models
-
-
-@dataclasses.dataclass
-class Upstream:
-    """The frozen models and tables the tokenizer applies (None / reason where absent)."""
-
-    autoencoder: CCVSAutoencoder
-    frame_vocab: int
-    sound: VQAutoencoder | None = None
-    sound_features: AudioFeatureConfig | None = None
-    layout: VQAutoencoder | None = None
-    layout_classes: int = 0
-    absent: dict[str, str] = dataclasses.field(default_factory=dict)  # kind → reason
-    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # input → content hash
-
-
-def _load(path: Path, what: str):
-    try:
-        return load_model(path)
-    except (CheckpointError, OSError, RuntimeError) as err:
-        raise TokenizeError(f"{path}: cannot read the {what} model ({err})") from None
-
-
 def load_upstream(params: TokenizeParams, autoencoder: Path, sound_vq: Path | None,
                   layout_vq: Path | None, device: torch.device) -> Upstream:
-    """Rebuild E/Q, the sound VQ and the layout VQ from their model files (frozen, eval mode)."""
-    if not autoencoder.exists():
-        raise TokenizeError(f"{autoencoder}: autoencoder model not found (run the autoencoder stage)")
-    config, state, _ = _load(autoencoder, "autoencoder")
+    """The frozen upstream models (``pipeline.annotation_tokens.load_upstream``); the kinds this
+    stage's params turn off are recorded as absent."""
+    disabled = {kind: f"tokenize.{kind} is false" for kind in KINDS if not getattr(params, kind)}
     try:
-        ae = CCVSAutoencoder(AutoencoderConfig(**_tuples(config)))
-        ae.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TokenizeError(f"{autoencoder}: does not rebuild a CCVSAutoencoder ({err})") from None
-    up = Upstream(ae.to(device).eval().requires_grad_(False), ae.config.codebook_size)
-    up.sources["autoencoder"] = _file_hash(autoencoder)
-
-    def optional(path: Path | None, kind: str, enabled: bool):
-        if not enabled:
-            up.absent[kind] = f"tokenize.{kind} is false"
-            return None
-        if path is None or not path.exists():
-            up.absent[kind] = f"no model file ({path})"
-            return None
-        loaded = _load(path, f"{kind} VQ")
-        if not loaded.meta.get("available", True) or not loaded.state:
-            up.absent[kind] = str(loaded.meta.get("reason", "model marked unavailable"))
-            return None
-        try:
-            model = VQAutoencoder(VQAutoencoderConfig(**_tuples(loaded.config["model"])))
-            model.load_state_dict(loaded.state)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise TokenizeError(f"{path}: does not rebuild a VQAutoencoder ({err})") from None
-        up.sources[kind] = _file_hash(path)
-        return loaded, model.to(device).eval().requires_grad_(False)
-
-    got = optional(sound_vq, "audio", params.audio)
-    if got is not None:
-        loaded, up.sound = got
-        try:
-            up.sound_features = AudioFeatureConfig(**_tuples(loaded.config["features"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise TokenizeError(f"{sound_vq}: no usable feature config ({err})") from None
-    got = optional(layout_vq, "layout", params.layout)
-    if got is not None:
-        _, up.layout = got
-        up.layout_classes = up.layout.config.in_channels
-    return up
-
-
-# --------------------------------------------------------------------------- per clip
-
-
-@torch.no_grad()
-def frame_tokens(ae: CCVSAutoencoder, frames: np.ndarray, batch: int,
-                 device: torch.device) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames → (T, h, w) int64 codes Q(E(x)), x in [−1, 1]."""
-    out = []
-    for i in range(0, len(frames), batch):
-        x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch])).to(device)
-        x = x.movedim(-1, -3).float().div(127.5).sub(1.0)
-        out.append(ae.tokenize(x).cpu().numpy())
-    return np.concatenate(out).astype(np.int64)
-
-
-@torch.no_grad()
-def vq_tokens(model: VQAutoencoder, x: np.ndarray, batch: int, device: torch.device,
-              one_hot: int = 0) -> np.ndarray:
-    """(T, C, H, W) inputs (or (T, H, W) class maps with ``one_hot`` = K) → (T, h·w) codes."""
-    out = []
-    for i in range(0, len(x), batch):
-        xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(device)
-        if one_hot:
-            xb = F.one_hot(xb.long(), one_hot).permute(0, 3, 1, 2).float()
-        out.append(model.encode(xb).flatten(1).cpu().numpy())
-    return np.concatenate(out).astype(np.int64)
+        return _load_upstream(autoencoder, sound_vq, layout_vq, device, disabled=disabled)
+    except UpstreamError as err:
+        raise TokenizeError(str(err)) from None
 
 
 def read_trajectories(positions_dir: Path, split: str) -> dict[str, np.ndarray] | None:
@@ -211,14 +122,6 @@ def read_trajectories(positions_dir: Path, split: str) -> dict[str, np.ndarray] 
                 arr[t] = (np.nan if x is None else x, np.nan if y is None else y)
         out[key] = arr
     return out
-
-
-def _state_for(traj: np.ndarray | None, n: int, bins: StateBins) -> np.ndarray:
-    xy = np.full((n, 2), np.nan, np.float32)
-    if traj is not None:
-        m = min(n, len(traj))
-        xy[:m] = traj[:m]
-    return bins.quantize(xy)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -265,7 +168,7 @@ def run(
         up.absent["state"] = f"no trajectories ({positions_dir}/<split>.parquet)"
     else:
         up.sources["positions"] = hashlib.sha1(b"".join(
-            _file_hash(positions_dir / f"{s}.parquet").encode()
+            file_hash(positions_dir / f"{s}.parquet").encode()
             for s in SPLITS if (positions_dir / f"{s}.parquet").exists())).hexdigest()[:16]
 
     if out_dir.exists():  # a stage output is rewritten whole (DVC removes it first anyway)
@@ -299,7 +202,7 @@ def run(
                     bins = bins or StateBins.for_frame(params.state_bins, frames.shape[1],
                                                        frames.shape[2])
                     traj = trajectories.get(key) if trajectories is not None else None
-                    state = _state_for(traj, n, bins)
+                    state = trajectory_state(traj, n, bins)
                     if traj is None or (state == bins.null_id).any():
                         missing.append("state")
                 if audio is not None and (audio == up.sound.config.codebook_size).all():
@@ -388,7 +291,7 @@ def _audio_patches(up: Upstream, sample: dict[str, Any]) -> np.ndarray | None:
     if "audio" not in sample or meta.get("audio_silent") or not fps or not rate:
         return None
     try:
-        return frame_patches(sample["audio"], float(rate), float(fps), n, up.sound_features)
+        return sound_patches(sample["audio"], float(rate), float(fps), n, up.sound_features)
     except AudioConfigError as err:
         raise TokenizeError(f"clip {sample['key']}: {err}") from None
     except AudioError as err:
@@ -426,20 +329,18 @@ def encode_group(up: Upstream, samples: list[dict[str, Any]], batch: int, device
     frame_codes = list(np.split(codes, np.cumsum(sizes)[:-1]))
     audio: list[np.ndarray | None] = [None] * len(samples)
     if up.sound is not None:
-        cfg, f = up.sound_features, up.sound.config.downsampling
-        l_a = (cfg.freq_bins // f) * (cfg.time_bins // f)
+        l_a = sound_tokens_per_frame(up.sound, up.sound_features)
         audio = _grouped([_audio_patches(up, s) for s in samples],
                          lambda x: vq_tokens(up.sound, x, batch, device), (0, l_a),
                          up.sound.config.codebook_size, sizes)
     layout: list[np.ndarray | None] = [None] * len(samples)
     if up.layout is not None:
-        f = up.layout.config.downsampling
-        hw = (samples[0]["frames"].shape[1] // f) * (samples[0]["frames"].shape[2] // f)
+        hw = layout_tokens_per_frame(up.layout, samples[0]["frames"].shape[1],
+                                     samples[0]["frames"].shape[2])
         maps = [s.get("layout") for s in samples]
         maps = [m if m is not None and int(m.max(initial=0)) < up.layout_classes else None
                 for m in maps]
-        layout = _grouped(maps, lambda x: vq_tokens(up.layout, x, batch, device,
-                                                    one_hot=up.layout_classes),
+        layout = _grouped(maps, lambda x: layout_codes(up.layout, x, batch, device),
                           (0, hw), up.layout.config.codebook_size, sizes)
     return frame_codes, audio, layout
 
