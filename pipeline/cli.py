@@ -4,6 +4,7 @@
     ccvs repro [dvc args]      `dvc repro` with one pipeline id shared by every stage's MLflow run
     ccvs pipeline [stages]     the same DAG as a Prefect flow (parallel branches)
     ccvs stage NAME [args]     run one stage module directly (python -m stages.NAME)
+    ccvs synthesize [args]     videos from the trained models and your controls (--help)
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def _stage(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _synthesize(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipeline.synthesize import main as synthesize_main
+
+    return synthesize_main(extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ccvs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("pipeline", help="run the DAG as a Prefect flow")
     p = sub.add_parser("stage", help="run one stage: ccvs stage prepare --params params.yaml")
     p.add_argument("name")
+    sub.add_parser("synthesize", help="synthesize videos (ccvs synthesize --help)", add_help=False)
     args, extra = parser.parse_known_args(argv)
     if args.command == "check":
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return _check(args)
-    handlers = {"repro": _repro, "pipeline": _pipeline, "stage": _stage}
+    handlers = {"repro": _repro, "pipeline": _pipeline, "stage": _stage,
+                "synthesize": _synthesize}
     return handlers[args.command](args, extra)
 
 

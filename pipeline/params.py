@@ -248,6 +248,66 @@ class TransformerParams:
             raise ValueError(f"betas must be in [0, 1), got {self.betas}")
 
 
+EVALUATE_TASKS = ("reconstruction", "prediction", "prediction_greedy", "point_to_point", "state",
+                  "sound", "class", "unconditional")
+
+
+@dataclasses.dataclass(frozen=True)
+class FVDParams:
+    """FVD protocol (§4, [66]): I3D features of 16-frame clips at 224×224, Fréchet distance."""
+
+    weights: str  # local Kinetics-400 I3D state dict ("" = the torch hub cache, then url)
+    url: str  # public URL of the converted checkpoint (used only with a network)
+    frames: int  # frames per clip fed to I3D (protocol: 16)
+    videos: int  # inputs scored per task (sample 0 of each; 0 = every input). I3D at 224² costs
+    # ~1–3 s per clip on a 2-core CPU, so the demo scores a subset; the paper uses 256 videos
+    repeats: int  # FVD computed this many times on random halves → mean ± std (1 = once, all)
+    batch_size: int  # clips per I3D forward pass
+    count_conditioning: bool  # the given start frames are part of the clips scored
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.repeats < 1 or self.batch_size < 1 or self.videos < 0:
+            raise ValueError("frames, repeats and batch_size must be >= 1, videos >= 0")
+        if self.videos == 1:
+            raise ValueError("videos must be 0 (all) or >= 2 (a covariance needs 2 videos)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """Synthesis on held-out clips and its metrics (``evaluate`` stage; §4, Tables 1–6, Fig. 6)."""
+
+    split: Literal["train", "val", "test"]  # clips evaluated (paper: the test split)
+    num_videos: int  # inputs evaluated per task (0 = every clip of the split)
+    num_frames: int  # frames per synthetic video, the given ones included (0 = clip length)
+    samples: int  # S samples per input (DIV, best-of-S SSIM of Table D4)
+    top_k: int  # top-k sampling (§3.1; 1 = greedy)
+    temperature: float  # logits / temperature before top-k
+    context_frames: int | None  # c frames of context for D (null = the autoencoder's own c)
+    timesteps: tuple[int, ...]  # SSIM / PSNR reported at these frames (paper: 8, 15)
+    tasks: tuple[str, ...]  # subset of EVALUATE_TASKS, in this order in the report
+    batch_size: int  # inputs per synthesis batch (each carries S samples)
+    gif_videos: int  # inputs shown per task in the GIF and the PNG grid
+    seed: int  # seeds of sample s of input i: seed + i·S + s
+    device: Literal["cpu", "cuda", "auto"]  # where T, E, D, F and I3D run
+    fvd: FVDParams
+
+    def __post_init__(self) -> None:
+        if self.num_videos < 0 or self.num_frames < 0:
+            raise ValueError("num_videos and num_frames must be >= 0")
+        if self.samples < 1 or self.top_k < 1 or self.batch_size < 1 or self.gif_videos < 0:
+            raise ValueError("samples, top_k and batch_size must be >= 1, gif_videos >= 0")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.context_frames is not None and not 0 <= self.context_frames <= 16:
+            raise ValueError(f"context_frames must be in 0..16 or null, got {self.context_frames}")
+        unknown = [t for t in self.tasks if t not in EVALUATE_TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks: unknown {unknown} (known: {list(EVALUATE_TASKS)})"
+                             if unknown else "tasks: give at least one")
+        if any(t < 0 for t in self.timesteps):
+            raise ValueError(f"timesteps must be >= 0, got {list(self.timesteps)}")
+
+
 def section_types() -> dict[str, type]:
     """Every section params.yaml must have, name → dataclass (one place knows the file's shape)."""
     return {
@@ -261,6 +321,7 @@ def section_types() -> dict[str, type]:
         "positions": PositionsParams,
         "tokenize": TokenizeParams,
         "transformer": TransformerParams,
+        "evaluate": EvaluateParams,
     }
 
 

@@ -27,6 +27,8 @@ TINY = {
     "layout_vq": {"loop": _LOOP},
     "autoencoder": {"loop": _LOOP, "val_clips": 2, "gif_clips": 1},
     "transformer": {"loop": _LOOP, "val_clips": 2},
+    "evaluate": {"samples": 2, "timesteps": [4, 7], "num_frames": 0, "batch_size": 2,
+                 "gif_videos": 1, "fvd": {"frames": 8, "videos": 0, "batch_size": 4}},
 }
 
 
@@ -81,6 +83,12 @@ def test_repro_builds_every_output(project):
     assert (project / "data/clips/manifest.parquet").exists()
     assert list((project / "data/clips/train").glob("*.tar"))
     assert (project / "dvc.lock").exists()
+    for model in ("autoencoder", "transformer", "position", "sound_vq", "layout_vq"):
+        assert (project / f"models/{model}.pt").exists()
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    assert evaluation["fvd"]["metric"] == "fvd_untrained_i3d"  # no I3D weights offline
+    assert "prediction" in evaluation["tasks"] and "reconstruction" in evaluation["tasks"]
+    assert (project / "samples/evaluate/prediction.gif").exists()
 
 
 def test_second_repro_skips_everything(project):
@@ -88,6 +96,15 @@ def test_second_repro_skips_everything(project):
     assert json.loads(status.stdout or "{}") == {}
     out = _dvc(project, "repro").stdout
     assert "Running stage" not in out
+
+
+def test_transformer_param_change_reruns_transformer_and_evaluate_only(project):
+    _set_params(project, {"transformer": {"lr": 0.0005}})
+    changed = json.loads(_dvc(project, "status", "--json").stdout)
+    assert set(changed) == {"transformer"}
+    out = _dvc(project, "repro").stdout
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["evaluate", "transformer"]
 
 
 def test_prepare_param_change_reruns_prepare_not_demo(project):

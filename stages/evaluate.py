@@ -1,0 +1,245 @@
+"""Stage ``evaluate``: every synthesis task on held-out clips → SSIM, PSNR, DIV, FVD (paper §4).
+
+Paper §4 "Metrics" (SSIM [77], PSNR, FVD [66]), Tables 1–6 / D2–D4, Fig. 6 (DIV). The tasks and
+the per-task maths are in ``pipeline.evaluation``; FVD (I3D features, Fréchet distance) in
+``pipeline.fvd``; the sampler in ``ccvs_models.sampler``.
+
+1. Reads ``evaluate.split`` clips (``data/clips``: the real frames) and their tokens
+   (``data/tokens``: frame codes, end frame, state, sound, class), matched by clip key.
+2. For each task of ``evaluate.tasks``: S samples per input (one batch of B·S rows), decoded by
+   D·S·E·F as the tokens arrive; a task the trained T cannot do is reported as skipped, with why.
+3. Writes ``metrics/evaluate.json`` (``{"tasks": {task: {metric: value}}, "skipped": …, "fvd": the
+   weights it used}``), the same as MLflow metrics ``<task>/<metric>``; per task a GIF (real clip
+   then its samples, one row per input) and a PNG contact sheet in ``samples/evaluate/``, and
+   ``plots/evaluate/<task>.csv`` (t, ssim, psnr) for ``dvc plots``.
+
+FVD needs Kinetics-400 I3D weights (``evaluate.fvd.weights`` or the URL). Without them the value is
+computed with a randomly initialised I3D and reported as ``fvd_untrained_i3d``, never as ``fvd``.
+
+    python -m stages.evaluate --params params.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ccvs_models.sampler import SamplerConfig
+from pipeline.atomic import write_json
+from pipeline.checkpoint import CheckpointError
+from pipeline.distributed import device_for
+from pipeline.evaluation import (
+    TASKS,
+    EvalData,
+    comparison_grid,
+    finite,
+    frame_scores,
+    per_timestep,
+    resolve_task,
+    run_task,
+    sample_diversity,
+    summarize,
+)
+from pipeline.media_write import write_gif, write_png
+from pipeline.params import EvaluateParams, ParamsError, load_section
+from pipeline.shards import ShardError, iter_clips
+from pipeline.synthesis_io import SynthesisInputError, contact_sheet, load_models, to_uint8
+from pipeline.token_shards import TokenShardError, load_token_split, read_vocab
+
+STAGE = "evaluate"
+
+
+class EvaluateError(RuntimeError):
+    """The stage cannot go on (no clips, tokens that do not match the clips); one line."""
+
+
+def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int,
+                   vocab: dict[str, Any]) -> EvalData:
+    """The split's token samples and, matched by key, their real frames (first ``limit``)."""
+    tok = load_token_split(tokens, split, vocab)
+    if len(tok) == 0:
+        raise EvaluateError(f"{tokens}: no {split} token samples to evaluate")
+    n = len(tok) if limit == 0 else min(limit, len(tok))
+    tok = tok.take(np.arange(n))
+    wanted = set(tok.keys)
+    real: dict[str, np.ndarray] = {}
+    for sample in iter_clips(clips, split):
+        if sample["key"] in wanted:
+            real[sample["key"]] = sample["frames"]
+    missing = [k for k in tok.keys if k not in real]
+    if missing:
+        raise EvaluateError(f"{clips}: {len(missing)} {split} clips of {tokens} are missing "
+                            f"(e.g. {missing[0]}); rerun tokenize after prepare")
+    frames = np.stack([real[k] for k in tok.keys])  # (n, T, H, W, 3) uint8
+    if frames.shape[1] != tok.frames.shape[1]:
+        raise EvaluateError(f"{clips}: clips have {frames.shape[1]} frames, their tokens "
+                            f"{tok.frames.shape[1]}")
+    video = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    as_long = (lambda a: None if a is None else torch.from_numpy(a.astype(np.int64)))  # noqa: E731
+    return EvalData(list(tok.keys), video, as_long(tok.frames), as_long(tok.end_frame),
+                    torch.from_numpy(tok.label), as_long(tok.state), as_long(tok.audio),
+                    as_long(tok.layout))
+
+
+def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["t", "ssim", "psnr"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transformer: str | Path,
+        autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
+        samples_dir: str | Path, logger: Any, fps: int = 10) -> dict[str, Any]:
+    """Run every task; write metrics, curves, GIFs and sheets; return the metrics document."""
+    from pipeline import fvd as fvd_lib
+
+    start_time = time.perf_counter()
+    device = device_for(0, params.device)
+    vocab = read_vocab(tokens)
+    models = load_models(transformer, autoencoder, tokens, device=device)
+    ae, tr = models.autoencoder.eval(), models.transformer.eval()
+    data = load_eval_data(clips, tokens, params.split, params.num_videos, vocab)
+    n_frames = params.num_frames or data.frames.shape[1]
+    if n_frames > data.frames.shape[1]:
+        raise EvaluateError(f"evaluate.num_frames = {n_frames} but the {params.split} clips have "
+                            f"{data.frames.shape[1]} frames")
+    c = ae.config.context_frames if params.context_frames is None else params.context_frames
+    sampler = SamplerConfig(top_k=params.top_k, temperature=params.temperature, kv_cache=True)
+    s = params.samples
+    samples_dir, plots_dir = Path(samples_dir), Path(plots_dir)
+    samples_dir.mkdir(parents=True, exist_ok=True)
+
+    i3d, i3d_info = fvd_lib.load_i3d(params.fvd.weights or None,
+                                     params.fvd.url or fvd_lib.I3D_URL, device=device)
+    fvd_name = fvd_lib.fvd_metric_name(i3d_info)
+    logger.set_tags({"evaluate.fvd_metric": fvd_name,
+                     "evaluate.i3d_weights": i3d_info.location,
+                     "evaluate.i3d_pretrained": str(i3d_info.pretrained)})
+    real_clips = data.frames[:, :n_frames]
+    if params.fvd.frames > n_frames:
+        raise EvaluateError(f"evaluate.fvd.frames = {params.fvd.frames} but the videos have "
+                            f"{n_frames} frames (evaluate.num_frames)")
+    real_features: dict[int, np.ndarray] = {}  # I3D features of the real clips, per skip
+    n_fvd = len(data) if params.fvd.videos == 0 else min(params.fvd.videos, len(data))
+    if n_fvd < 2:
+        raise EvaluateError(f"FVD needs at least 2 videos, the {params.split} split has {len(data)}")
+
+    results: dict[str, dict[str, float | None]] = {}
+    skipped: dict[str, str] = {}
+    starts: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for name in params.tasks:
+        spec, how = resolve_task(TASKS[name], tr, data)
+        if spec is None:
+            skipped[name] = how
+            print(f"evaluate: skipping {name}: {how}", flush=True)
+            continue
+        starts[name] = how
+        t0 = time.perf_counter()
+        fakes = []
+        bar = tqdm(total=len(data) * n_frames, desc=f"evaluate {name}", unit="frame",
+                   disable=None)
+        for lo in range(0, len(data), params.batch_size):
+            batch = data.rows(slice(lo, lo + params.batch_size))
+            batch = dataclasses.replace(batch, **{
+                f.name: getattr(batch, f.name).to(device)
+                for f in dataclasses.fields(batch) if isinstance(getattr(batch, f.name), torch.Tensor)})
+            seeds = [params.seed + (lo + i) * s + j for i in range(len(batch)) for j in range(s)]
+            out = run_task(spec, ae, tr, batch, n_frames, s, sampler, c, seeds,
+                           on_frame=lambda t, b=len(batch): bar.update(b))
+            fakes.append(out.frames.cpu())
+            bar.n = min(lo + len(batch), len(data)) * n_frames
+            bar.refresh()
+        bar.close()
+        fake = torch.cat(fakes)  # (n, S, n_frames, 3, H, W)
+        m = out.start_frames
+        ssim_v, psnr_v = frame_scores(fake, real_clips)
+        has_ref = how != "sampled"  # an unconditional frame 0 has no real counterpart
+        div, div_moving = sample_diversity(fake, real_clips)
+        row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref)
+        skip = 0 if params.fvd.count_conditioning else m
+        fvd_frames = min(params.fvd.frames, n_frames - skip)
+        if skip not in real_features:
+            real_features[skip] = fvd_lib.i3d_features(
+                i3d, real_clips[:n_fvd, skip:skip + fvd_frames], params.fvd.batch_size,
+                desc="I3D real")
+        fvd = fvd_lib.compute_fvd(real_clips[:n_fvd], fake[:n_fvd, 0], i3d, i3d_info,
+                                  batch_size=params.fvd.batch_size, frames=fvd_frames,
+                                  skip_frames=skip, repeats=params.fvd.repeats, seed=params.seed,
+                                  real_features=real_features[skip])
+        row[fvd_name] = fvd["mean"]
+        if params.fvd.repeats > 1:
+            row[f"{fvd_name}_std"] = fvd["std"]
+        seconds[name] = time.perf_counter() - t0
+        results[name] = {k: finite(v) for k, v in row.items()}
+        logger.log_metrics({f"{name}/{k}": v for k, v in row.items() if np.isfinite(v)})
+        if has_ref:
+            _write_curve(plots_dir / f"{name}.csv", per_timestep(ssim_v, psnr_v, m))
+        g = min(params.gif_videos, len(data))
+        if g:
+            grid = comparison_grid(real_clips[:g], fake[:g])
+            gif = write_gif(samples_dir / f"{name}.gif", grid, fps=fps, scale=2)
+            sheet = contact_sheet(to_uint8(torch.cat([real_clips[:1], fake[0]])))
+            png = write_png(samples_dir / f"{name}.png", sheet)
+            logger.log_artifact(str(gif), f"samples/{name}")
+            logger.log_artifact(str(png), f"samples/{name}")
+        print(f"evaluate: {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
+
+    doc = {
+        "tasks": results,
+        "skipped": skipped,
+        "start": starts,
+        "fvd": {"metric": fvd_name, "pretrained": i3d_info.pretrained, "weights": i3d_info.location,
+                "videos": n_fvd, "frames": params.fvd.frames,
+                "count_conditioning": params.fvd.count_conditioning},
+        "inputs": len(data),
+        "samples": s,
+        "num_frames": n_frames,
+        "context_frames": c,
+        "task_seconds": seconds,
+        "seconds": time.perf_counter() - start_time,
+    }
+    write_json(metrics_out, doc)
+    logger.log_metric("seconds", doc["seconds"])
+    return doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (section evaluate)")
+    parser.add_argument("--clips", default="data/clips")
+    parser.add_argument("--tokens", default="data/tokens")
+    parser.add_argument("--transformer", default="models/transformer.pt")
+    parser.add_argument("--autoencoder", default="models/autoencoder.pt")
+    parser.add_argument("--metrics", default="metrics/evaluate.json")
+    parser.add_argument("--plots", default="plots/evaluate")
+    parser.add_argument("--samples", default="samples/evaluate")
+    args = parser.parse_args(argv)
+    from pipeline.tracking import stage_run
+
+    try:
+        params = load_section(STAGE, args.params)
+        with stage_run(STAGE, params, params_path=args.params) as logger:
+            run(params, args.clips, args.tokens, args.transformer, args.autoencoder, args.metrics,
+                args.plots, args.samples, logger)
+    except (ParamsError, EvaluateError, TokenShardError, ShardError, CheckpointError,
+            SynthesisInputError) as err:
+        sys.exit(f"{STAGE}: {err}")
+
+
+if __name__ == "__main__":
+    main()
