@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.i3d import I3DConfig, InceptionI3d
-from pipeline.weights import WeightsError, is_offline, sha256_file
+from pipeline.weights import WeightsError, is_offline, read_weights_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +215,8 @@ def build_i3d(state: dict[str, torch.Tensor], where: str,
 
 
 def _load_file(path: Path, config: I3DConfig | None) -> InceptionI3d:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise WeightsError(
-            f"{path}: cannot read I3D weights ({type(err).__name__}: {detail}); a TorchScript "
-            f"file (i3d_torchscript.pt) is not supported, use a state dict"
-        ) from None
+    obj = read_weights_file(path, "I3D weights", "; a TorchScript file (i3d_torchscript.pt) is "
+                            "not supported, use a state dict")
     return build_i3d(_state_of(obj, str(path)), str(path), config)
 
 

@@ -113,14 +113,20 @@ def build_vgg(state: dict[str, torch.Tensor], cfg: VGGConfig, where: str) -> VGG
     return module
 
 
-def _load_file(path: Path, cfg: VGGConfig) -> VGGFeatures:
+def read_weights_file(path: Path, what: str, hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is one ``WeightsError``
+    line naming the file, what it should hold and ``hint``."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise WeightsError(
-            f"{path}: cannot read VGG weights ({type(err).__name__}: {detail})"
+            f"{path}: cannot read {what} ({type(err).__name__}: {detail}){hint}"
         ) from None
+
+
+def _load_file(path: Path, cfg: VGGConfig) -> VGGFeatures:
+    obj = read_weights_file(path, "VGG weights")
     return build_vgg(_features_state(obj, str(path)), cfg, str(path))
 
 

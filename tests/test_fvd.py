@@ -217,7 +217,8 @@ def test_preprocess_layout_range_and_dtypes():
     torch.testing.assert_close(a, b)
     assert a.min() >= -1 and a.max() <= 1
     const = torch.full((1, 2, 3, 16, 16), 0.25)
-    torch.testing.assert_close(preprocess(const).unique(), torch.tensor([0.25]))
+    # a constant stays constant (up to float rounding of the resize, which varies with threads)
+    assert (preprocess(const) - 0.25).abs().max() < 1e-6
     assert preprocess(const).shape == (1, 3, 2, 224, 224)
     # at the target size only the layout changes: (N, T, 3, H, W) → (N, 3, T, H, W)
     torch.testing.assert_close(preprocess(as_float[..., :20], resolution=20),
