@@ -222,6 +222,15 @@ def sample_diversity(samples: torch.Tensor, real: torch.Tensor) -> tuple[torch.T
     return torch.as_tensor(div.whole), torch.as_tensor(div.moving)
 
 
+def frame_motion(video: torch.Tensor, first: int = 0) -> float:
+    """Mean |x_t − x_{t−1}| over t > first of videos (..., n, 3, H, W) in [−1, 1], in [0, 1] pixel
+    units: how much a video moves (Table 2's observation: greedy samples barely move)."""
+    x = video[..., first:, :, :, :].float()
+    if x.shape[-4] < 2:
+        return float("nan")
+    return float((x[..., 1:, :, :, :] - x[..., :-1, :, :, :]).abs().mean() / 2)
+
+
 def summarize(name: str, ssim_v: torch.Tensor, psnr_v: torch.Tensor, m: int,
               timesteps: Sequence[int], div: torch.Tensor | None,
               div_moving: torch.Tensor | None, has_reference: bool) -> dict[str, float]:

@@ -43,6 +43,7 @@ from pipeline.evaluation import (
     EvalData,
     comparison_grid,
     finite,
+    frame_motion,
     frame_scores,
     per_timestep,
     resolve_task,
@@ -171,6 +172,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         has_ref = how != "sampled"  # an unconditional frame 0 has no real counterpart
         div, div_moving = sample_diversity(fake, real_clips)
         row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref)
+        row["motion"] = frame_motion(fake, max(m - 1, 0))  # from the last given frame on
         skip = 0 if params.fvd.count_conditioning else m
         fvd_frames = min(params.fvd.frames, n_frames - skip)
         if skip not in real_features:
@@ -206,6 +208,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         "fvd": {"metric": fvd_name, "pretrained": i3d_info.pretrained, "weights": i3d_info.location,
                 "videos": n_fvd, "frames": params.fvd.frames,
                 "count_conditioning": params.fvd.count_conditioning},
+        "real_motion": frame_motion(real_clips),  # the same measure on the real clips
         "inputs": len(data),
         "samples": s,
         "num_frames": n_frames,

@@ -224,3 +224,12 @@ def test_synthesize_command_refuses_bad_controls_before_any_work(world, tmp_path
     assert _cli(world, tmp_path / "x", "--class", "left", "--sound", str(traj)) == 2
     assert "no audio tokens" in capsys.readouterr().err  # T was trained without sound
     assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_frame_motion_measures_change_between_frames():
+    still = torch.zeros(2, 3, 5, 3, 4, 4)
+    assert ev.frame_motion(still) == 0.0
+    flicker = still.clone()
+    flicker[:, :, 1::2] = 1.0  # frames alternate between 0 and 1 ([−1, 1] units): |Δ| = 1 → 0.5
+    assert ev.frame_motion(flicker) == pytest.approx(0.5)
+    assert ev.frame_motion(flicker, first=4) != ev.frame_motion(flicker)  # one frame: NaN
