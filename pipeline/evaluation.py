@@ -38,7 +38,7 @@ import torch
 from ccvs_models.autoencoder import CCVSAutoencoder
 from ccvs_models.sampler import SamplerConfig, TokenControls, synthesize
 from ccvs_models.transformer import CCVSTransformer
-from pipeline.video_metrics import diversity, frame_psnr, frame_ssim, motion_mask
+from pipeline.video_metrics import diversity, frame_psnr, frame_ssim
 from pipeline.synthesis_io import to_uint8
 
 PSNR_CAP_DB = 100.0  # identical frames (the given ones) would give +inf: capped, and never averaged
@@ -212,13 +212,14 @@ def frame_scores(fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, 
     return ssim_v, psnr_v
 
 
-def sample_diversity(samples: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor | None,
-                                                                         torch.Tensor | None]:
-    """DIV (Fig. 6) of samples (B, S, n, 3, H, W) on whole frames and on the moving parts of the
-    real clips real (B, n, 3, H, W) (``motion_mask``: flow ≥ 20 % of its max); None when S < 2."""
+def sample_diversity(samples: torch.Tensor, moving: torch.Tensor | None
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """DIV (Fig. 6) of samples (B, S, n, 3, H, W) on whole frames and on the pixels where
+    ``moving`` (B, n, H, W) is True (``motion_mask`` of the real clips: flow ≥ 20 % of its max);
+    None when S < 2."""
     if samples.shape[1] < 2:
         return None, None
-    div = diversity(samples, motion_mask(real))
+    div = diversity(samples, moving)
     return torch.as_tensor(div.whole), torch.as_tensor(div.moving)
 
 

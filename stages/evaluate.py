@@ -56,6 +56,7 @@ from pipeline.params import EvaluateParams, ParamsError, load_section
 from pipeline.shards import ShardError, iter_clips
 from pipeline.synthesis_io import SynthesisInputError, contact_sheet, load_models, to_uint8
 from pipeline.token_shards import TokenShardError, load_token_split, read_vocab
+from pipeline.video_metrics import motion_mask
 
 STAGE = "evaluate"
 
@@ -135,6 +136,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         raise EvaluateError(f"evaluate.fvd.frames = {params.fvd.frames} but the videos have "
                             f"{n_frames} frames (evaluate.num_frames)")
     real_features: dict[int, np.ndarray] = {}  # I3D features of the real clips, per skip
+    moving = motion_mask(real_clips) if s > 1 else None  # DIV's moving parts, once for all tasks
     n_fvd = len(data) if params.fvd.videos == 0 else min(params.fvd.videos, len(data))
     if n_fvd < 2:
         raise EvaluateError(f"FVD needs at least 2 videos, the {params.split} split has {len(data)}")
@@ -170,7 +172,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         m = out.start_frames
         ssim_v, psnr_v = frame_scores(fake, real_clips)
         has_ref = how != "sampled"  # an unconditional frame 0 has no real counterpart
-        div, div_moving = sample_diversity(fake, real_clips)
+        div, div_moving = sample_diversity(fake, moving)
         row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref)
         row["motion"] = frame_motion(fake, max(m - 1, 0))  # from the last given frame on
         skip = 0 if params.fvd.count_conditioning else m

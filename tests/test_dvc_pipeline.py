@@ -28,7 +28,9 @@ TINY = {
     "autoencoder": {"loop": _LOOP, "val_clips": 2, "gif_clips": 1},
     "transformer": {"loop": _LOOP, "val_clips": 2},
     "evaluate": {"samples": 2, "timesteps": [4, 7], "num_frames": 0, "batch_size": 2,
-                 "gif_videos": 1, "fvd": {"frames": 8, "videos": 0, "batch_size": 4}},
+                 "gif_videos": 1, "tasks": ["reconstruction", "prediction", "point_to_point",
+                                            "unconditional"],
+                 "fvd": {"frames": 8, "videos": 0, "batch_size": 4}},
 }
 
 
