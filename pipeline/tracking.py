@@ -180,6 +180,25 @@ def _tracking_params(params_path: str | Path) -> TrackingParams:
         return TrackingParams(uri="sqlite:///mlflow.db", experiment="ccvs")
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and of its finished children, in MB (Linux: ru_maxrss
+    is in kB; macOS: bytes)."""
+    import resource
+    import sys
+
+    scale = 1 / 1024**2 if sys.platform == "darwin" else 1 / 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) * scale
+
+
+def report_peak_memory(stage: str, logger: Any) -> None:
+    """Print the stage's peak memory and log it as the ``peak_rss_mb`` metric."""
+    peak = peak_rss_mb()
+    print(f"{stage}: peak memory {peak:.0f} MB", flush=True)
+    logger.log_metric("peak_rss_mb", peak)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -210,6 +229,7 @@ def stage_run(
         logger.log_params(flat_params)
         logger.set_tags(run_tags)
         yield logger
+        report_peak_memory(stage, logger)
         return
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -222,3 +242,4 @@ def stage_run(
         logger = MlflowLogger(mlflow)
         logger.log_params(flat_params)
         yield logger
+        report_peak_memory(stage, logger)

@@ -91,3 +91,15 @@ def test_only_rank_zero_opens_a_run(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     with stage_run("x", {"a": 1}) as log:
         assert isinstance(log, RecordingLogger)
+
+
+def test_stage_run_reports_peak_memory(monkeypatch, capsys):
+    import numpy as np
+
+    monkeypatch.setenv("CCVS_TRACKING", "off")
+    with tracking.stage_run("demo", {"a": 1}) as logger:
+        block = np.ones(64 * 1024 * 1024 // 8)  # 64 MB held while the stage runs
+        del block
+    (step, peak), = logger.metrics["peak_rss_mb"]
+    assert peak > 64
+    assert "demo: peak memory" in capsys.readouterr().out
