@@ -14,8 +14,8 @@ from pipeline.params import SoundVQParams
 from pipeline.shards import ShardWriter, encode_sample
 from pipeline.tracking import RecordingLogger
 from pipeline.train_loop import LoopConfig
+from pipeline.vq_training import StageError, VQTask, codebook_usage, holdout_videos
 from stages import sound_vq
-from stages.sound_vq import StageError, VQTask, codebook_usage, holdout_videos
 
 
 @pytest.fixture(autouse=True)
