@@ -10,6 +10,11 @@ each run (each setting runs in its own process, so ``ru_maxrss`` is per setting)
 
 (``--clips``: a ``prepare`` output folder, e.g. of the demo data; VGG weights are used when
 ``load_vgg`` finds them, so say which in the results.)
+
+``--set key=value`` (repeatable) overrides a key of the ``autoencoder`` section for every setting,
+dotted for nested keys, the value parsed as YAML, e.g. ``--set lambda_free=1 --set
+model.num_levels=4``. Each row also carries the per-frame validation PSNR (frames 1 … T−1) and
+the PSNR of the same frames decoded from their tokens alone (``val_psnr_context_free``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def with_overrides(params_path: str, overrides: list[str], out_path: Path) -> str:
+    """A copy of ``params_path`` with ``autoencoder.<key> = value`` for each "key=value"."""
+    import yaml
+
+    raw = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        node = raw["autoencoder"]
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise SystemExit(f"--set {item!r}: autoencoder.{key} is not a key of {params_path}")
+        node[leaf] = yaml.safe_load(value)
+    out_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return str(out_path)
 
 
 def one(params_path: str, clips: str, context: int, steps: int, threads: int) -> dict:
@@ -47,6 +72,7 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
         metrics = run(params, clips, Path(tmp) / "ae.pt", Path(tmp) / "m.json", Path(tmp) / "plots",
                       Path(tmp) / "ckpt", log, resume=False)
         seconds = time.perf_counter() - t0
+        per_frame, context_free = frame_psnr(Path(tmp) / "ae.pt", clips, params)
 
     def mean(name: str) -> float:
         vals = [v for _, v in log.metrics.get(name, [])]
@@ -65,9 +91,28 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
         "video_step_s": mean("time/video_step_s"),
         "seconds": seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "val_psnr_per_frame": [round(v, 2) for v in per_frame],
+        "val_psnr_context_free": sum(context_free) / len(context_free),  # tokens alone, no F
         "vgg_weights": log.tags.get("vgg_weights", ""),
         "threads": threads,
     }
+
+
+def frame_psnr(model_path: Path, clips: str, params) -> tuple[list[float], list[float]]:
+    """Mean validation PSNR per decoded frame of the saved (EMA) model: Table 1 protocol, and the
+    same frames decoded from their tokens alone (no context: how much the tokens carry)."""
+    from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
+    from pipeline.ae_training import reconstruct_clips
+    from pipeline.checkpoint import load_model
+    from stages.autoencoder import load_clips
+
+    loaded = load_model(model_path)
+    model = CCVSAutoencoder(AutoencoderConfig(**loaded.config))
+    model.load_state_dict(loaded.state)
+    val = load_clips(clips, "val", limit=params.val_clips, num_frames=params.val_frames)
+    with_context = reconstruct_clips(model, val.frames, "cpu").psnr.mean(0)
+    alone = reconstruct_clips(model, val.frames, "cpu", num_context=0).psnr.mean(0)
+    return [float(v) for v in with_context], [float(v) for v in alone]
 
 
 def main() -> None:
@@ -78,6 +123,8 @@ def main() -> None:
     ap.add_argument("--contexts", default="0,1,4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override autoencoder.KEY (dotted, YAML value) in every setting")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
@@ -85,13 +132,16 @@ def main() -> None:
         return
     env = {**os.environ, "CCVS_TRACKING": "off"}
     rows = []
+    tmpdir = tempfile.TemporaryDirectory()
+    params_path = (with_overrides(args.params, args.set, Path(tmpdir.name) / "params.yaml")
+                   if args.set else args.params)
     for c in [int(v) for v in args.contexts.split(",")]:
-        cmd = [sys.executable, __file__, "--params", args.params, "--clips", args.clips,
+        cmd = [sys.executable, __file__, "--params", params_path, "--clips", args.clips,
                "--steps", str(args.steps), "--threads", str(args.threads), "--one", str(c)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise SystemExit(f"context_frames={c} failed:\n{out.stderr[-2000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "overrides": args.set})
         print(json.dumps(rows[-1]), flush=True)
     print("\n| F | c | val PSNR (dB) | val SSIM | PSNR frame 1 | PSNR last | SSIM last | perplexity | "
           "image step (s) | video step (s) | run (s) | peak RSS (MB) |")

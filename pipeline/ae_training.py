@@ -7,6 +7,8 @@ Objective, Eq. (2): L = λ_q L_q + λ_r L_r + λ_a L_a + λ_c L_c with
   L_r  Eq. (4) = ‖x − x̂‖₁ (``use_rgb``) + ‖VGG(x) − VGG(x̂)‖₁ (``use_vgg``, needs ImageNet weights);
   L_a  Eq. (6) on Δi (``use_image_disc``) and, in video steps, on Δt (``use_temporal_disc``);
   L_c  Eq. (7) at the decoder levels where F runs (``self_supervision``, image steps only);
+and, not in the paper, off by default: λ_free · L_r of the context-free decoding D(z_q) on image
+steps with F (``lambda_free``), see "F at a short budget" below;
 and the discriminators trained on Eq. (5) (+ (γ/2)·R1 when ``r1_gamma`` > 0).
 
 Two kinds of step alternate (``video_every``: every n-th step is a video step):
@@ -49,7 +51,12 @@ model then behaves like "copy x_0": frame 1 is much better than without F, but l
 to F off's level or below as the gripper moves. Knobs: ``model.flow_mask_init`` (F starts by
 taking the context, σ(m) < 0.5, as L_c's target asks on visible pixels) and ``augment.p_blank``
 (a share of the context views fully occluded, o_c = 0, so x must come from its tokens; 0.3
-measured worse at 150 steps, so the demo keeps 0).
+measured worse at 150 steps, so the demo keeps 0), and ``lambda_free`` (× λ_r: L_r of D(z_q)
+decoded *without* context on image steps, so the tokens stay informative; off by default, as it
+did not beat the baseline at 150 steps either). The measurements (BENCHMARKS.md) point at the
+codebook: it stays collapsed (perplexity 1–5) for the first ~40–100 steps with or without F, so
+at this budget the tokens alone give ~19–21 dB while copying the context gives 25+ dB at frame 1,
+and copying wins the training losses over the 3 recursively decoded frames of a video step.
 
 Evaluation — Table 1 "Reconstruction": every frame's true tokens Q(E(x_t)) are decoded with F's
 context = the previous *reconstructed* frames (the real first frame as initial context), so errors
@@ -192,6 +199,11 @@ def decode_recursively(
     return torch.stack(frames, 1)
 
 
+class ImageOutput(NamedTuple):
+    recon: ReconstructionOutput  # D(U(Q(E(x))), E(x_c)) of ``CCVSAutoencoder.reconstruct``
+    x_free: torch.Tensor | None  # (B, 3, H, W) D(z_q) without context (``context_free``), or None
+
+
 class VideoOutput(NamedTuple):
     frames: torch.Tensor  # (B, T − 1, 3, H, W) x̂_1 … x̂_{T−1}
     quant: QuantizerOutput  # Q over frames 1 … T−1 (L_q, perplexity, ...)
@@ -201,7 +213,8 @@ class VideoOutput(NamedTuple):
 class AutoencoderForward(nn.Module):
     """E, Q, F, D behind one ``forward`` (the DDP entry point of ``fit``); holds no other weights.
 
-    forward(ImageInputs) → ``ReconstructionOutput`` of ``CCVSAutoencoder.reconstruct``;
+    forward(ImageInputs) → ``ImageOutput``: ``CCVSAutoencoder.reconstruct`` and, with
+    ``context_free`` and a context, also D(z_q) decoded from the same z_q without any context;
     forward(VideoInputs) → ``VideoOutput`` of the recursive video step.
     """
 
@@ -209,7 +222,7 @@ class AutoencoderForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, inputs: ImageInputs | VideoInputs) -> ReconstructionOutput | VideoOutput:
+    def forward(self, inputs: ImageInputs | VideoInputs) -> ImageOutput | VideoOutput:
         if isinstance(inputs, VideoInputs):
             clip = inputs.clip  # (B, T, 3, H, W)
             b, t = clip.shape[:2]
@@ -218,12 +231,17 @@ class AutoencoderForward(nn.Module):
             z_q = quant.z_q.view(b, t - 1, *quant.z_q.shape[1:])
             frames = decode_recursively(self.model, z_q, clip[:, 0], self.model.config.context_frames)
             return VideoOutput(frames=frames, quant=quant, z=z)
-        return self.model.reconstruct(inputs.frames, inputs.context)
+        recon = self.model.reconstruct(inputs.frames, inputs.context)
+        x_free = None
+        if inputs.context_free and inputs.context is not None and self.model.has_flow:
+            x_free = self.model.decode(recon.quant.z_q, None).x_hat
+        return ImageOutput(recon=recon, x_free=x_free)
 
 
 class ImageInputs(NamedTuple):
     frames: torch.Tensor  # (B, 3, H, W) x in [−1, 1]
     context: torch.Tensor | None  # (B, c, 3, H, W) x_c, or None (no F)
+    context_free: bool = False  # also decode z_q without context (the λ_free term)
 
 
 class VideoInputs(NamedTuple):
@@ -516,9 +534,14 @@ class AutoencoderTask(TrainTask):
         frames = to_model_range(ctx.to_device(batch.frames))  # (B, 1 + p, 3, H, W)
         x = frames[:, 0]
         context, views = self.context_for(x, frames[:, 1:], step, ctx.device)
+        free = self.params.lambda_free > 0 and context is not None
         with ctx.autocast():
-            out = ctx.modules["ae"](ImageInputs(x, context))
+            step_out = ctx.modules["ae"](ImageInputs(x, context, free))
+            out = step_out.recon
             rec = self.recovery_loss(x, out.x_hat)
+            if step_out.x_free is not None:  # L_r of D(z_q) without context, × λ_free (logged so)
+                rec.update({f"free_{k}": self.params.lambda_free * v
+                            for k, v in self.recovery_loss(x, step_out.x_free).items()})
             adv = {}
             if self.disc_i is not None:
                 with frozen(self.disc_i):

@@ -146,6 +146,8 @@ class AutoencoderParams:
     lambda_r: float  # λ_r of Eq. (2) (paper: 10)
     lambda_a: float  # λ_a of Eq. (2) (paper: 1)
     lambda_c: float  # λ_c of Eq. (2) (paper: 1)
+    lambda_free: float  # × λ_r: L_r of D(z_q) decoded without context on image steps with F (0:
+    # off; not in the paper: keeps the tokens informative so F cannot make them unnecessary)
     r1_gamma: float  # R1 penalty weight γ on Δi/Δt (0: off; not in the paper)
     lr: float  # Adam learning rate of E, Q, F, D (paper: 0.02, see ae_training)
     disc_lr: float  # Adam learning rate of Δi, Δt
@@ -173,7 +175,7 @@ class AutoencoderParams:
                              f"got {self.video_frames}")
         if self.val_frames == 1:
             raise ValueError("val_frames must be 0 (whole clip) or >= 2")
-        for name in ("lambda_q", "lambda_r", "lambda_a", "lambda_c", "r1_gamma"):
+        for name in ("lambda_q", "lambda_r", "lambda_a", "lambda_c", "lambda_free", "r1_gamma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or self.disc_lr <= 0 or not all(0 <= b < 1 for b in self.betas):

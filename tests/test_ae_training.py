@@ -41,7 +41,8 @@ def tiny_params(**kw) -> AutoencoderParams:
         vgg=VGGConfig(layers=("relu1_2",)), vgg_weights="", vgg_url="",
         use_rgb=True, use_vgg=True, use_image_disc=True, use_temporal_disc=True,
         self_supervision=True, lambda_q=1.0, lambda_r=10.0, lambda_a=1.0, lambda_c=1.0,
-        r1_gamma=1.0, lr=1e-3, disc_lr=1e-3, betas=(0.5, 0.9), batch_size=2,
+        lambda_free=0.0, r1_gamma=1.0, lr=1e-3, disc_lr=1e-3,
+        betas=(0.5, 0.9), batch_size=2,
         video_batch_size=2, video_frames=3, video_every=2, val_clips=2, val_frames=0,
         gif_clips=1, dead_code_every=1,
         loop=LoopConfig(steps=2, log_every=1, eval_every=0, ckpt_every=0, device="cpu", seed=0),
@@ -101,6 +102,45 @@ def test_disabling_switches_removes_terms(tmp_path, monkeypatch):
     assert not made  # no self-supervised context
     assert not [k for k in m if k.split("/")[-1] in ("rgb", "vgg", "ctx") or "adv" in k or "disc" in k]
     assert np.isfinite(m["loss"])
+
+
+def test_context_free_term_adds_lambda_weighted_recovery_of_plain_decoding(tmp_path, monkeypatch):
+    """λ_free > 0: the image step also decodes z_q without context and adds λ_free·L_r of it."""
+    params = tiny_params(lambda_free=0.5, use_vgg=False, use_image_disc=False,
+                         use_temporal_disc=False, video_every=0)
+    torch.manual_seed(0)
+    task = AutoencoderTask(params, val_clips=None)
+    totals, recoveries = [], []
+    original_total, original_rec = task._generator_total, task.recovery_loss
+
+    def spy_total(q_loss, rec, adv, ctx_loss):
+        totals.append({k: v.detach().clone() for k, v in rec.items()})
+        return original_total(q_loss, rec, adv, ctx_loss)
+
+    def spy_rec(x, x_hat):
+        out = original_rec(x, x_hat)
+        recoveries.append({k: v.detach().clone() for k, v in out.items()})
+        return out
+
+    monkeypatch.setattr(task, "_generator_total", spy_total)
+    monkeypatch.setattr(task, "recovery_loss", spy_rec)
+    log = RecordingLogger()
+    fit(task, make_batch_stream(clips(), params, 0), dataclasses.replace(params.loop, steps=1),
+        tmp_path, log, resume=False)
+    assert set(totals[0]) == {"rgb", "free_rgb"} and len(recoveries) == 2
+    assert torch.allclose(totals[0]["free_rgb"], 0.5 * recoveries[1]["rgb"])
+    assert not torch.allclose(recoveries[0]["rgb"], recoveries[1]["rgb"])
+    assert "img/free_rgb" in log.metrics
+
+    # The wrapper: x_free is D(z_q) of the same z_q without context; absent when off or without F.
+    model = CCVSAutoencoder(MODEL)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    out = aet.AutoencoderForward(model)(aet.ImageInputs(x, x.flip(-1)[:, None], True))
+    assert torch.allclose(out.x_free, model.decode(out.recon.quant.z_q, None).x_hat)
+    assert not torch.allclose(out.x_free, out.recon.x_hat)  # F does change the decoding
+    assert aet.AutoencoderForward(model)(aet.ImageInputs(x, x[:, None])).x_free is None
+    no_f = CCVSAutoencoder(dataclasses.replace(MODEL, context_frames=0))
+    assert aet.AutoencoderForward(no_f)(aet.ImageInputs(x, None, True)).x_free is None
 
 
 def test_image_step_context_without_self_supervision_is_previous_frames():
