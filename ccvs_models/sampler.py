@@ -48,11 +48,12 @@ class SamplerConfig:
     top_k: int = 100  # §3.1 top-k sampling; 1 = greedy (argmax, no randomness); > q acts as q
     temperature: float = 1.0  # logits / temperature before top-k (not in the paper)
     kv_cache: bool = True  # incremental decoding (App. A); False = recompute the prefix per token
-    step_threads: int = 0  # CPU threads for the one-token steps of the KV-cache path (0 = leave
-    # torch's setting, the default: on an idle 2-core CPU 2 threads give 81 vs 51 tokens/s at
-    # 8 layers × 512). On an oversubscribed CPU 1 thread can be 5–25× faster per token (each split
-    # op waits for a descheduled thread, bench/synthesis.py). torch's thread count is
-    # process-wide: when set, it holds for those steps only and is restored before window
+    step_threads: int = 1  # CPU threads for the one-token steps of the KV-cache path (0 = leave
+    # torch's setting). A token's ops are tiny: with several threads each one waits for the others,
+    # and on a busy CPU (other jobs, data loaders) a one-token step of the demo T took 70 ms
+    # instead of 3 (layer_norm alone 2 ms). On an idle 2-core CPU 2 threads are faster for big
+    # models (81 vs 51 tokens/s at 8 layers × 512, bench/synthesis.py): set 0 there. torch's
+    # thread count is process-wide: it is set for those steps only and restored before window
     # rebuilds, on_frame callbacks and on return.
 
     def __post_init__(self) -> None:
