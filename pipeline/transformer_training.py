@@ -348,10 +348,21 @@ class CurveLogger:
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.reader(fh))[1:]
 
+    def finish(self) -> None:
+        """Write both CSVs even when no step was logged (a run resumed at its last checkpoint after
+        ``dvc repro --force`` removed the old curves): DVC needs every declared output."""
+        for name, columns in (("train", self.TRAIN), ("val", self.VAL)):
+            if not self._path(name).exists():
+                self._write(name, columns)
+
     def _add(self, name: str, columns: tuple[str, ...], values: dict[str, float], step: int) -> None:
         rows = [r for r in self.rows[name] if r and int(r[0]) < step]
         rows.append([str(step)] + [f"{values.get(c, float('nan')):.6g}" for c in columns])
         self.rows[name] = rows
+        self._write(name, columns)
+
+    def _write(self, name: str, columns: tuple[str, ...]) -> None:
+        rows = self.rows[name]
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(name)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

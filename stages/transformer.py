@@ -141,6 +141,7 @@ def run(
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
+    curves.finish()
 
     base = unigram_baseline(train.frames, val.frames, cfg.frame_vocab)
     ev = result.eval_metrics
