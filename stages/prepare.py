@@ -6,7 +6,8 @@ BAIR (the 500 hand-labelled frames) and layouts for Cityscapes (App. E). This st
 of videos (``pipeline.sources``: the demo world, a folder/glob, a manifest CSV) into exactly that:
 
 1. decode each video (``pipeline.media``: decord, PyAV fallback) keeping every ``frame_step``-th
-   frame, in chunks, resizing the short side to ``resolution`` and center-cropping a square
+   frame, in chunks (in one batch when the frames are already square at ``resolution``: the
+   decoded batch is then kept as is, not copied), resizing the short side to ``resolution`` and center-cropping a square
    (bilinear, antialiased; layouts nearest; annotated positions mapped through the same
    transform: x' = (x + ½ − x₀)·s − ½ with the crop's left edge x₀ and scale s);
 2. cut clips of ``clip_length`` frames every ``clip_stride`` (kept) frames, with the audio
@@ -19,12 +20,15 @@ of videos (``pipeline.sources``: the demo world, a folder/glob, a manifest CSV) 
 3. write webdataset shards per split (``pipeline.shards``), ``manifest.parquet`` (one row per
    clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``.
 
-Videos are decoded by ``workers`` processes (in this process when ``workers`` is 1). A decoding
-process sends back only its clips' sizes and manifest rows; the parent, taking videos in input
-order, places each clip in a shard (``ShardWriter.place``: shard, offset) and sends the placement
-back; the decoding process then writes the clip there itself (``pwritev``), so no pixel passes
-through a pipe or is copied twice, and the shards are byte-identical for any ``workers``. At most
-``2 × workers`` videos are in flight, so memory does not grow with the number of videos.
+Videos are decoded by ``workers`` decoders: this process and ``workers − 1`` forked processes
+(so 2 workers is one child, not two children and an idle parent). A decoding process sends back
+only its clips' sizes and manifest rows; the parent, taking videos in input order, places each
+clip in a shard (``ShardWriter.place``: shard, offset) and sends the placement back; the decoding
+process then writes the clip there itself (``pwritev``), so no pixel passes through a pipe or is
+copied twice, and the shards are byte-identical for any ``workers``. At most ``2 × workers``
+videos are in flight, so memory does not grow with the number of videos. decord decodes in a
+thread of its own even with ``num_threads=1`` (the calling thread demuxes and copies), so one
+worker already keeps more than one core partly busy (``bench/prepare.py`` measures how much).
 
     python -m stages.prepare --params params.yaml --out data/clips
 """
@@ -227,10 +231,12 @@ def _process(video: VideoSource, p: PrepareParams) -> VideoResult:
         return VideoResult(video, rejected=_too_short(info.num_frames, need, p))
 
     crop = Crop.center(info.height, info.width, p.resolution)
+    expected = -(-info.num_frames // p.frame_step)
     chunks = iter_frames(
-        video.path, frame_step=p.frame_step, chunk_size=_CHUNK, backend=p.decoder, threads=1, info=info
-    )
-    frames = _gather((crop.frames(chunk) for chunk in chunks), -(-info.num_frames // p.frame_step))
+        video.path, frame_step=p.frame_step, chunk_size=_batch_frames(expected, crop),
+        backend=p.decoder, threads=1, info=info,
+    )  # fmt: skip
+    frames = _gather((crop.frames(chunk) for chunk in chunks), expected)
     num_kept = len(frames)
     starts = clip_starts(num_kept, p.clip_length, p.clip_stride)
     if not starts:  # the container over-counted its frames
@@ -296,6 +302,13 @@ def _process(video: VideoSource, p: PrepareParams) -> VideoResult:
         }
         result.clips.append(Clip(key, start, clip_audio, clip_pos, meta, row))
     return result
+
+
+def _batch_frames(expected: int, crop: Crop) -> int:
+    """Frames decoded at a time: all of them when they are already at the output size (the decoded
+    batch is then the video's frames, with no copy into a gathered array: ~5 % of the stage's
+    CPU in ``bench/prepare.py``), else ``_CHUNK`` (native-size frames held only a chunk at a time)."""
+    return max(expected, _CHUNK) if crop.identity else _CHUNK
 
 
 def _gather(chunks: Iterator[np.ndarray], expected: int) -> np.ndarray:
@@ -391,11 +404,15 @@ def _expand(runs: list[tuple[Placement, int]], samples: list[dict[str, Any]]) ->
     return out
 
 
-def _worker(conn: Any, params: PrepareParams) -> None:
+def _worker(conn: Any, params: PrepareParams, parent_end: Any = None) -> None:
     """A decoding process. Messages in: ``("task", i, video)`` (decode it, keep its encoded
     samples, answer ``("result", i, VideoSummary)``), ``("place", i, runs)`` (write the kept
     samples of video i there, answer ``("written", i)``), ``("stop",)``. An unexpected error is
-    answered with ``("error", i, message)``."""
+    answered with ``("error", i, message)``. ``parent_end``, the parent's end of the pipe that a
+    forked process inherits, is closed at once: if the parent dies (a decoder crash in it, a
+    kill), reading then ends (EOF) instead of waiting forever."""
+    if parent_end is not None:
+        parent_end.close()
     kept: dict[int, list[dict[str, Any]]] = {}
     index = -1
     try:
@@ -427,20 +444,25 @@ def _worker(conn: Any, params: PrepareParams) -> None:
 class _Worker:
     process: Any
     conn: Any
-    task: int | None = None  # the video it is decoding
+    tasks: list[int] = dataclasses.field(default_factory=list)  # videos sent, not yet answered
     kept: set[int] = dataclasses.field(default_factory=set)  # videos decoded, not yet written
 
 
 class _Pool:
-    """``workers`` decoding processes, each fed one video at a time (so the load balances), with
-    at most ``2 × workers`` videos between the oldest not yet placed and the newest started."""
+    """``workers`` decoders: this process and ``workers − 1`` forked decoding processes. The
+    parent decodes the next video whenever no child has an answer pending, after giving each
+    child a second video queued, so no child waits for the parent to finish; at most
+    ``2 × workers`` videos lie between the oldest not yet placed and the newest started."""
 
     def __init__(self, params: PrepareParams):
-        context = multiprocessing.get_context(_start_method())
+        method = _start_method()
+        context = multiprocessing.get_context(method)
+        self.params = params
         self.workers: list[_Worker] = []
-        for _ in range(params.workers):
+        for _ in range(params.workers - 1):
             mine, theirs = context.Pipe()
-            process = context.Process(target=_worker, args=(theirs, params), daemon=True)
+            inherited = mine if method == "fork" else None
+            process = context.Process(target=_worker, args=(theirs, params, inherited), daemon=True)
             process.start()
             theirs.close()
             self.workers.append(_Worker(process, mine))
@@ -452,16 +474,26 @@ class _Pool:
         by_conn = {worker.conn: worker for worker in self.workers}
         arrived: dict[int, VideoSummary] = {}  # decoded, waiting for their turn
         unwritten: dict[int, tuple[ShardWriter, list[Placement]]] = {}
-        owner: dict[int, _Worker] = {}
+        owner: dict[int, _Worker | None] = {}  # None: decoded by this process
+        own: dict[int, list[dict[str, Any]]] = {}  # this process's samples, waiting for their turn
         started = placed = 0
-        window = 2 * len(self.workers)
-        while placed < len(videos) or unwritten:
-            for worker in self.workers:  # only idle workers get a task: they are reading
-                if worker.task is None and started < min(len(videos), placed + window):
-                    worker.task, owner[started] = started, worker
+        window = 2 * (len(self.workers) + 1)
+
+        def give(queued: int) -> None:  # the next videos to the children holding < queued
+            nonlocal started
+            for worker in self.workers:
+                while len(worker.tasks) < queued and started < limit:
+                    worker.tasks.append(started)
+                    owner[started] = worker
                     self._send(worker, ("task", started, videos[started]), videos)
                     started += 1
-            for conn in multiprocessing.connection.wait(list(by_conn)):
+
+        while placed < len(videos) or unwritten:
+            limit = min(len(videos), placed + window)
+            give(1)  # an idle child first
+            mine = started < limit  # a video this process can decode now
+            ready = multiprocessing.connection.wait(list(by_conn), timeout=0 if mine else None)
+            for conn in ready:
                 worker = by_conn[conn]
                 try:
                     kind, index, *payload = conn.recv()
@@ -469,7 +501,7 @@ class _Pool:
                     raise PrepareError(self._crashed(worker, videos)) from None
                 if kind == "result":
                     arrived[index] = payload[0]
-                    worker.task = None
+                    worker.tasks.remove(index)
                 elif kind == "written":
                     writer, placements = unwritten.pop(index)
                     for placement in placements:
@@ -477,11 +509,22 @@ class _Pool:
                     worker.kept.discard(index)
                 else:
                     raise PrepareError(f"{videos[index].path}: {payload[0]}")
+            if mine and not ready:  # decode the next video here, each child one more queued
+                index, started = started, started + 1
+                owner[index] = None
+                give(2)
+                result = process_video(videos[index], self.params)
+                own[index] = result.samples()
+                arrived[index] = result.summary(own[index])
             while placed in arrived:
                 summary = arrived.pop(placed)
                 placements = _place(summary, writers)
                 worker = owner.pop(placed)
-                if placements:
+                if worker is None:
+                    write_placed(placements, own.pop(placed))
+                    for placement in placements:
+                        writers[summary.video.split].done(placement)
+                elif placements:
                     unwritten[placed] = (writers[summary.video.split], placements)
                     worker.kept.add(placed)
                     self._send(worker, ("place", placed, _runs(placements)), videos)
@@ -498,7 +541,7 @@ class _Pool:
     @staticmethod
     def _crashed(worker: _Worker, videos: list[VideoSource]) -> str:
         worker.process.join(timeout=1)  # reap it, for its exit code
-        held = sorted(worker.kept | ({worker.task} if worker.task is not None else set()))
+        held = sorted(worker.kept | set(worker.tasks))
         names = ", ".join(str(videos[i].path) for i in held) or "(no video)"
         code = worker.process.exitcode
         return f"a decoding process crashed (exit code {code}) while reading or writing: {names}"

@@ -7,6 +7,9 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,14 +158,27 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_workers_and_reruns_give_identical_output(demo_dir, demo_run, tmp_path):
+def test_workers_and_reruns_give_identical_output(demo_dir, demo_run, tmp_path, monkeypatch):
     out, _, manifest, _, _ = demo_run
     small = tmp_path / "clips"
     _run(_data("demo", demo_dir), _params(shard_max_bytes=60_000), small)  # many tiny shards
     assert len(list((small / "train").glob("*.tar"))) > 1
-    # 2 processes writing clips in place, shards filling and closing while others are written
-    _run(_data("demo", demo_dir), _params(shard_max_bytes=60_000, workers=2), tmp_path / "two")
-    assert _tree(tmp_path / "two") == _tree(small)
+    real, parent, here = prepare.process_video, os.getpid(), []
+
+    def counted(video, params):  # the list only grows in this process (children are forked)
+        if os.getpid() == parent:
+            here.append(video.video_id)
+        return real(video, params)
+
+    monkeypatch.setattr(prepare, "process_video", counted)
+    # this process and 1 or 2 children writing clips in place, shards filling and closing while
+    # others are written
+    for workers in (2, 3):
+        here.clear()
+        _run(_data("demo", demo_dir), _params(shard_max_bytes=60_000, workers=workers),
+             tmp_path / f"w{workers}")  # fmt: skip
+        assert _tree(tmp_path / f"w{workers}") == _tree(small)
+        assert 1 <= len(here) < len(SPLIT_OF), here  # the parent decoded some, not all
     _, again, _, _ = _run(_data("demo", demo_dir), _params(workers=2), small)  # same folder
     pd.testing.assert_frame_equal(again, manifest)
     for split in ("train", "val", "test"):  # stale shards of the first run are gone
@@ -174,7 +190,10 @@ def test_workers_and_reruns_give_identical_output(demo_dir, demo_run, tmp_path):
 
 def test_long_videos_decoded_in_chunks_give_the_same_clips(demo_dir, demo_run, tmp_path, monkeypatch):
     out = demo_run[0]
-    monkeypatch.setattr(prepare, "_CHUNK", 7)  # 20-frame videos: chunks of 7, 7, 6
+    # frames already at the output size come in one batch (nothing to gather), others in chunks
+    assert prepare._batch_frames(200, Crop.center(32, 32, 32)) == 200
+    assert prepare._batch_frames(200, Crop.center(48, 64, 32)) == prepare._CHUNK
+    monkeypatch.setattr(prepare, "_batch_frames", lambda expected, crop: 7)  # 20 frames: 7, 7, 6
     _run(_data("demo", demo_dir), _params(), tmp_path)
     assert _tree(tmp_path) == _tree(out)
     chunks = [np.full((n, 2, 2, 3), i, np.uint8) for i, n in enumerate((3, 3, 2))]
@@ -186,10 +205,10 @@ def test_long_videos_decoded_in_chunks_give_the_same_clips(demo_dir, demo_run, t
 @pytest.mark.skipif(prepare._start_method() != "fork", reason="the patch must reach the workers")
 @pytest.mark.parametrize("failure", ["crash", "bug"])
 def test_a_failing_decoding_process_names_the_video(demo_dir, tmp_path, monkeypatch, failure):
-    real = prepare.process_video
+    real, parent = prepare.process_video, os.getpid()
 
-    def flaky(video, params):
-        if video.video_id == "v2":
+    def flaky(video, params):  # fails in the forked decoding process (the parent decodes too)
+        if os.getpid() != parent:
             if failure == "crash":
                 os._exit(3)  # as a segfault in a decoder would
             raise RuntimeError("boom")
@@ -199,9 +218,39 @@ def test_a_failing_decoding_process_names_the_video(demo_dir, tmp_path, monkeypa
     with pytest.raises(PrepareError) as err:
         _run(_data("demo", demo_dir), _params(workers=2), tmp_path)
     message = str(err.value)
-    assert "\n" not in message and "v2.mp4" in message
+    assert "\n" not in message and re.search(r"/v[0-3]\.mp4", message)
     assert ("crashed" in message) if failure == "crash" else ("RuntimeError: boom" in message)
     assert not list(tmp_path.rglob("*.tmp"))  # no half-written shard left behind
+
+
+@pytest.mark.skipif(prepare._start_method() != "fork", reason="fork only")
+def test_decoding_process_ends_when_the_parent_dies(tmp_path):
+    """The parent decodes too, so a decoder crash can kill it: its child must not wait forever."""
+    script = tmp_path / "die.py"
+    script.write_text(
+        "import os\n"
+        "from pipeline.params import PrepareParams\n"
+        "from stages import prepare\n"
+        f"pool = prepare._Pool(PrepareParams(**{dataclasses.asdict(_params(workers=2))!r}))\n"
+        f"open({str(tmp_path / 'pid')!r}, 'w').write(str(pool.workers[0].process.pid))\n"
+        "os._exit(3)\n"
+    )  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, str(script)], stdout=subprocess.DEVNULL,  # the child
+                          stderr=subprocess.DEVNULL, env=env, cwd=root, timeout=60)  # holds pipes
+    assert done.returncode == 3
+    child = int((tmp_path / "pid").read_text())
+    for _ in range(100):  # the child is not ours to wait for: poll until it is gone (or a zombie)
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.05)
+    os.kill(child, 9)
+    pytest.fail("the decoding process outlived its parent by 5 s")
 
 
 @pytest.mark.skipif("decord" not in media.available_backends(), reason="no decord")
