@@ -18,6 +18,8 @@ What the ``transformer`` stage composes (``stages/transformer.py``):
   evaluation = validation perplexity exp(mean CE over frame tokens) and accuracy.
 - :func:`unigram_baseline`: the codebook-usage entropy baseline, exp(H) of the train-set unigram
   distribution of frame codes (what a model that ignores context achieves).
+- :func:`copy_baseline`: the temporal baseline, "each code repeats the previous frame's code at its
+  position" (what a model must beat before its samples hold a scene still).
 - :class:`CurveLogger`: a logger wrapper that also writes the training and validation curves as
   CSVs for ``dvc plots`` (rows at or after a newly logged step are replaced, so a resumed run's
   curve continues the old one and a fresh run's overwrites it).
@@ -191,6 +193,36 @@ def unigram_baseline(train_frames: np.ndarray, val_frames: np.ndarray,
     cross = float(-np.log(smooth[val]).mean()) if val.size else float("nan")
     return {"unigram_perplexity": math.exp(entropy), "unigram_val_perplexity": math.exp(cross),
             "used_codes": float((counts > 0).sum())}
+
+
+def copy_baseline(train_frames: np.ndarray, val_frames: np.ndarray, vocab: int,
+                  window: int) -> dict[str, float]:
+    """The temporal baseline T has to beat before its samples can hold a scene still: "each code
+    repeats the code at the same position of the previous frame".
+
+    ``copy_rate`` c is the fraction of train codes equal to that previous code; the baseline model
+    gives the previous code c + (1 − c)·u(x) and any other code (1 − c)·u(x), with u the train
+    unigram (add-½ smoothed). A window's first frame has no previous frame in T's window, so it
+    is scored by u alone, and the val loss weights frames as T's ``window``-frame windows do
+    (1 first frame per ``window``). Returns ``copy_rate``, ``copy_val_accuracy`` (previous code
+    for frames ≥ 1, the most frequent code for a first frame) and ``copy_val_perplexity``."""
+    train = train_frames.astype(np.int64)
+    val = val_frames.astype(np.int64)
+    counts = np.bincount(train.reshape(-1), minlength=vocab).astype(np.float64)
+    u = (counts + 0.5) / (counts.sum() + 0.5 * vocab)
+    c = float((train[:, 1:] == train[:, :-1]).mean()) if train.shape[1] > 1 else 0.0
+    nan = float("nan")
+    if val.size == 0 or val.shape[1] < 2:
+        return {"copy_rate": c, "copy_val_accuracy": nan, "copy_val_perplexity": nan}
+    cur, prev = val[:, 1:], val[:, :-1]
+    same = cur == prev
+    loss_next = float(-np.log(np.where(same, c, 0.0) + (1.0 - c) * u[cur]).mean())
+    loss_first = float(-np.log(u[val]).mean())
+    w = 1.0 / max(window, 1)
+    acc_first = float((val == int(counts.argmax())).mean())
+    return {"copy_rate": c,
+            "copy_val_accuracy": w * acc_first + (1.0 - w) * float(same.mean()),
+            "copy_val_perplexity": math.exp(w * loss_first + (1.0 - w) * loss_next)}
 
 
 # --------------------------------------------------------------------------- the task

@@ -22,7 +22,10 @@ embedding encodes its gap to the window (point-to-point synthesis). The model is
    ``metrics/transformer.json``: ``val/perplexity`` next to the codebook-usage baseline
    ``baseline/unigram_perplexity`` = exp(entropy of the train-set unigram of frame codes) and
    ``baseline/unigram_val_perplexity`` (val codes scored by that unigram); ``perplexity_ratio`` =
-   val perplexity / unigram perplexity (the issue's done criterion: well below 1).
+   val perplexity / unigram perplexity (the issue's done criterion: well below 1); and the
+   temporal baseline ``baseline/copy_val_perplexity`` / ``copy_val_accuracy`` (each code repeats
+   the previous frame's: a T above it cannot yet hold a static scene still, and its samples
+   flicker).
 
     python -m stages.transformer --params params.yaml --tokens data/tokens
 """
@@ -61,6 +64,7 @@ from pipeline.transformer_training import (
     fixed_windows,
     model_config,
     random_windows,
+    copy_baseline,
     unigram_baseline,
 )
 
@@ -144,6 +148,7 @@ def run(
     curves.finish()
 
     base = unigram_baseline(train.frames, val.frames, cfg.frame_vocab)
+    copy = copy_baseline(train.frames, val.frames, cfg.frame_vocab, layout.num_frames)
     ev = result.eval_metrics
     steps_run = result.step - (result.resumed_from or 0)
     metrics = {
@@ -153,6 +158,9 @@ def run(
         "baseline/unigram_perplexity": base["unigram_perplexity"],
         "baseline/unigram_val_perplexity": base["unigram_val_perplexity"],
         "perplexity_ratio": ev.get("val/perplexity", float("nan")) / base["unigram_perplexity"],
+        "baseline/copy_rate": copy["copy_rate"],
+        "baseline/copy_val_accuracy": copy["copy_val_accuracy"],
+        "baseline/copy_val_perplexity": copy["copy_val_perplexity"],
         "codebook/used_codes": base["used_codes"],
         "train/loss": result.metrics.get("loss", float("nan")),
         "train/accuracy": result.metrics.get("accuracy", float("nan")),
@@ -199,7 +207,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         params = load_section("transformer", args.params)
         with stage_run("transformer", params, params_path=args.params) as logger:
-            run(params, args.tokens, args.model, args.metrics, args.plots, args.ckpt, logger)
+            m = run(params, args.tokens, args.model, args.metrics, args.plots, args.ckpt, logger)
+        if m:
+            print(f"transformer: val perplexity {m['val/perplexity']:.1f} (accuracy "
+                  f"{m['val/accuracy']:.3f}); baselines: unigram "
+                  f"{m['baseline/unigram_val_perplexity']:.1f}, copy-the-previous-frame "
+                  f"{m['baseline/copy_val_perplexity']:.1f} (accuracy "
+                  f"{m['baseline/copy_val_accuracy']:.3f})")
     except (ParamsError, TransformerStageError, TokenShardError, ShardError, CheckpointError) as err:
         sys.exit(f"transformer: {err}")
 

@@ -175,3 +175,22 @@ def test_curve_logger_writes_both_csvs_even_without_a_step(tmp_path):
     curves.log_metrics({"loss": 2.0, "accuracy": 0.5, "lr": 1e-3}, step=3)
     curves.finish()  # existing curves are kept
     assert (tmp_path / "plots/train.csv").read_text().splitlines()[1].startswith("3,2,")
+
+
+def test_copy_baseline_scores_repetition():
+    """Static clips: the copy baseline predicts every later frame exactly, so its accuracy is the
+    later frames' share and its perplexity is far below the unigram's; clips with fresh codes
+    each frame get copy_rate 0 and no better than unigram."""
+    from pipeline.transformer_training import copy_baseline
+
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(0, 64, (6, 1, 4, 4)), 8, axis=1)  # (6, 8, 4, 4)
+    b = copy_baseline(still, still, 64, window=8)
+    assert b["copy_rate"] == 1.0
+    assert b["copy_val_accuracy"] >= 7 / 8
+    uni = unigram_baseline(still, still, 64)["unigram_val_perplexity"]
+    assert b["copy_val_perplexity"] < uni / 4
+    noisy = rng.integers(0, 64, (6, 8, 4, 4))
+    n = copy_baseline(noisy, noisy, 64, window=8)
+    assert n["copy_rate"] < 0.05
+    assert n["copy_val_perplexity"] > 0.9 * unigram_baseline(noisy, noisy, 64)["unigram_val_perplexity"]
