@@ -14,7 +14,8 @@ each run (each setting runs in its own process, so ``ru_maxrss`` is per setting)
 ``--set key=value`` (repeatable) overrides a key of the ``autoencoder`` section for every setting,
 dotted for nested keys, the value parsed as YAML, e.g. ``--set lambda_free=1 --set
 model.num_levels=4``. Each row also carries the per-frame validation PSNR (frames 1 … T−1) and
-the PSNR of the same frames decoded from their tokens alone (``val_psnr_context_free``).
+the PSNR of the same frames decoded from their tokens alone (``val_psnr_context_free``), and the
+training batches' codebook perplexity at each log point (``train_perplexity``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "val_psnr_per_frame": [round(v, 2) for v in per_frame],
         "val_psnr_context_free": sum(context_free) / len(context_free),  # tokens alone, no F
+        # codebook perplexity of the training batches at each log point (collapse diagnosis)
+        "train_perplexity": [[int(s), round(v, 1)] for s, v in log.metrics.get("img/perplexity", [])],
         "vgg_weights": log.tags.get("vgg_weights", ""),
         "threads": threads,
     }

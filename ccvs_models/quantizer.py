@@ -14,7 +14,10 @@ gradient of z_q onto z in the backward pass.
 
 Not in the paper, but needed in practice: `VectorQuantizer.reinit_dead_codes` re-seeds codebook
 entries that no input selected with encoder outputs (the caller tracks usage from
-`QuantizerOutput.counts`), and an optional l2-normalised (cosine) codebook.
+`QuantizerOutput.counts`), an optional l2-normalised (cosine) codebook, and codebook updates by
+exponential moving averages instead of gradients (`ema_batch_stats` / `ema_update`, the VQ-VAE /
+VQ-VAE-2 alternative to the codebook term of Eq. (3): the caller keeps the statistics, stops
+optimising the codebook, and so keeps only the commitment term's gradient on E).
 
 Numerics: distances and L_q are computed in fp32 with autocast disabled, so bf16 autocast can
 neither flip an argmin nor underflow the loss. `z_q` is returned in fp32.
@@ -140,6 +143,62 @@ class VectorQuantizer(nn.Module):
                 f"got range [{int(tokens.min())}, {int(tokens.max())}]"
             )
         return self._codes()[tokens].permute(0, 3, 1, 2).contiguous()
+
+    # ------------------------------------------------------------------ EMA codebook (not in paper)
+
+    @torch.no_grad()
+    def ema_init(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh EMA statistics for the current codebook: cluster sizes N = 1 and sums m = e.
+
+        With N_i = 1 and m_i = e_i, ``ema_update`` leaves a code that no input selects where it
+        is (up to the Laplace smoothing), instead of dividing a decayed sum by a zero count.
+        Returns (cluster_size (q,), embed_sum (q, F)), fp32.
+        """
+        codes = self._codes()
+        return torch.ones(codes.shape[0], device=codes.device), codes.clone()
+
+    @torch.no_grad()
+    def ema_batch_stats(self, z: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-code counts n_i (q,) and sums Σ_{j: token_j = i} z_j (q, F) of a batch, fp32.
+
+        z: (B, F, h, w) encoder outputs (or (N, F)); tokens: their codes, any shape with B·h·w
+        (or N) elements. Separate from ``ema_update`` so a distributed caller can all-reduce them.
+        """
+        flat = self._flatten(z) if z.dim() == 4 else z.float()
+        idx = tokens.reshape(-1).long().to(flat.device)
+        if idx.shape[0] != flat.shape[0]:
+            raise ValueError(
+                f"ema_batch_stats: {flat.shape[0]} vectors but {idx.shape[0]} tokens")
+        q = self.config.codebook_size
+        counts = torch.bincount(idx, minlength=q).float()
+        sums = torch.zeros(q, flat.shape[1], device=flat.device).index_add_(0, idx, flat)
+        return counts, sums
+
+    @torch.no_grad()
+    def ema_update(
+        self,
+        cluster_size: torch.Tensor,
+        embed_sum: torch.Tensor,
+        counts: torch.Tensor,
+        sums: torch.Tensor,
+        decay: float,
+        eps: float = 1e-5,
+    ) -> None:
+        """Codebook as moving averages of its assigned encoder outputs (VQ-VAE App., VQ-VAE-2).
+
+        N_i ← γ N_i + (1 − γ) n_i,  m_i ← γ m_i + (1 − γ) Σ z_j,  e_i = m_i / Ñ_i with the
+        Laplace-smoothed Ñ_i = (N_i + ε) / (Σ N + q ε) · Σ N. Updates ``cluster_size`` and
+        ``embed_sum`` (from ``ema_init``) in place and writes the codebook. A code with n_i = 0
+        only decays: its m_i / N_i is unchanged apart from the smoothing.
+        """
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema_update: decay must be in [0, 1), got {decay}")
+        cluster_size.mul_(decay).add_(counts.to(cluster_size), alpha=1.0 - decay)
+        embed_sum.mul_(decay).add_(sums.to(embed_sum), alpha=1.0 - decay)
+        total = cluster_size.sum()
+        smoothed = (cluster_size + eps) / (total + self.config.codebook_size * eps) * total
+        weight = self.codebook.weight
+        weight.copy_((embed_sum / smoothed[:, None]).to(weight.device, weight.dtype))
 
     @torch.no_grad()
     def reinit_dead_codes(

@@ -43,6 +43,15 @@ so every z picks the same entry and the codebook collapses at once (and F, which
 from its context, gives E no reason to recover). With ``dead_code_every`` > 0 the first step
 re-seeds every code with encoder outputs of the batch (a data-dependent init), and codes unused
 over ``dead_code_every`` steps are re-seeded the same way later (``reseed_dead_codes``).
+With ``codebook_ema`` = γ > 0 the codebook is not optimised by Adam: after every generator step
+its entries become moving averages (decay γ, Laplace-smoothed counts) of the encoder outputs
+assigned to them (``VectorQuantizer.ema_update``, the VQ-VAE-2 update); L_q's codebook term then
+has no parameter to move and only the commitment term trains E. The statistics are checkpointed,
+all-reduced under DDP, and reset for re-seeded codes.
+
+Context warm-up (not in the paper, ``context_warmup`` = W): during steps 0 … W − 1, F is bypassed
+— image steps decode x from its tokens with no context (no L_c) and video steps decode every
+frame independently — so the tokens learn to carry the image before F can copy a context.
 
 F at a short budget (not in the paper; measured on the demo data, see BENCHMARKS.md): with the
 self-supervised context the decoder learns to copy the context through F before the tokens carry
@@ -57,6 +66,10 @@ did not beat the baseline at 150 steps either). The measurements (BENCHMARKS.md)
 codebook: it stays collapsed (perplexity 1–5) for the first ~40–100 steps with or without F, so
 at this budget the tokens alone give ~19–21 dB while copying the context gives 25+ dB at frame 1,
 and copying wins the training losses over the 3 recursively decoded frames of a video step.
+Neither ``codebook_ema`` nor ``context_warmup`` changed that (BENCHMARKS.md, autoencoder "Session
+3"): with F the EMA codebook collapsed as well (commitment is then E's only pull on z, and the
+decoder does not need the tokens), and after a warm-up the tokens stopped improving once F ran,
+even with ``lambda_free`` = 1. Both stay off by default.
 
 Evaluation — Table 1 "Reconstruction": every frame's true tokens Q(E(x_t)) are decoded with F's
 context = the previous *reconstructed* frames (the real first frame as initial context), so errors
@@ -229,7 +242,8 @@ class AutoencoderForward(nn.Module):
             z = self.model.encode(clip[:, 1:].flatten(0, 1)).z
             quant = self.model.quantize(z)
             z_q = quant.z_q.view(b, t - 1, *quant.z_q.shape[1:])
-            frames = decode_recursively(self.model, z_q, clip[:, 0], self.model.config.context_frames)
+            c = self.model.config.context_frames if inputs.num_context is None else inputs.num_context
+            frames = decode_recursively(self.model, z_q, clip[:, 0], c)
             return VideoOutput(frames=frames, quant=quant, z=z)
         recon = self.model.reconstruct(inputs.frames, inputs.context)
         x_free = None
@@ -246,6 +260,7 @@ class ImageInputs(NamedTuple):
 
 class VideoInputs(NamedTuple):
     clip: torch.Tensor  # (B, T, 3, H, W) in [−1, 1]
+    num_context: int | None = None  # context frames of the recursion (None: the model's c)
 
 
 # --------------------------------------------------------------------------- the task
@@ -359,8 +374,18 @@ class AutoencoderTask(TrainTask):
         self.vgg = vgg if params.use_vgg else None
         self.val_clips = val_clips
         self._config = config if config is not None else dataclasses.asdict(params)
+        if params.context_warmup < 0:
+            raise ValueError(f"context_warmup must be >= 0, got {params.context_warmup}")
+        if not 0.0 <= params.codebook_ema < 1.0:
+            raise ValueError(f"codebook_ema must be in [0, 1), got {params.codebook_ema}")
+        # EMA codebook: (N, m) statistics of VectorQuantizer.ema_update; the codebook leaves Adam.
+        self.ema_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        if params.codebook_ema > 0:
+            self.model.quantizer.codebook.weight.requires_grad_(False)
+            self.ema_stats = self.model.quantizer.ema_init()
         betas = tuple(params.betas)
-        self.opt_g = torch.optim.Adam(self.ae.parameters(), lr=params.lr, betas=betas)
+        trainable = [p for p in self.ae.parameters() if p.requires_grad]
+        self.opt_g = torch.optim.Adam(trainable, lr=params.lr, betas=betas)
         disc_params = [p for d in (self.disc_i, self.disc_t) if d is not None for p in d.parameters()]
         self.opt_d = torch.optim.Adam(disc_params, lr=params.disc_lr, betas=betas) if disc_params else None
         self.curve: list[dict[str, float]] = []  # one row per evaluation (kept across resumes)
@@ -392,8 +417,15 @@ class AutoencoderTask(TrainTask):
         return self._config
 
     def extra_state(self) -> dict[str, Any]:
-        return {"curve": [dict(r) for r in self.curve], "usage": self.usage.clone(),
-                "since_reseed": self.since_reseed, "reseeded_total": self.reseeded_total}
+        state = {"curve": [dict(r) for r in self.curve], "usage": self.usage.clone(),
+                 "since_reseed": self.since_reseed, "reseeded_total": self.reseeded_total}
+        if self.ema_stats is not None:
+            state["codebook_ema"] = [t.detach().cpu().clone() for t in self.ema_stats]
+        return state
+
+    def ddp_options(self) -> dict[str, Any]:
+        # During the context warm-up F gets no gradient.
+        return {"find_unused_parameters": True} if self.params.context_warmup > 0 else {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         # Rows already known (the stage reloads its curve file: a checkpoint is written just
@@ -405,6 +437,27 @@ class AutoencoderTask(TrainTask):
             self.usage = state["usage"].clone().long()
             self.since_reseed = int(state["since_reseed"])
             self.reseeded_total = int(state["reseeded_total"])
+        if self.ema_stats is not None and "codebook_ema" in state:
+            self.ema_stats = tuple(t.clone().float() for t in state["codebook_ema"])
+
+    def uses_context(self, step: int) -> bool:
+        """False during the context warm-up (steps < ``context_warmup``): F is bypassed."""
+        return step >= self.params.context_warmup
+
+    @torch.no_grad()
+    def codebook_ema_step(self, z: torch.Tensor, tokens: torch.Tensor, ctx: StepContext) -> None:
+        """With ``codebook_ema`` > 0: move every code to the moving average of its assigned z."""
+        if self.ema_stats is None:
+            return
+        quantizer = ctx.raw["ae"].model.quantizer
+        counts, sums = quantizer.ema_batch_stats(z.detach(), tokens)
+        if distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
+            counts, sums = counts / ctx.world_size, sums / ctx.world_size
+        size, embed = (t.to(counts.device) for t in self.ema_stats)
+        quantizer.ema_update(size, embed, counts, sums, self.params.codebook_ema)
+        self.ema_stats = (size, embed)
 
     @torch.no_grad()
     def reseed_dead_codes(self, z: torch.Tensor, counts: torch.Tensor, step: int,
@@ -441,6 +494,11 @@ class AutoencoderTask(TrainTask):
         if "ae" in ctx.ema and n > 0:
             ema_weight = ctx.ema["ae"].model.quantizer.codebook.weight
             ema_weight[dead.to(ema_weight.device)] = weight[dead].to(ema_weight.dtype)
+        if self.ema_stats is not None and n > 0:  # a re-seeded code restarts its statistics
+            size, embed = (t.to(weight.device) for t in self.ema_stats)
+            size[dead] = 1.0
+            embed[dead] = weight[dead].float()
+            self.ema_stats = (size, embed)
         self.usage.zero_()
         self.since_reseed = 0
         self.reseeded_total += n
@@ -509,7 +567,7 @@ class AutoencoderTask(TrainTask):
                     device: torch.device) -> tuple[torch.Tensor | None, list[SelfSupervision]]:
         """The image step's context (B, c, 3, H, W) and, with self-supervision, its c views."""
         c = self.params.model.context_frames
-        if c == 0:
+        if c == 0 or not self.uses_context(step):
             return None, []
         if self.params.self_supervision:
             gen = torch.Generator().manual_seed(
@@ -550,6 +608,7 @@ class AutoencoderTask(TrainTask):
             loss = self._generator_total(out.quant.loss, rec, adv, lc)
         _check_finite(loss, step, "image")
         ctx.optimize(loss, "g")
+        self.codebook_ema_step(out.z, out.quant.tokens, ctx)
         reseeded = self.reseed_dead_codes(out.z, out.quant.counts, step, ctx)
         metrics = {"loss": loss.item(), "img/q": out.quant.loss.item(),
                    "img/perplexity": out.quant.perplexity.item(), "reseeded_codes": float(reseeded)}
@@ -565,7 +624,8 @@ class AutoencoderTask(TrainTask):
         clip = to_model_range(ctx.to_device(batch.clips))  # (B, T, 3, H, W)
         real = clip[:, 1:].flatten(0, 1)
         with ctx.autocast():
-            out = ctx.modules["ae"](VideoInputs(clip))
+            num_context = None if self.uses_context(step) else 0
+            out = ctx.modules["ae"](VideoInputs(clip, num_context))
             fake = out.frames.flatten(0, 1)
             fake_clip = torch.cat([clip[:, :1], out.frames.to(clip.dtype)], 1)
             rec = self.recovery_loss(real, fake)
@@ -578,6 +638,7 @@ class AutoencoderTask(TrainTask):
             loss = self._generator_total(out.quant.loss, rec, adv, None)
         _check_finite(loss, step, "video")
         ctx.optimize(loss, "g")
+        self.codebook_ema_step(out.z, out.quant.tokens, ctx)
         reseeded = self.reseed_dead_codes(out.z, out.quant.counts, step, ctx)
         metrics = {"loss": loss.item(), "vid/q": out.quant.loss.item(),
                    "vid/perplexity": out.quant.perplexity.item(), "reseeded_codes": float(reseeded)}

@@ -162,6 +162,8 @@ class AutoencoderParams:
     dead_code_every: int  # re-seed codes unused over this many steps with encoder outputs (0: never;
     # not in the paper: keeps the codebook from collapsing while F can copy the context)
     loop: LoopConfig  # steps, logging, evaluation, checkpoints, EMA, bf16, device
+    codebook_ema: float = 0.0  # γ: codebook as EMA of assigned E outputs, no codebook term (0: Eq. (3))
+    context_warmup: int = 0  # first steps decoded without context, F bypassed (0: none; ours)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "video_batch_size", "val_clips"):

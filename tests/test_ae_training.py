@@ -232,3 +232,47 @@ def test_dead_codes_are_reseeded_in_model_and_ema(tmp_path):
     assert task.reseeded_total >= params.model.codebook_size  # step 0: data-dependent init of all
     after = res.state["ae"]["model.quantizer.codebook.weight"]
     assert not torch.allclose(after, before)
+
+
+def test_ema_codebook_is_updated_by_moving_averages_not_adam(tmp_path):
+    params = tiny_params(codebook_ema=0.5, dead_code_every=0, video_every=0, use_vgg=False,
+                         loop=LoopConfig(steps=1, log_every=1, device="cpu"))
+    torch.manual_seed(0)
+    task = AutoencoderTask(params)
+    weight = task.model.quantizer.codebook.weight
+    assert not weight.requires_grad
+    assert all(p is not weight for g in task.opt_g.param_groups for p in g["params"])
+    before = weight.detach().clone()
+    enc_before = [p.detach().clone() for p in task.model.encoder.parameters()]
+    fit(task, make_batch_stream(clips(), params, 0), params.loop, tmp_path, None, resume=False)
+    size, embed = task.ema_stats
+    used = size > 0.5 + 1e-6  # N = 0.5·1 + 0.5·n: above 0.5 exactly for the codes picked
+    assert used.any() and (~used).any()
+    after = weight.detach()
+    assert not torch.allclose(after[used], before[used])  # moved towards their assigned z
+    assert torch.allclose(after[~used], before[~used], rtol=1e-3, atol=1e-5)  # only decayed
+    assert torch.allclose(after, embed / embed.new_tensor(1.0).mul(size[:, None]), rtol=1e-3,
+                          atol=1e-5)  # e = m / N (smoothing ε negligible here)
+    # The straight-through (commitment + L_r) gradient still trained E.
+    assert any(not torch.equal(a, b) for a, b in zip(enc_before, task.model.encoder.parameters()))
+    assert "codebook_ema" in task.extra_state()
+
+
+def test_context_warmup_bypasses_f_before_step_w(tmp_path, monkeypatch):
+    params = tiny_params(context_warmup=2, video_every=2, use_vgg=False,
+                         loop=LoopConfig(steps=4, log_every=1, device="cpu"))
+    seen = []  # (num_context of each recursive decoding)
+    original = aet.decode_recursively
+    monkeypatch.setattr(aet, "decode_recursively",
+                        lambda model, z_q, first, c: seen.append(c) or original(model, z_q, first, c))
+    contexts = []  # per image step: was there a context?
+    task = AutoencoderTask(params)
+    original_ctx = task.context_for
+    monkeypatch.setattr(task, "context_for", lambda x, prev, step, dev: contexts.append(
+        (step, original_ctx(x, prev, step, dev)[0] is not None)) or original_ctx(x, prev, step, dev))
+    log = RecordingLogger()
+    fit(task, make_batch_stream(clips(), params, 0), params.loop, tmp_path, log, resume=False)
+    assert contexts == [(0, False), (2, True)]  # image steps 0 and 2; W = 2
+    assert seen == [0, 1]  # video step 1 decodes without context, video step 3 with c = 1
+    assert len(log.metrics["img/ctx"]) == 1  # L_c only once F runs (image step 2)
+    assert task.ddp_options() == {"find_unused_parameters": True}

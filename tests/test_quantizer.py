@@ -133,3 +133,56 @@ def test_normalized_codes_are_unit_vectors():
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         QuantizerConfig(**{field: value})
+
+
+def test_ema_update_moves_used_codes_to_their_assigned_mean_and_leaves_unused_ones():
+    vq = make(q=8, dim=3, seed=1)
+    codes = vq.codebook.weight.detach().clone()
+    # Six vectors near code 2, two near code 5; the other codes are unused.
+    near = torch.cat([codes[2] + 0.1 * torch.randn(6, 3), codes[5] + 0.1 * torch.randn(2, 3)])
+    z = near.t().reshape(1, 3, 2, 4)
+    tokens = vq.encode(z)
+    assert sorted(set(tokens.flatten().tolist())) == [2, 5]
+    size, embed = vq.ema_init()
+    assert torch.equal(size, torch.ones(8)) and torch.equal(embed, codes)
+    counts, sums = vq.ema_batch_stats(z, tokens)
+    assert counts.tolist() == [0, 0, 6, 0, 0, 2, 0, 0]
+    assert torch.allclose(sums[2], near[:6].sum(0)) and sums[0].abs().sum() == 0
+    for _ in range(40):
+        vq.ema_update(size, embed, counts, sums, decay=0.9)
+    new = vq.codebook.weight.detach()
+    # Used codes converge to the mean of their assigned vectors (up to the small smoothing).
+    assert torch.allclose(new[2], near[:6].mean(0), atol=1e-3)
+    assert torch.allclose(new[5], near[6:].mean(0), atol=1e-3)
+    # Unused codes: only their statistics decayed; e = m / N is unchanged but for the smoothing
+    # (which shrinks e once N decays to ~ε: long-dead codes need re-seeding, as the stage does).
+    unused = [0, 1, 3, 4, 6, 7]
+    assert torch.allclose(new[unused], codes[unused], rtol=2e-3, atol=1e-4)
+    assert not torch.equal(new[unused], codes[unused])
+    assert size[unused].max() < 0.02 and abs(size[2].item() - 6.0) < 0.1
+
+
+def test_ema_update_one_step_is_the_vqvae_formula():
+    vq = make(q=4, dim=2, seed=2)
+    size, embed = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.randn(4, 2)
+    counts, sums = torch.tensor([2.0, 0.0, 1.0, 0.0]), torch.randn(4, 2)
+    g, eps = 0.8, 0.1
+    n = g * torch.tensor([1.0, 2.0, 3.0, 4.0]) + (1 - g) * counts
+    m = g * embed + (1 - g) * sums
+    smooth = (n + eps) / (n.sum() + 4 * eps) * n.sum()
+    vq.ema_update(size, embed, counts, sums, decay=g, eps=eps)
+    assert torch.allclose(size, n) and torch.allclose(embed, m)
+    assert torch.allclose(vq.codebook.weight, m / smooth[:, None], atol=1e-6)
+    with pytest.raises(ValueError, match="decay"):
+        vq.ema_update(size, embed, counts, sums, decay=1.0)
+
+
+def test_with_an_ema_codebook_the_straight_through_gradient_still_reaches_the_encoder():
+    vq = make(q=8, dim=4)
+    vq.codebook.weight.requires_grad_(False)  # the EMA caller takes the codebook out of Adam
+    enc = torch.nn.Conv2d(3, 4, 1)
+    x = torch.randn(2, 3, 3, 3)
+    out = vq(enc(x))
+    (out.z_q.square().sum() + out.loss).backward()
+    assert enc.weight.grad is not None and enc.weight.grad.abs().sum() > 0
+    assert vq.codebook.weight.grad is None
