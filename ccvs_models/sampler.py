@@ -19,6 +19,8 @@ gap embedding (App. E) gets end_gap = end_time − s, which shrinks as the windo
 KV cache (incremental decoding): within a window each new token is fed alone with the keys/values
 of the earlier positions cached; ``SamplerConfig(kv_cache=False)`` recomputes the whole prefix per
 token instead. Both compute the same logits (up to float rounding) and so pick the same tokens.
+``SamplerConfig(weights="int8" | "bf16")`` samples with reduced-precision Linear weights (opt-in;
+a cached token step is bound by reading the weights, see ``CCVSTransformer.low_precision``).
 
 Frames (``synthesize``, Fig. 1): the m given frames are tokenized by Q(E(·)) and seed the context
 buffer with E(x_t); each new frame's codes are decoded as soon as they arrive,
@@ -32,7 +34,7 @@ import contextlib
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -55,12 +57,22 @@ class SamplerConfig:
     # models (81 vs 51 tokens/s at 8 layers × 512, bench/synthesis.py): set 0 there. torch's
     # thread count is process-wide: it is set for those steps only and restored before window
     # rebuilds, on_frame callbacks and on return.
+    weights: Literal["fp32", "bf16", "int8"] = "fp32"  # precision of T's Linear weights while
+    # sampling (``CCVSTransformer.low_precision``: a copy made per call; embeddings, LayerNorms,
+    # attention and the KV cache stay fp32). A cached token step reads every weight once, so its
+    # time is the weights' bytes over the memory bandwidth: "int8" (weight-only, per-channel
+    # scales, bf16 activations) reads a quarter of fp32's bytes. Opt-in: the sampled tokens are
+    # no longer those of the fp32 model (bench/synthesis.py counts how many differ). Applies to
+    # the cached and the uncached sampler alike, so the two compare at the same precision.
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError(f"SamplerConfig: top_k must be ≥ 1, got {self.top_k}")
         if self.step_threads < 0:
             raise ValueError(f"SamplerConfig: step_threads must be ≥ 0, got {self.step_threads}")
+        if self.weights not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"SamplerConfig: weights must be 'fp32', 'bf16' or 'int8', "
+                             f"got {self.weights!r}")
         if not self.temperature > 0:
             raise ValueError(f"SamplerConfig: temperature must be > 0, got {self.temperature}")
 
@@ -266,6 +278,7 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
     cache = transformer.new_kv_cache(b) if config.kv_cache else None
     step_threads = config.step_threads if dev.type == "cpu" else 0
     window, gap, draw = -1, None, 0
+    model = transformer.low_precision(config.weights)  # T itself for fp32
     with _eval_mode(transformer):
         for t in range(m, n):
             s = max(0, t - big_n + 1)
@@ -287,9 +300,9 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
                         scope.enter_context(_threads(step_threads))
                     p = first + j  # the position to sample, scored by ô_{p−1}
                     if cache is None:
-                        out = transformer(buf[:, :p], end_gap=gap, last_only=True)
+                        out = model(buf[:, :p], end_gap=gap, last_only=True)
                     else:  # feed what the cache lacks: a prefill, 1 + l_f tokens or 1 token
-                        out = transformer(buf[:, cache.length:p], end_gap=gap, kv_cache=cache,
+                        out = model(buf[:, cache.length:p], end_gap=gap, kv_cache=cache,
                                           start_pos=cache.length, last_only=True)
                     u = None if uniforms is None else uniforms[:, draw]
                     tok = _pick(out.logits[:, -1], k, config.temperature, u)
