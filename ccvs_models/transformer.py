@@ -38,6 +38,14 @@ predicted frames". Both modes add a learned embedding of ``end_gap`` = (timestep
 ``max_end_gap`` (gaps beyond it share the "far" embedding), so the sampler can slide the window over
 videos longer than N and lower the gap as it goes.
 
+Copy path (ours, not in the paper; ``prev_frame_input``, off by default): position i also adds the
+head's row of the code at the slot it predicts in the previous frame (``SequenceLayout.
+prev_sources``), so T starts from "repeat the previous frame" and learns what changes. Most codes
+of a static camera's video repeat (74 % on the demo world); the paper's T must find the previous
+frame by attention, a phase transition that a 4-layer T over q = 512 codes had not crossed after
+1,200 steps on synthetic repeating clips (BENCHMARKS.md "transformer"), beyond a CPU demo's budget.
+With the KV cache, the source ids come from ``KVCache.write_tokens``.
+
 Incremental decoding: ``forward(..., kv_cache=KVCache, start_pos=...)`` appends the keys/values of
 the new tokens to preallocated per-layer buffers; cached and uncached forwards give the same
 logits. ``KVCache.crop(n)`` rolls it back. The cache is for inference (run under ``torch.no_grad``).
@@ -45,6 +53,7 @@ logits. ``KVCache.crop(n)`` rolls it back. The cache is for inference (run under
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import math
@@ -101,6 +110,11 @@ class TransformerConfig:
     attn_dropout: float = 0.0  # dropout on attention weights (not in the paper)
     bias: bool = True  # biases in Linear and LayerNorm layers
     pos_embedding: Literal["decomposed", "learned"] = "decomposed"  # Table 2 "Dec." (App. A)
+    # ours, not in the paper: the copy path. Each position also embeds, through the head's weights,
+    # the code at the predicted slot in the previous frame (``SequenceLayout.prev_sources``), so
+    # "repeat the previous frame" is there from the first step. The paper's T has to discover it
+    # with attention, which a small T on the demo's CPU budget did not (BENCHMARKS.md "transformer").
+    prev_frame_input: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -289,6 +303,17 @@ class SequenceLayout:
         frames = torch.arange(self.frame_stride).repeat(self.num_frames)
         return torch.cat([torch.tensor(video, dtype=torch.long), frames])
 
+    def prev_sources(self) -> torch.Tensor:
+        """(L,) long: for position i whose next token (the one ô_i scores) is frame t ≥ 1's code j,
+        the position of frame t − 1's code j (= i + 1 − frame stride ≤ i); −1 elsewhere. The copy
+        path of ``TransformerConfig.prev_frame_input``."""
+        kinds, steps = self.kinds(), self.timesteps()
+        nxt = torch.arange(1, self.length)
+        out = torch.full((self.length,), -1, dtype=torch.long)
+        ok = (kinds[1:] == TokenKind.FRAME) & (steps[1:] >= 1)
+        out[:-1][ok] = nxt[ok] - self.frame_stride
+        return out
+
     def frame_mask(self) -> torch.Tensor:
         """(L,) bool, True at frame-token positions (the only ones predicted, Eq. (8))."""
         return self.kinds() == TokenKind.FRAME
@@ -407,6 +432,17 @@ class KVCache:
         self.length = 0  # positions 0 … length−1 are cached
         self.keys: list[torch.Tensor | None] = [None] * n_layer
         self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.tokens: torch.Tensor | None = None  # (B, max_len) token ids (the copy path's source)
+
+    def write_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Store token ids (B, T) at positions length … length+T−1; return ids 0 … length+T−1."""
+        end = self.length + tokens.shape[1]
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions exceed max_len {self.max_len}")
+        if self.tokens is None:
+            self.tokens = tokens.new_zeros(self.batch_size, self.max_len)
+        self.tokens[:, self.length:end] = tokens
+        return self.tokens[:, :end]
 
     def append(self, layer: int, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -469,6 +505,55 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.resid_dropout(self.proj(y))
+
+
+class LowPrecisionLinear(nn.Module):
+    """Inference-only stand-in for an ``nn.Linear`` with reduced-precision weights (opt-in for
+    sampling, ``CCVSTransformer.low_precision``). Inputs and outputs stay fp32; the product is
+    computed with bf16 activations:
+
+    - ``"bf16"``: y = (x_bf16 · W_bf16ᵀ) + b;
+    - ``"int8"``: weight-only int8, one symmetric scale per output channel,
+      W ≈ s ⊙ W_int8 with s = max|W_row| / 127; y = (x_bf16 · W_int8ᵀ) ⊙ s + b. For a few rows
+      (the one-token steps) the fused int8 matrix-vector kernel reads the int8 weights (a quarter
+      of fp32's bytes); for many rows (a prefill, the uncached sampler) W_int8 is converted to
+      bf16 exactly and multiplied as a bf16 matrix product, then scaled.
+    """
+
+    FEW_ROWS = 16  # up to this many rows the int8 kernel; above it a bf16 GEMM
+
+    def __init__(self, linear: nn.Linear, weights: Literal["bf16", "int8"]) -> None:
+        super().__init__()
+        if weights not in ("bf16", "int8"):
+            raise ValueError(f"LowPrecisionLinear: weights must be 'bf16' or 'int8', got {weights!r}")
+        self.weights = weights
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach().float()
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.register_buffer("bias", bias)
+        if weights == "bf16":
+            self.register_buffer("weight", w.to(torch.bfloat16))
+            self.register_buffer("scale", None)
+        else:
+            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+            self.register_buffer("weight", q)
+            self.register_buffer("scale", scale.to(torch.bfloat16))
+        self._int8_kernel = weights == "int8" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        if self.scale is None:
+            y = F.linear(x2, self.weight)
+        elif self._int8_kernel and x2.shape[0] <= self.FEW_ROWS and x2.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scale)
+        else:
+            y = F.linear(x2, self.weight.to(torch.bfloat16)) * self.scale
+        y = y.float()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
 
 
 class MLP(nn.Module):
@@ -654,6 +739,10 @@ class CCVSTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
         self.head = nn.Linear(d, cfg.frame_vocab, bias=False)
         self.register_buffer("kinds", lay.kinds(), persistent=False)  # (L,)
+        prev = lay.prev_sources()
+        self.register_buffer("prev_src", prev.clamp(min=0), persistent=False)  # (L,) copy path
+        self.register_buffer("prev_on", (prev >= 0), persistent=False)
+        self._prev_list = prev.tolist()
         self._kind_list = lay.kinds().tolist()  # python copies for the one-token fast path
         self._table_of = {int(kind): (name, high) for kind, name, high in self._tables()}
         self._init_weights()
@@ -684,6 +773,30 @@ class CCVSTransformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def low_precision(self, weights: Literal["fp32", "bf16", "int8"]) -> CCVSTransformer:
+        """An inference copy of T whose Linear layers (q/k/v, attention and MLP projections, the
+        head: every weight a token step reads, but the embeddings) hold ``weights`` precision
+        (``LowPrecisionLinear``); embeddings, LayerNorms, attention and the KV cache stay fp32, and
+        so does the head when the copy path (``prev_frame_input``) uses it as an embedding.
+        ``"fp32"`` returns ``self``. The copy shares nothing with ``self`` that training updates;
+        make a new one after changing the weights. For sampling (``SamplerConfig.weights``)."""
+        if weights == "fp32":
+            return self
+        if weights not in ("bf16", "int8"):
+            raise ValueError(f"low_precision: weights must be 'fp32', 'bf16' or 'int8', "
+                             f"got {weights!r}")
+        # the copy path reads the head's weight as an embedding table: that one stays fp32
+        keep_head = getattr(self.config, "prev_frame_input", False)
+        swap = {id(m): m for m in self.modules() if isinstance(m, nn.Linear)
+                and not (keep_head and m is self.head)}
+        new = copy.deepcopy(self, dict(swap))  # the Linears to swap are not copied, but replaced
+        new.__dict__.pop("forward", None)  # an instance-level forward (a wrapper) is not T's
+        for parent in new.modules():
+            for name, child in list(parent.named_children()):
+                if id(child) in swap:
+                    setattr(parent, name, LowPrecisionLinear(child, weights))
+        return new.eval().requires_grad_(False)
+
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` (default L) tokens."""
         return KVCache(self.config.n_layer, batch_size, max_len or self.layout.length)
@@ -697,6 +810,27 @@ class CCVSTransformer(nn.Module):
             raise ValueError(f"CCVSTransformer: {TokenKind(kind).name} token ids must be in "
                              f"[0, {high}], got [{int(low_id)}, {int(high_id)}]")
         return F.embedding(tokens, self.tokens[name].weight)
+
+    def _copy_path(self, tokens: torch.Tensor, start_pos: int,
+                   kv_cache: KVCache | None) -> torch.Tensor:
+        """(B, T, D): for each position with a ``prev_sources`` entry, the head's row of the
+        previous frame's code there (zeros elsewhere). Sources come from ``tokens`` (start_pos 0)
+        or from the ids the cache has seen."""
+        t = tokens.shape[1]
+        if kv_cache is not None:
+            seen = kv_cache.write_tokens(tokens)
+        elif start_pos == 0:
+            seen = tokens
+        else:
+            raise ValueError("prev_frame_input: positions after 0 need the KV cache (its token ids)")
+        w = self.head.weight  # (q, D): frame codes only
+        if t == 1:
+            src = self._prev_list[start_pos]
+            if src < 0:
+                return w.new_zeros(tokens.shape[0], 1, w.shape[1])
+            return F.embedding(seen[:, src:src + 1], w)
+        sl = slice(start_pos, start_pos + t)
+        return F.embedding(seen[:, self.prev_src[sl]], w) * self.prev_on[sl, None].to(w.dtype)
 
     def embed(self, tokens: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), kinds (T,) → (B, T, D) token embeddings, each from its kind's table."""
@@ -735,6 +869,8 @@ class CCVSTransformer(nn.Module):
         kinds = self.kinds[start_pos:start_pos + t]
         # one token (incremental decoding): its kind and position are python ints, no lookups
         emb = self._embed_one(tokens, start_pos) if t == 1 else self.embed(tokens, kinds)
+        if self.config.prev_frame_input:
+            emb = emb + self._copy_path(tokens, start_pos, kv_cache)
         x = self.drop(emb + self.pos(positions, end_gap, first=start_pos))
         for i, block in enumerate(self.blocks):
             x = block(x, kv_cache, i)

@@ -70,6 +70,7 @@ class TransformerArch:
     bias: bool  # biases in Linear / LayerNorm
     pos_embedding: Literal["decomposed", "learned"]  # Table 2 "Dec." (App. A)
     max_end_gap: int  # end-frame gaps beyond this share one embedding (App. E)
+    prev_frame_input: bool = False  # ours: the copy path (TransformerConfig.prev_frame_input)
 
     def __post_init__(self) -> None:
         if self.num_frames < 0:
@@ -127,7 +128,8 @@ def model_config(arch: TransformerArch, cond: Conditioning, vocab: dict[str, Any
         end_frame=bool(cond.end_frame and vocab.get("end_frame")),
         max_end_gap=arch.max_end_gap, n_layer=arch.n_layer, n_head=arch.n_head,
         n_embd=arch.n_embd, mlp_ratio=arch.mlp_ratio, dropout=arch.dropout,
-        attn_dropout=arch.attn_dropout, bias=arch.bias, pos_embedding=arch.pos_embedding)
+        attn_dropout=arch.attn_dropout, bias=arch.bias, pos_embedding=arch.pos_embedding,
+        prev_frame_input=arch.prev_frame_input)
 
 
 # --------------------------------------------------------------------------- sequences

@@ -69,9 +69,10 @@ class Recorder:
 # ----------------------------------------------------------------------------- tokens
 
 
+@pytest.mark.parametrize("copy", [False, True])  # T's copy path reads the cache's token ids
 @pytest.mark.parametrize("n", [3, 7])  # within the N = 3 window / sliding over 5 windows
-def test_kv_cache_and_recompute_give_the_same_tokens(n):
-    model = make()
+def test_kv_cache_and_recompute_give_the_same_tokens(n, copy):
+    model = make(config(prev_frame_input=copy))
     ctl = controls(2, n)
     out = {}
     for kv in (True, False):
@@ -319,3 +320,24 @@ def test_unconditional_synthesis_samples_and_decodes_frame_zero_without_context(
     assert out.frames.shape == (2, 2, 4, 3, 8, 12) and torch.isfinite(out.frames).all()
     assert seen == [None, 1, 2, 2]  # frame 0 from its tokens alone, then up to c = 2 frames
     assert not torch.equal(out.tokens[0, 0, 0], out.tokens[0, 1, 0])  # frame 0 itself is sampled
+
+
+def test_reduced_precision_weights_are_opt_in_close_to_fp32_and_leave_t_untouched():
+    model = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctl = controls(2, 5)
+    fp32 = sample_tokens(model, start_codes(2, 1), 5, ctl, SamplerConfig(top_k=1))
+    assert SamplerConfig().weights == "fp32"
+    same = {}
+    for weights in ("bf16", "int8"):
+        out = {kv: sample_tokens(model, start_codes(2, 1), 5, ctl,
+                                 SamplerConfig(top_k=1, kv_cache=kv, weights=weights))
+               for kv in (True, False)}
+        assert torch.equal(out[True][:, :1], fp32[:, :1])  # the given frame
+        # greedy on spread logits: the reduced-precision samples stay close to fp32's
+        same[weights] = (out[True] == fp32).float().mean().item()
+        assert same[weights] > 0.8, same
+        assert (out[True] == out[False]).float().mean().item() > 0.8
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="weights"):
+        SamplerConfig(weights="fp16")

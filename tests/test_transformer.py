@@ -8,11 +8,11 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ccvs_models.transformer import (
     TRANSFORMER_SIZES,
     CCVSTransformer,
-    SequenceLayout,
     TokenKind,
     TransformerConfig,
     frame_token_accuracy,
@@ -169,9 +169,10 @@ def test_conditioning_dropout_uses_each_vocabulary_null_id():
 # ----------------------------------------------------------------------------- causality and loss
 
 
-@pytest.mark.parametrize("pos_embedding", ["decomposed", "learned"])
-def test_changing_token_i_never_changes_earlier_logits(pos_embedding):
-    cfg = full_config(pos_embedding=pos_embedding)
+@pytest.mark.parametrize("pos_embedding,copy", [("decomposed", False), ("learned", False),
+                                                ("decomposed", True)])
+def test_changing_token_i_never_changes_earlier_logits(pos_embedding, copy):
+    cfg = full_config(pos_embedding=pos_embedding, prev_frame_input=copy)
     model = make(cfg)
     tokens, kinds = cfg.sequence_layout.assemble(**random_inputs(cfg))
     with torch.no_grad():
@@ -280,9 +281,10 @@ def test_end_gap_changes_the_logits_and_is_clamped():
 # ----------------------------------------------------------------------------- inference paths
 
 
-@pytest.mark.parametrize("pos_embedding", ["decomposed", "learned"])
-def test_kv_cache_gives_the_uncached_logits(pos_embedding):
-    cfg = full_config(pos_embedding=pos_embedding)
+@pytest.mark.parametrize("pos_embedding,copy", [("decomposed", False), ("learned", False),
+                                                ("decomposed", True)])
+def test_kv_cache_gives_the_uncached_logits(pos_embedding, copy):
+    cfg = full_config(pos_embedding=pos_embedding, prev_frame_input=copy)
     model = make(cfg)
     tokens, _ = cfg.sequence_layout.assemble(**random_inputs(cfg))
     gap = torch.tensor([4, 9])
@@ -372,3 +374,102 @@ def test_a_tiny_model_memorises_four_sequences():
         final = model(tokens, targets=tokens)
     assert first > 2.0 and final.loss.item() < 0.05, (first, final.loss.item(), step)
     assert frame_token_accuracy(final.logits, tokens, kinds) == 1.0
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_low_precision_copy_is_close_to_fp32_and_leaves_t_untouched(weights):
+    from ccvs_models.transformer import LowPrecisionLinear
+
+    cfg = full_config()
+    model = make(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lp = model.low_precision(weights)
+    assert model.low_precision("fp32") is model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, LowPrecisionLinear) for m in model.modules())
+    assert isinstance(lp.head, LowPrecisionLinear) and isinstance(lp.blocks[0].attn.qkv,
+                                                                   LowPrecisionLinear)
+    if weights == "int8":
+        q, s = lp.blocks[0].mlp.fc.weight, lp.blocks[0].mlp.fc.scale.float()
+        assert q.dtype == torch.int8 and int(q.abs().max()) == 127  # each row's max hits ±127
+        w = model.blocks[0].mlp.fc.weight
+        # half a step of rounding, plus the bf16 scale's rounding (≤ 127 · 2⁻⁸ of a step)
+        assert ((q.float() * s[:, None] - w).abs() <= s[:, None] * (0.5 + 127 / 256) + 1e-7).all()
+    tokens, _ = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    gap = torch.tensor([4, 9])
+    with torch.no_grad():
+        ref = model(tokens, end_gap=gap).logits
+        full = lp(tokens, end_gap=gap).logits  # many rows: the bf16 GEMM path
+        cache = model.new_kv_cache(batch_size=2)
+        chunks = [lp(tokens[:, :10], end_gap=gap, kv_cache=cache).logits]
+        for i in range(10, 14):  # one token at a time: the int8 kernel (2 rows)
+            chunks.append(lp(tokens[:, i:i + 1], end_gap=gap, kv_cache=cache, start_pos=i).logits)
+    scale = ref.abs().max()
+    assert (full - ref).abs().max() < 0.05 * scale  # close to fp32, but not equal
+    assert not torch.equal(full, ref)
+    assert (torch.cat(chunks, 1) - full[:, :14]).abs().max() < 0.02 * scale
+
+
+def test_int8_linear_kernel_and_fallback_agree():
+    from ccvs_models.transformer import LowPrecisionLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    q = LowPrecisionLinear(lin, "int8")
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        y = q(x)
+        q._int8_kernel = False  # what runs where torch has no fused int8 kernel
+        y_fallback = q(x)
+        ref = lin(x)
+    assert y.shape == (3, 48) and y.dtype == torch.float32
+    assert torch.allclose(y, y_fallback, atol=2e-2 * ref.abs().max())
+    assert (y - ref).abs().max() < 0.05 * ref.abs().max()
+    with pytest.raises(ValueError, match="weights"):
+        LowPrecisionLinear(lin, "int4")
+
+
+def test_prev_sources_point_at_the_previous_frames_code_of_the_predicted_slot():
+    cfg = full_config()
+    lay = cfg.sequence_layout
+    src = lay.prev_sources()
+    kinds, steps = lay.kinds(), lay.timesteps()
+    hits = 0
+    for i in range(lay.length - 1):
+        if kinds[i + 1] == TokenKind.FRAME and steps[i + 1] >= 1:
+            t = int(steps[i + 1])
+            j = i + 1 - lay.segment(t, TokenKind.FRAME).start
+            assert int(src[i]) == lay.segment(t - 1, TokenKind.FRAME).start + j <= i
+            hits += 1
+        else:
+            assert int(src[i]) == -1
+    assert hits == (cfg.num_frames - 1) * cfg.frame_height * cfg.frame_width
+    assert int(src[-1]) == -1
+
+
+def test_copy_path_learns_to_repeat_frames_far_faster():
+    """Ablation direction: on clips that repeat their first frame, the copy path reaches a low loss
+    in steps where the plain T (which must find the previous frame by attention) has not."""
+    def train(copy: bool) -> float:
+        cfg = TransformerConfig(frame_vocab=64, frame_height=2, frame_width=2, num_frames=4,
+                                n_layer=1, n_head=2, n_embd=32, prev_frame_input=copy)
+        model = make(cfg).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(60):
+            first = torch.randint(0, 64, (8, 1, 2, 2), generator=gen)
+            tokens = cfg.sequence_layout.assemble(first.repeat(1, 4, 1, 1)).tokens
+            loss = model(tokens, targets=tokens).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        frames = torch.randint(0, 64, (64, 1, 2, 2), generator=gen).repeat(1, 4, 1, 1)
+        tokens = cfg.sequence_layout.assemble(frames).tokens
+        with torch.no_grad():
+            logits = model.eval()(tokens).logits
+        later = cfg.frame_height * cfg.frame_width  # scores of frames 1..3 (frame 0 is unpredictable)
+        return F.cross_entropy(logits[:, later - 1:-1].reshape(-1, 64),
+                               tokens[:, later:].reshape(-1)).item()
+
+    plain, copy = train(False), train(True)
+    assert copy < 1.5 and plain > 3.0  # measured 0.94 vs 3.85 (ln 64 = 4.16)
