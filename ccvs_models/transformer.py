@@ -786,7 +786,7 @@ class CCVSTransformer(nn.Module):
             raise ValueError(f"low_precision: weights must be 'fp32', 'bf16' or 'int8', "
                              f"got {weights!r}")
         # the copy path reads the head's weight as an embedding table: that one stays fp32
-        keep_head = getattr(self.config, "prev_frame_input", False)
+        keep_head = self.config.prev_frame_input
         swap = {id(m): m for m in self.modules() if isinstance(m, nn.Linear)
                 and not (keep_head and m is self.head)}
         new = copy.deepcopy(self, dict(swap))  # the Linears to swap are not copied, but replaced
