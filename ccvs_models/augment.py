@@ -68,6 +68,10 @@ class AugmentConfig:
     occluder_size: tuple[float, float] = (0.2, 0.5)  # occluder side / diameter, fraction of frame
     p_blank: float = 0.0  # chance the whole context is occluded (o_c = 0): x must then come from
     # its tokens alone, which keeps E, Q informative while F could copy (ours, not in the paper)
+    occluder_fill: str = "zero"  # what the occluded context shows: "zero" (x_c = o_c ⊗ B(A(x)),
+    # the paper) or "other": another sample of the batch there, augmented and blurred alike —
+    # content that looks valid but is wrong, the way a stale context is after motion (the mask
+    # target stays "use the tokens" there). Ours, not in the paper.
     analytic_affine_inverse: bool = True  # exact inverse for affine-only samples (App. C)
     inversion_sigma: float = 1.0  # std (cells) of the 3×3 Gaussian B of Alg. C1
 
@@ -88,6 +92,9 @@ class AugmentConfig:
             raise ValueError("AugmentConfig: blur_sigma, occluders and occluder_size must be >= 0")
         if self.elastic_grid < 2:
             raise ValueError(f"AugmentConfig.elastic_grid: at least 2, got {self.elastic_grid}")
+        if self.occluder_fill not in ("zero", "other"):
+            raise ValueError(f"AugmentConfig.occluder_fill: 'zero' or 'other', got "
+                             f"{self.occluder_fill!r}")
 
 
 class AugmentationFlow(NamedTuple):
@@ -279,7 +286,9 @@ def make_context(
     x: (B, 3, H, W) frames (any range; occluded pixels become 0). The context has x's dtype; the
     flows and masks are fp32 (fp64 for fp64 input) whatever x's dtype.
     Returns SelfSupervision with x_c = o_c ⊗ B(A(x)), the flow target f_c, the mask target
-    1 − o'_c and o'_c = W(o_c, f_c). Deterministic given ``generator``.
+    1 − o'_c and o'_c = W(o_c, f_c). Deterministic given ``generator``. With
+    ``cfg.occluder_fill = "other"`` (and B > 1) the occluded pixels show B(A(x)) of the previous
+    sample in the batch instead of zeros; the targets are the same.
     """
     if x.ndim != 4:
         raise ValueError(f"make_context: expected frames (B, C, H, W), got {tuple(x.shape)}")
@@ -300,6 +309,8 @@ def make_context(
         inside = warp(torch.ones_like(x[:, :1]), aug.flow) > 0.999
         occlusion = occlusion * inside.to(x.dtype)
         context = occlusion * gaussian_blur(augmented, sigma)  # x_c = o_c ⊗ B(A(x))
+        if cfg.occluder_fill == "other" and b > 1:  # sample i's occluders show sample i − 1
+            context = context + (1 - occlusion) * gaussian_blur(augmented.roll(1, 0), sigma)
         visibility = warp(occlusion, aug.inverse).clamp(0, 1)  # o'_c = W(o_c, f_c)
     return SelfSupervision(
         context=context.to(out_dtype),

@@ -165,6 +165,26 @@ def test_blank_context_hides_everything_and_asks_for_the_decoded_features() -> N
                        sample_occlusion(4, H, W, dataclasses.replace(base, p_blank=0.0), gen(2)))
 
 
+def test_occluders_filled_with_another_sample_keep_the_targets() -> None:
+    x = smooth_images(4)
+    base = cfg(p_occlusion=1.0, occluders=(2, 3), p_translation=1.0, p_blur=1.0)
+    zero = make_context(x, base, gen(3))
+    other = make_context(x, dataclasses.replace(base, occluder_fill="other"), gen(3))
+    hidden = zero.occlusion == 0  # (B, 1, H, W)
+    assert hidden.any() and (~hidden).any()
+    # visible pixels and every target are those of the paper's zero fill (same draws) ...
+    visible = (~hidden).expand_as(x)
+    assert torch.equal(other.context[visible], zero.context[visible])
+    for name in ("flow_target", "mask_target", "visibility"):
+        assert torch.equal(getattr(other, name), getattr(zero, name))
+    # ... and the occluded ones show sample i − 1, augmented and blurred like sample i
+    shown = other.context - zero.context
+    assert torch.count_nonzero(shown[visible]) == 0
+    assert shown[hidden.expand_as(x)].abs().mean() > 0.1
+    with pytest.raises(ValueError, match="occluder_fill"):
+        cfg(occluder_fill="noise")
+
+
 def test_downsampled_targets_are_consistent_with_warping_at_the_coarse_level() -> None:
     # An image translated by 4 px at full resolution = the pooled image translated by 2 px.
     x = smooth_images(2, 32, 32)
