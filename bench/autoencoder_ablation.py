@@ -14,7 +14,8 @@ each run (each setting runs in its own process, so ``ru_maxrss`` is per setting)
 ``--set key=value`` (repeatable) overrides a key of the ``autoencoder`` section for every setting,
 dotted for nested keys, the value parsed as YAML, e.g. ``--set lambda_free=1 --set
 model.num_levels=4``. Each row also carries the per-frame validation PSNR (frames 1 … T−1) and
-the PSNR of the same frames decoded from their tokens alone (``val_psnr_context_free``), and the
+the PSNR of the same frames decoded from their tokens alone (``val_psnr_context_free``) and
+with the real previous frame as context instead of the recursion (``val_psnr_real_context``), and the
 training batches' codebook perplexity at each log point (``train_perplexity``).
 """
 
@@ -74,6 +75,7 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
                       Path(tmp) / "ckpt", log, resume=False)
         seconds = time.perf_counter() - t0
         per_frame, context_free = frame_psnr(Path(tmp) / "ae.pt", clips, params)
+        real_context = real_context_psnr(Path(tmp) / "ae.pt", clips, params)
 
     def mean(name: str) -> float:
         vals = [v for _, v in log.metrics.get(name, [])]
@@ -94,6 +96,7 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "val_psnr_per_frame": [round(v, 2) for v in per_frame],
         "val_psnr_context_free": sum(context_free) / len(context_free),  # tokens alone, no F
+        "val_psnr_real_context": real_context,  # the real previous frame as context (no recursion)
         # codebook perplexity of the training batches at each log point (collapse diagnosis)
         "train_perplexity": [[int(s), round(v, 1)] for s, v in log.metrics.get("img/perplexity", [])],
         "vgg_weights": log.tags.get("vgg_weights", ""),
@@ -116,6 +119,36 @@ def frame_psnr(model_path: Path, clips: str, params) -> tuple[list[float], list[
     with_context = reconstruct_clips(model, val.frames, "cpu").psnr.mean(0)
     alone = reconstruct_clips(model, val.frames, "cpu", num_context=0).psnr.mean(0)
     return [float(v) for v in with_context], [float(v) for v in alone]
+
+
+def real_context_psnr(model_path: Path, clips: str, params) -> float:
+    """Mean validation PSNR over frames 1 … T−1 when each frame is decoded from its true tokens
+    with the REAL previous frame as context (no recursion): how well F uses a good context,
+    apart from the drift the recursive protocol adds. NaN for a model without F."""
+    import numpy as np
+    import torch
+
+    from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
+    from pipeline.ae_training import to_model_range
+    from pipeline.checkpoint import load_model
+    from pipeline.image_metrics import psnr
+    from stages.autoencoder import load_clips
+
+    loaded = load_model(model_path)
+    model = CCVSAutoencoder(AutoencoderConfig(**loaded.config)).eval()
+    model.load_state_dict(loaded.state)
+    if not model.has_flow:
+        return float("nan")
+    val = load_clips(clips, "val", limit=params.val_clips, num_frames=params.val_frames)
+    x = to_model_range(torch.from_numpy(np.ascontiguousarray(val.frames)))
+    values = []
+    with torch.no_grad():
+        for t in range(1, x.shape[1]):
+            z_q = model.quantize(model.encode(x[:, t]).z).z_q
+            x_hat = model.decode(z_q, model.encode_context(x[:, t - 1 : t])).x_hat
+            values.append(psnr((x[:, t] + 1) / 2, (x_hat.clamp(-1, 1) + 1) / 2, max_db=100.0)
+                          .mean().item())
+    return sum(values) / len(values)
 
 
 def main() -> None:
@@ -147,13 +180,14 @@ def main() -> None:
         rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "overrides": args.set})
         print(json.dumps(rows[-1]), flush=True)
     print("\n| F | c | val PSNR (dB) | val SSIM | PSNR frame 1 | PSNR last | SSIM last | perplexity | "
-          "image step (s) | video step (s) | run (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "tokens only | real context | image step (s) | video step (s) | run (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {'on' if r['context_frames'] else 'off'} | {r['context_frames']} | "
               f"{r['val_psnr']:.2f} | {r['val_ssim']:.3f} | {r['val_psnr_first']:.2f} | "
               f"{r['val_psnr_last']:.2f} | {r['val_ssim_last']:.3f} | "
-              f"{r['codebook_perplexity']:.0f} | {r['image_step_s']:.2f} | {r['video_step_s']:.2f} | "
+              f"{r['codebook_perplexity']:.0f} | {r['val_psnr_context_free']:.2f} | "
+              f"{r['val_psnr_real_context']:.2f} | {r['image_step_s']:.2f} | {r['video_step_s']:.2f} | "
               f"{r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

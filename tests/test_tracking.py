@@ -1,6 +1,5 @@
 """MLflow tracking: one run per stage, flattened params, shared pipeline id."""
 
-import os
 from pathlib import Path
 
 import pytest
