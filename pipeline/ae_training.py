@@ -7,8 +7,8 @@ Objective, Eq. (2): L = λ_q L_q + λ_r L_r + λ_a L_a + λ_c L_c with
   L_r  Eq. (4) = ‖x − x̂‖₁ (``use_rgb``) + ‖VGG(x) − VGG(x̂)‖₁ (``use_vgg``, needs ImageNet weights);
   L_a  Eq. (6) on Δi (``use_image_disc``) and, in video steps, on Δt (``use_temporal_disc``);
   L_c  Eq. (7) at the decoder levels where F runs (``self_supervision``, image steps only);
-and, not in the paper, off by default: λ_free · L_r of the context-free decoding D(z_q) on image
-steps with F (``lambda_free``), see "F at a short budget" below;
+and, not in the paper (1 in the demo's params.yaml): λ_free · L_r of the context-free decoding
+D(z_q) on image steps with F (``lambda_free``), see "F at a short budget" below;
 and the discriminators trained on Eq. (5) (+ (γ/2)·R1 when ``r1_gamma`` > 0).
 
 Two kinds of step alternate (``video_every``: every n-th step is a video step):
@@ -53,23 +53,28 @@ Context warm-up (not in the paper, ``context_warmup`` = W): during steps 0 … W
 — image steps decode x from its tokens with no context (no L_c) and video steps decode every
 frame independently — so the tokens learn to carry the image before F can copy a context.
 
-F at a short budget (not in the paper; measured on the demo data, see BENCHMARKS.md): with the
-self-supervised context the decoder learns to copy the context through F before the tokens carry
-anything, and F's mask stays near its initial value everywhere. In the recursive evaluation the
-model then behaves like "copy x_0": frame 1 is much better than without F, but later frames fall
-to F off's level or below as the gripper moves. Knobs: ``model.flow_mask_init`` (F starts by
-taking the context, σ(m) < 0.5, as L_c's target asks on visible pixels) and ``augment.p_blank``
-(a share of the context views fully occluded, o_c = 0, so x must come from its tokens; 0.3
-measured worse at 150 steps, so the demo keeps 0), and ``lambda_free`` (× λ_r: L_r of D(z_q)
-decoded *without* context on image steps, so the tokens stay informative; off by default, as it
-did not beat the baseline at 150 steps either). The measurements (BENCHMARKS.md) point at the
-codebook: it stays collapsed (perplexity 1–5) for the first ~40–100 steps with or without F, so
-at this budget the tokens alone give ~19–21 dB while copying the context gives 25+ dB at frame 1,
-and copying wins the training losses over the 3 recursively decoded frames of a video step.
-Neither ``codebook_ema`` nor ``context_warmup`` changed that (BENCHMARKS.md, autoencoder "Session
-3"): with F the EMA codebook collapsed as well (commitment is then E's only pull on z, and the
-decoder does not need the tokens), and after a warm-up the tokens stopped improving once F ran,
-even with ``lambda_free`` = 1. Both stay off by default.
+F at a short budget (not in the paper; measured on the demo data, see BENCHMARKS.md,
+autoencoder "Session 4"). Three ways the paper's recipe goes wrong at ~600 CPU steps, and the
+knobs (all in params.yaml; the demo's F settings are the measured best):
+
+- Gradient starvation. Eq. (1) passes σ(m) of the gradient to the decoded features d at every F
+  level; with F starting by copying (``model.flow_mask_init`` −2, σ ≈ 0.12) the token path gets
+  ~0.1 of it per level, the codebook collapses and the tokens alone decode to ~11 dB.
+  ``flow_mask_init`` +2 starts F from the tokens' decoding, and ``lambda_free`` (× λ_r: L_r of
+  D(z_q) decoded *without* context on image steps) keeps the tokens informative.
+- Drift of the recursion. F at the image resolution copies E's first features of the previous
+  *reconstruction*, each copy a little off; over 15 frames the errors compound (static background
+  included) below what the tokens alone give. ``model.flow_levels`` [1, 2] leaves the last level
+  to the tokens; ``video_frames`` 8 (deeper recursion in the video steps) also stops the drift.
+- Stale context. L_c's mask target asks for the context wherever it is visible; after motion the
+  context is visible but wrong (the gripper where it was). ``augment.occluder_fill`` "other"
+  fills the occluders with another clip, so the mask also learns to reject valid-looking content.
+
+With all of these, F on ties F off within the seed noise at 600 steps (±1 dB between seeds): it
+gains 2–4 dB at frame 1 (the real x_0 as context) and the gain fades over the recursion.
+Other options tried and kept off: ``codebook_ema`` (VQ-VAE-2 moving-average codebook; with F it
+collapsed as well) and ``context_warmup`` (W steps without context first; the tokens stopped
+improving once F ran), ``augment.p_blank`` (fully occluded contexts; worse at 150 steps).
 
 Evaluation — Table 1 "Reconstruction": every frame's true tokens Q(E(x_t)) are decoded with F's
 context = the previous *reconstructed* frames (the real first frame as initial context), so errors
