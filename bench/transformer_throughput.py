@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ccvs_models.transformer import CCVSTransformer, TokenKind
+from ccvs_models.sequence_layout import TokenKind
+from ccvs_models.transformer import CCVSTransformer
 from pipeline.params import load_section
 from pipeline.transformer_training import adamw, conditioning_dropout, model_config
 

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from ccvs_models.autoencoder import CCVSAutoencoder
-from ccvs_models.transformer import CCVSTransformer, SequenceLayout, TokenKind
+from ccvs_models.sequence_layout import SequenceLayout, TokenKind
+from ccvs_models.transformer import CCVSTransformer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,11 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ccvs_models.sequence_layout import IGNORE_INDEX, SequenceLayout, TokenKind
 from ccvs_models.transformer import (
-    IGNORE_INDEX,
     CCVSTransformer,
-    SequenceLayout,
-    TokenKind,
     TransformerConfig,
     frame_token_accuracy,
     frame_token_targets,

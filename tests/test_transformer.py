@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ccvs_models.sequence_layout import TokenKind
 from ccvs_models.transformer import (
     TRANSFORMER_SIZES,
     CCVSTransformer,
-    TokenKind,
     TransformerConfig,
     frame_token_accuracy,
     frame_token_loss,
@@ -378,7 +378,7 @@ def test_a_tiny_model_memorises_four_sequences():
 
 @pytest.mark.parametrize("weights", ["bf16", "int8"])
 def test_low_precision_copy_is_close_to_fp32_and_leaves_t_untouched(weights):
-    from ccvs_models.transformer import LowPrecisionLinear
+    from ccvs_models.low_precision import LowPrecisionLinear
 
     cfg = full_config()
     model = make(cfg)
@@ -411,7 +411,7 @@ def test_low_precision_copy_is_close_to_fp32_and_leaves_t_untouched(weights):
 
 
 def test_int8_linear_kernel_and_fallback_agree():
-    from ccvs_models.transformer import LowPrecisionLinear
+    from ccvs_models.low_precision import LowPrecisionLinear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 48)

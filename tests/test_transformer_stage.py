@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ccvs_models.transformer import CCVSTransformer, TokenKind, TransformerConfig
+from ccvs_models.sequence_layout import TokenKind
+from ccvs_models.transformer import CCVSTransformer, TransformerConfig
 from pipeline.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from pipeline.params import TransformerParams
 from pipeline.shards import ShardWriter
