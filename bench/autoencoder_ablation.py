@@ -74,8 +74,9 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
         metrics = run(params, clips, Path(tmp) / "ae.pt", Path(tmp) / "m.json", Path(tmp) / "plots",
                       Path(tmp) / "ckpt", log, resume=False)
         seconds = time.perf_counter() - t0
-        per_frame, context_free = frame_psnr(Path(tmp) / "ae.pt", clips, params)
-        real_context = real_context_psnr(Path(tmp) / "ae.pt", clips, params)
+        model, val_frames = saved_model_and_val(Path(tmp) / "ae.pt", clips, params)
+        per_frame, context_free = frame_psnr(model, val_frames)
+        real_context = real_context_psnr(model, val_frames)
 
     def mean(name: str) -> float:
         vals = [v for _, v in log.metrics.get(name, [])]
@@ -104,43 +105,42 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
     }
 
 
-def frame_psnr(model_path: Path, clips: str, params) -> tuple[list[float], list[float]]:
-    """Mean validation PSNR per decoded frame of the saved (EMA) model: Table 1 protocol, and the
-    same frames decoded from their tokens alone (no context: how much the tokens carry)."""
+def saved_model_and_val(model_path: Path, clips: str, params):
+    """The saved (EMA) model, in eval mode, and the validation clips uint8 (N, T, H, W, 3)."""
     from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-    from pipeline.ae_training import reconstruct_clips
     from pipeline.checkpoint import load_model
     from stages.autoencoder import load_clips
 
     loaded = load_model(model_path)
-    model = CCVSAutoencoder(AutoencoderConfig(**loaded.config))
+    model = CCVSAutoencoder(AutoencoderConfig(**loaded.config)).eval()
     model.load_state_dict(loaded.state)
     val = load_clips(clips, "val", limit=params.val_clips, num_frames=params.val_frames)
-    with_context = reconstruct_clips(model, val.frames, "cpu").psnr.mean(0)
-    alone = reconstruct_clips(model, val.frames, "cpu", num_context=0).psnr.mean(0)
+    return model, val.frames
+
+
+def frame_psnr(model, frames) -> tuple[list[float], list[float]]:
+    """Mean validation PSNR per decoded frame: Table 1 protocol, and the same frames decoded
+    from their tokens alone (no context: how much the tokens carry)."""
+    from pipeline.ae_training import reconstruct_clips
+
+    with_context = reconstruct_clips(model, frames, "cpu").psnr.mean(0)
+    alone = reconstruct_clips(model, frames, "cpu", num_context=0).psnr.mean(0)
     return [float(v) for v in with_context], [float(v) for v in alone]
 
 
-def real_context_psnr(model_path: Path, clips: str, params) -> float:
+def real_context_psnr(model, frames) -> float:
     """Mean validation PSNR over frames 1 … T−1 when each frame is decoded from its true tokens
     with the REAL previous frame as context (no recursion): how well F uses a good context,
     apart from the drift the recursive protocol adds. NaN for a model without F."""
     import numpy as np
     import torch
 
-    from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
     from pipeline.ae_training import to_model_range
-    from pipeline.checkpoint import load_model
     from pipeline.image_metrics import psnr
-    from stages.autoencoder import load_clips
 
-    loaded = load_model(model_path)
-    model = CCVSAutoencoder(AutoencoderConfig(**loaded.config)).eval()
-    model.load_state_dict(loaded.state)
     if not model.has_flow:
         return float("nan")
-    val = load_clips(clips, "val", limit=params.val_clips, num_frames=params.val_frames)
-    x = to_model_range(torch.from_numpy(np.ascontiguousarray(val.frames)))
+    x = to_model_range(torch.from_numpy(np.ascontiguousarray(frames)))
     values = []
     with torch.no_grad():
         for t in range(1, x.shape[1]):
