@@ -15,8 +15,17 @@ each run (each setting runs in its own process, so ``ru_maxrss`` is per setting)
 dotted for nested keys, the value parsed as YAML, e.g. ``--set lambda_free=1 --set
 model.num_levels=4``. Each row also carries the per-frame validation PSNR (frames 1 … T−1) and
 the PSNR of the same frames decoded from their tokens alone (``val_psnr_context_free``) and
-with the real previous frame as context instead of the recursion (``val_psnr_real_context``), and the
-training batches' codebook perplexity at each log point (``train_perplexity``).
+with the real previous frame as context instead of the recursion (``val_psnr_real_context``), the
+Table 1 protocol again with up to 15 context frames at test whatever c the model trained with (Table
+1's "Ctxt." 15: the real x_0 stays in the context, ``val_psnr_context15``), and the training
+batches' codebook perplexity at each log point (``train_perplexity``).
+
+Compression sets how much F can add: the paper's 64 tokens per 256×256 frame are 1024 pixels per
+token; the demo's 8×8 tokens per 64×64 frame are 64. The 4×4-token run of BENCHMARKS.md
+(256 pixels per token) is
+
+    python bench/autoencoder_ablation.py --clips /tmp/clips --steps 600 --set model.num_levels=4 \
+        --set "model.channel_mult=[1,2,4,4,4]" --set "model.flow_levels=[1,2,3]"
 """
 
 from __future__ import annotations
@@ -77,6 +86,7 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
         model, val_frames = saved_model_and_val(Path(tmp) / "ae.pt", clips, params)
         per_frame, context_free = frame_psnr(model, val_frames)
         real_context = real_context_psnr(model, val_frames)
+        wide_context = wide_context_psnr(model, val_frames)
 
     def mean(name: str) -> float:
         vals = [v for _, v in log.metrics.get(name, [])]
@@ -98,6 +108,7 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
         "val_psnr_per_frame": [round(v, 2) for v in per_frame],
         "val_psnr_context_free": sum(context_free) / len(context_free),  # tokens alone, no F
         "val_psnr_real_context": real_context,  # the real previous frame as context (no recursion)
+        f"val_psnr_context{WIDE}": wide_context,  # recursion with up to WIDE context frames at test
         # codebook perplexity of the training batches at each log point (collapse diagnosis)
         "train_perplexity": [[int(s), round(v, 1)] for s, v in log.metrics.get("img/perplexity", [])],
         "vgg_weights": log.tags.get("vgg_weights", ""),
@@ -126,6 +137,20 @@ def frame_psnr(model, frames) -> tuple[list[float], list[float]]:
     with_context = reconstruct_clips(model, frames, "cpu").psnr.mean(0)
     alone = reconstruct_clips(model, frames, "cpu", num_context=0).psnr.mean(0)
     return [float(v) for v in with_context], [float(v) for v in alone]
+
+
+WIDE = 15  # Table 1's widest test context ("Ctxt." 15): every earlier frame of a 16-frame clip
+
+
+def wide_context_psnr(model, frames, num_context: int = WIDE) -> float:
+    """Mean validation PSNR of the Table 1 protocol when D fuses up to ``num_context`` earlier
+    frames (App. D, Eq. 9) whatever c the model trained with: the real x_0 then stays in every
+    frame's context. NaN for a model without F."""
+    from pipeline.ae_training import reconstruct_clips
+
+    if not model.has_flow:
+        return float("nan")
+    return float(reconstruct_clips(model, frames, "cpu", num_context=num_context).psnr.mean())
 
 
 def real_context_psnr(model, frames) -> float:
@@ -180,14 +205,15 @@ def main() -> None:
         rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "overrides": args.set})
         print(json.dumps(rows[-1]), flush=True)
     print("\n| F | c | val PSNR (dB) | val SSIM | PSNR frame 1 | PSNR last | SSIM last | perplexity | "
-          "tokens only | real context | image step (s) | video step (s) | run (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"tokens only | real context | {WIDE} context frames | image step (s) | video step (s) | run (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {'on' if r['context_frames'] else 'off'} | {r['context_frames']} | "
               f"{r['val_psnr']:.2f} | {r['val_ssim']:.3f} | {r['val_psnr_first']:.2f} | "
               f"{r['val_psnr_last']:.2f} | {r['val_ssim_last']:.3f} | "
               f"{r['codebook_perplexity']:.0f} | {r['val_psnr_context_free']:.2f} | "
-              f"{r['val_psnr_real_context']:.2f} | {r['image_step_s']:.2f} | {r['video_step_s']:.2f} | "
+              f"{r['val_psnr_real_context']:.2f} | {r[f'val_psnr_context{WIDE}']:.2f} | "
+              f"{r['image_step_s']:.2f} | {r['video_step_s']:.2f} | "
               f"{r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

@@ -27,7 +27,11 @@ Two kinds of step alternate (``video_every``: every n-th step is a video step):
   the context features from the immediate preceding frame": the features of x̂_{t−1} keep their
   graph (through E back into x̂_{t−1}), those of older frames are detached
   (``decode_recursively``). L_r (and Δi's L_a) apply to every decoded frame; the synthetic clip
-  [x_0, x̂_1, …, x̂_{T−1}] is Δt's fake sample and the real clip its real one.
+  [x_0, x̂_1, …, x̂_{T−1}] is Δt's fake sample and the real clip its real one. With
+  ``video_warmup`` = W > 0 (not in the paper) the window is W frames longer and its first W
+  frames after x_0 are decoded the same way but without any graph (no loss, no Δ), so the graded
+  frames' contexts are W + 1 … W + T − 1 recursions deep, as late in a clip at inference; Δt
+  then sees [x̂_W (detached), graded frames] against the real frames W … W + T − 1.
 
 Optimisation: Adam for E, Q, F, D (``lr``) and one Adam for Δi and Δt (``disc_lr``), both with
 ``betas`` (demo: (0.5, 0.9), the usual GAN setting). The paper quotes a learning rate of 0.02
@@ -74,7 +78,9 @@ With all of these, F on ties F off within the seed noise at 600 steps (±1 dB be
 gains 2–4 dB at frame 1 (the real x_0 as context) and the gain fades over the recursion.
 Other options tried and kept off: ``codebook_ema`` (VQ-VAE-2 moving-average codebook; with F it
 collapsed as well) and ``context_warmup`` (W steps without context first; the tokens stopped
-improving once F ran), ``augment.p_blank`` (fully occluded contexts; worse at 150 steps).
+improving once F ran), ``augment.p_blank`` (fully occluded contexts; worse at 150 steps),
+``video_warmup`` (4 or 8 at 4×4 tokens: F learned to ignore its context — frame 1 fell from
+26–27 to 20 dB, i.e. the tokens' quality — and the codebook shrank; BENCHMARKS.md "Session 5").
 
 Evaluation — Table 1 "Reconstruction": every frame's true tokens Q(E(x_t)) are decoded with F's
 context = the previous *reconstructed* frames (the real first frame as initial context), so errors
@@ -152,16 +158,17 @@ def make_batch_stream(
     clips: uint8 (N, T, H, W, 3), all train clips; this rank uses ``distributed.shard`` of them.
     Image steps draw ``batch_size`` frames (clip and time uniformly; with context from the clip,
     p = c preceding frames ride along); video steps draw ``video_batch_size`` windows of
-    ``video_frames`` consecutive frames.
+    ``video_warmup + video_frames`` consecutive frames.
     """
     if clips.ndim != 5 or len(clips) == 0:
         raise ValueError(f"make_batch_stream: expected clips (N, T, H, W, 3), got {clips.shape}")
     c = params.model.context_frames
     previous = c if (c > 0 and not params.self_supervision) else 0
     num_frames = clips.shape[1]
-    if params.video_every and params.video_frames > num_frames:
-        raise ValueError(
-            f"video_frames = {params.video_frames} is longer than the clips ({num_frames} frames)")
+    window = params.video_warmup + params.video_frames
+    if params.video_every and window > num_frames:
+        raise ValueError(f"video_warmup + video_frames = {window} is longer than the clips "
+                         f"({num_frames} frames)")
 
     def stream(start: int) -> Iterator[ImageBatch | VideoBatch]:
         rank = distributed.rank()
@@ -173,8 +180,8 @@ def make_batch_stream(
             rng = np.random.default_rng([seed, step, rank])
             if is_video_step(step, params.video_every):
                 idx = local[rng.integers(len(local), size=params.video_batch_size)]
-                t0 = rng.integers(num_frames - params.video_frames + 1, size=len(idx))
-                windows = np.stack([clips[i, s : s + params.video_frames] for i, s in zip(idx, t0)])
+                t0 = rng.integers(num_frames - window + 1, size=len(idx))
+                windows = np.stack([clips[i, s : s + window] for i, s in zip(idx, t0)])
                 yield VideoBatch(torch.from_numpy(windows))
             else:
                 idx = local[rng.integers(len(local), size=params.batch_size)]
@@ -191,29 +198,35 @@ def make_batch_stream(
 
 
 def decode_recursively(
-    model: CCVSAutoencoder, z_q: torch.Tensor, first: torch.Tensor, num_context: int
+    model: CCVSAutoencoder, z_q: torch.Tensor, first: torch.Tensor, num_context: int,
+    warmup: int = 0,
 ) -> torch.Tensor:
     """App. A recursive decoding: x̂_1 … x̂_T' from latents and a real first frame.
 
     z_q: (B, T', F, h, w) quantized latents of frames 1 … T'; first: (B, 3, H, W) the real x_0.
     Frame t is D(z_q[t]) with F over E of the up to ``num_context`` previous frames — x_0, then the
     decoded frames re-encoded. Only the immediately preceding frame's features keep their graph;
-    older ones are detached (App. A). Without F (``model.has_flow`` false or num_context = 0)
-    frames are decoded independently. Returns x̂: (B, T', 3, H, W).
+    older ones are detached (App. A). The first ``warmup`` frames are decoded without any graph
+    (``video_warmup``: they only make the later frames' contexts deeper recursions). Without F
+    (``model.has_flow`` false or num_context = 0) frames are decoded independently. Returns x̂:
+    (B, T', 3, H, W).
     """
     use_flow = model.has_flow and num_context > 0
-    history: list[list[torch.Tensor]] = [model.encode(first).features] if use_flow else []
+    with torch.set_grad_enabled(torch.is_grad_enabled() and warmup == 0):
+        history: list[list[torch.Tensor]] = [model.encode(first).features] if use_flow else []
     frames = []
     for t in range(z_q.shape[1]):
         context = history[-num_context:] if use_flow else None
-        x_hat = model.decode(z_q[:, t], context).x_hat
+        with torch.set_grad_enabled(torch.is_grad_enabled() and t >= warmup):
+            x_hat = model.decode(z_q[:, t], context).x_hat
         frames.append(x_hat)
         if use_flow and t + 1 < z_q.shape[1]:
             # The window moves on: frames still in it become "older" and lose their graph;
             # the newest, x̂_t re-encoded, keeps it (App. A).
             older = history[len(history) - (num_context - 1):] if num_context > 1 else []
             history = [[f.detach() for f in h] for h in older]
-            history.append(model.encode(x_hat).features)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and t + 1 >= warmup):
+                history.append(model.encode(x_hat).features)
     return torch.stack(frames, 1)
 
 
@@ -223,9 +236,10 @@ class ImageOutput(NamedTuple):
 
 
 class VideoOutput(NamedTuple):
-    frames: torch.Tensor  # (B, T − 1, 3, H, W) x̂_1 … x̂_{T−1}
-    quant: QuantizerOutput  # Q over frames 1 … T−1 (L_q, perplexity, ...)
-    z: torch.Tensor  # (B·(T − 1), F, h, w) E(x_t) of frames 1 … T−1, before quantization
+    frames: torch.Tensor  # (B, T', 3, H, W) the graded x̂_{W+1} … x̂_{W+T'} (W: warm-up frames)
+    first: torch.Tensor  # (B, 3, H, W) the frame before them: x_0, or x̂_W detached after a warm-up
+    quant: QuantizerOutput  # Q over the graded frames W+1 … T−1 (L_q, perplexity, ...)
+    z: torch.Tensor  # (B·T', F, h, w) E(x_t) of the graded frames, before quantization
 
 
 class AutoencoderForward(nn.Module):
@@ -242,14 +256,26 @@ class AutoencoderForward(nn.Module):
 
     def forward(self, inputs: ImageInputs | VideoInputs) -> ImageOutput | VideoOutput:
         if isinstance(inputs, VideoInputs):
-            clip = inputs.clip  # (B, T, 3, H, W)
-            b, t = clip.shape[:2]
-            z = self.model.encode(clip[:, 1:].flatten(0, 1)).z
-            quant = self.model.quantize(z)
-            z_q = quant.z_q.view(b, t - 1, *quant.z_q.shape[1:])
+            clip = inputs.clip  # (B, 1 + W + T', 3, H, W): x_0, W warm-up frames, T' graded
+            b, w = clip.shape[0], inputs.warmup
+
+            def latents(frames: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
+                z = self.model.encode(frames.flatten(0, 1)).z
+                quant = self.model.quantize(z)
+                return z, quant
+
             c = self.model.config.context_frames if inputs.num_context is None else inputs.num_context
-            frames = decode_recursively(self.model, z_q, clip[:, 0], c)
-            return VideoOutput(frames=frames, quant=quant, z=z)
+            if not (self.model.has_flow and c > 0):  # frames independent: no warm-up to decode
+                clip, w = clip[:, w:], 0
+            z, quant = latents(clip[:, 1 + w :])
+            z_q = quant.z_q.view(b, -1, *quant.z_q.shape[1:])
+            if w:  # the warm-up frames' latents: no graph, no L_q
+                with torch.no_grad():
+                    warm = latents(clip[:, 1 : 1 + w])[1].z_q
+                z_q = torch.cat([warm.view(b, w, *warm.shape[1:]), z_q], 1)
+            frames = decode_recursively(self.model, z_q, clip[:, 0], c, warmup=w)
+            first = clip[:, 0] if w == 0 else frames[:, w - 1].detach()
+            return VideoOutput(frames=frames[:, w:], first=first, quant=quant, z=z)
         recon = self.model.reconstruct(inputs.frames, inputs.context)
         x_free = None
         if inputs.context_free and inputs.context is not None and self.model.has_flow:
@@ -266,6 +292,7 @@ class ImageInputs(NamedTuple):
 class VideoInputs(NamedTuple):
     clip: torch.Tensor  # (B, T, 3, H, W) in [−1, 1]
     num_context: int | None = None  # context frames of the recursion (None: the model's c)
+    warmup: int = 0  # frames 1 … warmup decoded without graph first (``video_warmup``)
 
 
 # --------------------------------------------------------------------------- the task
@@ -626,13 +653,14 @@ class AutoencoderTask(TrainTask):
         return metrics
 
     def video_step(self, batch: VideoBatch, step: int, ctx: StepContext) -> dict[str, float]:
-        clip = to_model_range(ctx.to_device(batch.clips))  # (B, T, 3, H, W)
-        real = clip[:, 1:].flatten(0, 1)
+        clip = to_model_range(ctx.to_device(batch.clips))  # (B, W + T, 3, H, W)
+        w = self.params.video_warmup
+        real, real_clip = clip[:, 1 + w :].flatten(0, 1), clip[:, w:]
         with ctx.autocast():
             num_context = None if self.uses_context(step) else 0
-            out = ctx.modules["ae"](VideoInputs(clip, num_context))
+            out = ctx.modules["ae"](VideoInputs(clip, num_context, w))
             fake = out.frames.flatten(0, 1)
-            fake_clip = torch.cat([clip[:, :1], out.frames.to(clip.dtype)], 1)
+            fake_clip = torch.cat([out.first[:, None].to(clip.dtype), out.frames.to(clip.dtype)], 1)
             rec = self.recovery_loss(real, fake)
             adv = {}
             with frozen(self.disc_i, self.disc_t):
@@ -652,7 +680,7 @@ class AutoencoderTask(TrainTask):
         if self.disc_i is not None:
             pairs.append(("disc_i", real, fake))
         if self.disc_t is not None:
-            pairs.append(("disc_t", clip, fake_clip))
+            pairs.append(("disc_t", real_clip, fake_clip))
         metrics.update({f"vid/{k}": v for k, v in self._disc_step(ctx, pairs).items()})
         return metrics
 

@@ -164,12 +164,14 @@ class AutoencoderParams:
     loop: LoopConfig  # steps, logging, evaluation, checkpoints, EMA, bf16, device
     codebook_ema: float = 0.0  # γ: codebook as EMA of assigned E outputs, no codebook term (0: Eq. (3))
     context_warmup: int = 0  # first steps decoded without context, F bypassed (0: none; ours)
+    video_warmup: int = 0  # video steps first decode this many frames without gradients, so the
+    # graded frames' contexts are W recursions deep, as late in a clip at inference (0: none; ours)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "video_batch_size", "val_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("video_every", "val_frames", "gif_clips", "dead_code_every"):
+        for name in ("video_every", "val_frames", "gif_clips", "dead_code_every", "video_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.video_frames < 2:

@@ -110,8 +110,9 @@ def check_fits(params: AutoencoderParams, frames: np.ndarray) -> None:
         res = getattr(params, name).resolution
         if use and (h != res or w != res):
             raise StageError(f"autoencoder.{name}.resolution is {res} but the frames are {h}×{w}")
-    if params.video_every and params.video_frames > t:
-        raise StageError(f"autoencoder.video_frames = {params.video_frames} but clips have {t} frames")
+    if params.video_every and params.video_warmup + params.video_frames > t:
+        raise StageError(f"autoencoder.video_warmup + video_frames = "
+                         f"{params.video_warmup} + {params.video_frames} but clips have {t} frames")
 
 
 # --------------------------------------------------------------------------- outputs

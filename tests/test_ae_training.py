@@ -63,11 +63,12 @@ class CountingVGG(VGGFeatures):
         return super().forward(x)
 
 
-def run_two_steps(params, tmp_path, vgg=None):
+def run_two_steps(params, tmp_path, vgg=None, data=None):
     torch.manual_seed(0)
     task = AutoencoderTask(params, vgg=vgg, val_clips=None)
     log = RecordingLogger()
-    fit(task, make_batch_stream(clips(), params, 0), params.loop, tmp_path, log, resume=False)
+    data = clips() if data is None else data
+    fit(task, make_batch_stream(data, params, 0), params.loop, tmp_path, log, resume=False)
     return task, {k: v[-1][1] for k, v in log.metrics.items()}
 
 
@@ -196,6 +197,36 @@ def test_video_step_keeps_gradient_only_through_previous_frame(monkeypatch):
     assert g[:, 1].abs().sum() > 0 and g[:, 2].abs().sum() > 0
 
 
+def test_video_warmup_decodes_first_frames_without_graph_and_same_values():
+    torch.manual_seed(0)
+    model = CCVSAutoencoder(dataclasses.replace(MODEL, context_frames=2))
+    clip = torch.rand(2, 6, 3, 16, 16) * 2 - 1
+    z = model.quantize(model.encode(clip[:, 1:].flatten(0, 1)).z).z_q.view(2, 5, 8, 4, 4)
+    plain = decode_recursively(model, z, clip[:, 0], 2)
+    warm = decode_recursively(model, z, clip[:, 0], 2, warmup=3)
+    torch.testing.assert_close(warm, plain)  # the same recursion, only the graph differs
+    # no gradient reaches the warm-up frames' latents; the graded frames' own latents get one,
+    # and the first graded frame's context (x̂_3, a warm-up frame) is no path back
+    (g,) = torch.autograd.grad(warm[:, 3:].sum(), z, retain_graph=True)
+    assert g[:, :3].abs().sum() == 0
+    assert g[:, 3].abs().sum() > 0 and g[:, 4].abs().sum() > 0
+    (g_last,) = torch.autograd.grad(warm[:, 4].sum(), z)
+    assert g_last[:, 3].abs().sum() > 0  # x̂_5 still reaches x̂_4 through its re-encoding (App. A)
+
+
+def test_video_warmup_steps_train_on_longer_windows(tmp_path):
+    params = tiny_params(video_warmup=2, video_frames=3, use_vgg=False,
+                         loop=LoopConfig(steps=2, log_every=1, device="cpu"))
+    batches = make_batch_stream(clips(t=6), params, 0)(0)
+    next(batches)
+    assert next(batches).clips.shape[1] == 5  # x_0, 2 warm-up frames, 2 graded frames
+    task, m = run_two_steps(params, tmp_path, data=clips(t=6))
+    for key in ("vid/rgb", "vid/adv_t", "vid/disc_t/loss", "vid/q"):
+        assert np.isfinite(m[key]), key
+    with pytest.raises(ValueError, match="video_warmup"):
+        make_batch_stream(clips(t=4), params, 0)  # 5 frames needed
+
+
 def test_eval_protocol_uses_reconstructed_frames_as_context(monkeypatch):
     torch.manual_seed(0)
     model = CCVSAutoencoder(MODEL)
@@ -264,7 +295,8 @@ def test_context_warmup_bypasses_f_before_step_w(tmp_path, monkeypatch):
     seen = []  # (num_context of each recursive decoding)
     original = aet.decode_recursively
     monkeypatch.setattr(aet, "decode_recursively",
-                        lambda model, z_q, first, c: seen.append(c) or original(model, z_q, first, c))
+                        lambda model, z_q, first, c, warmup=0: seen.append(c) or original(
+                            model, z_q, first, c, warmup))
     contexts = []  # per image step: was there a context?
     task = AutoencoderTask(params)
     original_ctx = task.context_for
