@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline.ae_forward as aef
 import pipeline.ae_training as aet
 from ccvs_models.augment import AugmentConfig
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
@@ -293,8 +294,8 @@ def test_context_warmup_bypasses_f_before_step_w(tmp_path, monkeypatch):
     params = tiny_params(context_warmup=2, video_every=2, use_vgg=False,
                          loop=LoopConfig(steps=4, log_every=1, device="cpu"))
     seen = []  # (num_context of each recursive decoding)
-    original = aet.decode_recursively
-    monkeypatch.setattr(aet, "decode_recursively",
+    original = aef.decode_recursively
+    monkeypatch.setattr(aef, "decode_recursively",
                         lambda model, z_q, first, c, warmup=0: seen.append(c) or original(
                             model, z_q, first, c, warmup))
     contexts = []  # per image step: was there a context?
