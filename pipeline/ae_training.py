@@ -74,8 +74,14 @@ knobs (all in params.yaml; the demo's F settings are the measured best):
   context is visible but wrong (the gripper where it was). ``augment.occluder_fill`` "other"
   fills the occluders with another clip, so the mask also learns to reject valid-looking content.
 
-With all of these, F on ties F off within the seed noise at 600 steps (±1 dB between seeds): it
-gains 2–4 dB at frame 1 (the real x_0 as context) and the gain fades over the recursion.
+With all of these, F on ties F off within the seed noise at 600 steps at the demo's 8×8 tokens
+(±1 dB between seeds): it gains 2–4 dB at frame 1 (the real x_0 as context) and the gain fades
+over the recursion. Where the tokens are poor, as in the paper (4×4 tokens at 64×64, 256 pixels
+per token; the paper has 1024), F wins clearly — +2.6 dB (c = 1) and +3.2 dB (c = 4) over two
+seeds, BENCHMARKS.md "Session 5" — but only with ``self_supervision`` off: the augmented views are
+warped copies of x itself, so at this budget they teach F to copy its context (+0.8 to +1.9 dB,
+below simply copying x_0), while the real previous frames also teach it to take the moved parts
+from the tokens.
 Other options tried and kept off: ``codebook_ema`` (VQ-VAE-2 moving-average codebook; with F it
 collapsed as well) and ``context_warmup`` (W steps without context first; the tokens stopped
 improving once F ran), ``augment.p_blank`` (fully occluded contexts; worse at 150 steps),
