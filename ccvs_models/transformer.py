@@ -26,11 +26,12 @@ token (``SequenceLayout.null_id``): conditioning dropout (``SequenceLayout.drop`
 tokens by it, so one model serves conditioned and unconditioned synthesis. The frame table gets
 its null row (id q) only when the model has an end frame (the null end frame).
 
-Positional embedding (App. A "Transformer", Table 2 "Dec."): ``pos_embedding="decomposed"`` is the
-paper's spatio-temporal decomposition, a timestep term for frame t plus a position-within-frame term
-over the l_f + h·w slots of a frame's portion; video-level tokens get their own learned positions,
-except the end frame's h·w tokens, which reuse the within-frame terms of the h·w frame-code slots
-(they are a frame). ``"learned"`` is a plain learned embedding of each of the L positions.
+Positional embedding (App. A "Transformer", Table 2 "Dec."; ``ccvs_models.positional``):
+``pos_embedding="decomposed"`` is the paper's spatio-temporal decomposition, a timestep term for
+frame t plus a position-within-frame term over the l_f + h·w slots of a frame's portion; video-level
+tokens get their own learned positions, except the end frame's h·w tokens, which reuse the
+within-frame terms of the h·w frame-code slots (they are a frame). ``"learned"`` is a plain learned
+embedding of each of the L positions.
 
 End frame (App. E, point-to-point): its positional embedding "reflects the gap with current
 predicted frames". Both modes add a learned embedding of ``end_gap`` = (timestep of the end frame)
@@ -49,6 +50,11 @@ With the KV cache, the source ids come from ``KVCache.write_tokens``.
 Incremental decoding: ``forward(..., kv_cache=KVCache, start_pos=...)`` appends the keys/values of
 the new tokens to preallocated per-layer buffers; cached and uncached forwards give the same
 logits. ``KVCache.crop(n)`` rolls it back. The cache is for inference (run under ``torch.no_grad``).
+
+This module holds the config, the sizes registry, Eq. (8)'s loss helpers and ``CCVSTransformer``;
+the building blocks (``KVCache``, ``CausalSelfAttention``, ``MLP``, ``Block``) are in
+``ccvs_models.transformer_blocks`` and ``PositionalEmbedding`` in ``ccvs_models.positional``; both
+are re-exported here, so ``from ccvs_models.transformer import ...`` keeps working.
 """
 
 from __future__ import annotations
@@ -63,7 +69,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccvs_models.low_precision import LowPrecisionLinear
+from ccvs_models.positional import PositionalEmbedding
 from ccvs_models.sequence_layout import IGNORE_INDEX, SequenceLayout, TokenKind
+from ccvs_models.transformer_blocks import MLP, Block, CausalSelfAttention, KVCache  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- config
@@ -159,219 +167,7 @@ def transformer_config(size: str, **fields: object) -> TransformerConfig:
     return TransformerConfig(**{**TRANSFORMER_SIZES[size], **fields})  # type: ignore[arg-type]
 
 
-# ----------------------------------------------------------------------------- KV cache
-
-
-class KVCache:
-    """Per-layer key/value buffers (B, heads, max_len, head_dim) and the number of cached positions.
-
-    Buffers are allocated at the first write, with the dtype and device of the keys. Inference only
-    (the writes are in-place copies); use under ``torch.no_grad()``.
-    """
-
-    def __init__(self, n_layer: int, batch_size: int, max_len: int) -> None:
-        self.batch_size = batch_size
-        self.max_len = max_len  # normally the model's L
-        self.length = 0  # positions 0 … length−1 are cached
-        self.keys: list[torch.Tensor | None] = [None] * n_layer
-        self.values: list[torch.Tensor | None] = [None] * n_layer
-        self.tokens: torch.Tensor | None = None  # (B, max_len) token ids (the copy path's source)
-
-    def write_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Store token ids (B, T) at positions length … length+T−1; return ids 0 … length+T−1."""
-        end = self.length + tokens.shape[1]
-        if end > self.max_len:
-            raise ValueError(f"KVCache: {end} positions exceed max_len {self.max_len}")
-        if self.tokens is None:
-            self.tokens = tokens.new_zeros(self.batch_size, self.max_len)
-        self.tokens[:, self.length:end] = tokens
-        return self.tokens[:, :end]
-
-    def append(self, layer: int, k: torch.Tensor,
-               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, heads, T, d) at positions length … length+T−1 of ``layer``; return the
-        layer's keys and values for positions 0 … length+T−1. ``length`` advances in ``advance``."""
-        b, h, t, d = k.shape
-        if b != self.batch_size:
-            raise ValueError(f"KVCache: built for batch {self.batch_size}, got {b}")
-        end = self.length + t
-        if end > self.max_len:
-            raise ValueError(f"KVCache: {end} positions exceed max_len {self.max_len}")
-        if self.keys[layer] is None:
-            self.keys[layer] = k.new_empty(b, h, self.max_len, d)
-            self.values[layer] = v.new_empty(b, h, self.max_len, d)
-        keys, values = self.keys[layer], self.values[layer]
-        keys[:, :, self.length:end] = k
-        values[:, :, self.length:end] = v
-        return keys[:, :, :end].to(k.dtype), values[:, :, :end].to(v.dtype)
-
-    def advance(self, n: int) -> None:
-        """Mark n more positions as cached (after every layer appended them)."""
-        self.length += n
-
-    def crop(self, n: int) -> None:
-        """Keep positions 0 … n−1 only (roll back; the buffers are reused)."""
-        if not 0 <= n <= self.length:
-            raise ValueError(f"KVCache.crop: {n} outside 0..{self.length}")
-        self.length = n
-
-
-# ----------------------------------------------------------------------------- modules
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention (scaled dot-product, fused by PyTorch)."""
-
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.attn_dropout = cfg.attn_dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        """x: (B, T, D) for positions cache.length … cache.length+T−1 (0 … T−1 without a cache)."""
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=2)
-        q, k, v = (y.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for y in (q, k, v))
-        if cache is not None:
-            k, v = cache.append(layer, k, v)  # (B, H, past + T, d)
-        past = k.shape[2] - t
-        dropout = self.attn_dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        elif t == 1:  # one new query sees every cached position
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:  # query i is position past + i: it sees keys 0 … past + i (bottom-right causal mask)
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).reshape(b, t, c)
-        return self.resid_dropout(self.proj(y))
-
-
-class MLP(nn.Module):
-    """Position-wise feed-forward layer: D → mlp_ratio·D → D with GELU."""
-
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
-
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
-        return x + self.mlp(self.ln_2(x))
-
-
-class PositionalEmbedding(nn.Module):
-    """Positions → (B or 1, T, D) embeddings (App. A "Transformer", Table 2 "Dec.", App. E).
-
-    decomposed: time[t] + space[s] for slot s of frame t; the class token has its own vector; the
-    end frame's token j is space[l_f + j] (the slot of frame code j). learned: one vector per
-    position. Both: the end frame's tokens also get gap[min(end_gap, max_end_gap)].
-    """
-
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        lay = cfg.sequence_layout
-        self.mode = cfg.pos_embedding
-        self.default_gap = cfg.num_frames - 1  # the end frame is the window's last frame
-        self.max_end_gap = cfg.max_end_gap
-        kinds, time, slot = lay.kinds(), lay.timesteps(), lay.slots()
-        if self.mode == "decomposed":
-            self.time = nn.Embedding(cfg.num_frames, cfg.n_embd)  # timestep term
-            self.space = nn.Embedding(lay.frame_stride, cfg.n_embd)  # within-frame term
-            self.video = nn.Embedding(1, cfg.n_embd) if lay.num_classes > 0 else None  # class token
-        else:
-            self.absolute = nn.Embedding(lay.length, cfg.n_embd)
-        self.gap = nn.Embedding(cfg.max_end_gap + 1, cfg.n_embd) if cfg.end_frame else None
-        # (L,) index tables; derived from the config, so not saved in the state dict
-        self.register_buffer("time_index", time.clamp(min=0), persistent=False)
-        self.register_buffer("is_frame", (time >= 0).float()[:, None], persistent=False)
-        self.register_buffer("slot_index", slot.clamp(min=0), persistent=False)
-        self.register_buffer("has_slot", (slot >= 0).float()[:, None], persistent=False)
-        is_label, is_end = (kinds == TokenKind.LABEL), (kinds == TokenKind.END_FRAME)
-        self.register_buffer("is_label", is_label.float()[:, None], persistent=False)
-        self.register_buffer("is_end", is_end.float()[:, None], persistent=False)
-        # the same tables as python ints, for the one-position fast path (incremental decoding)
-        self._time_list, self._slot_list = time.tolist(), slot.tolist()
-        self._end_list = is_end.tolist()
-
-    def forward(self, positions: torch.Tensor, end_gap: torch.Tensor | None = None,
-                first: int | None = None) -> torch.Tensor:
-        """positions: (T,) long in ⟦0, L⟦; end_gap: (B,) long ≥ 0, the end frame's timestep minus
-        the window's first frame's (None: N − 1); first: positions[0] as a python int when the
-        positions are consecutive (lets one position skip the table lookups; same values).
-        → (B, T, D) with an end frame, else (1, T, D)."""
-        if first is not None and positions.numel() == 1:
-            return self._one(first, end_gap)
-        if self.mode == "decomposed":
-            pe = self.space(self.slot_index[positions]) * self.has_slot[positions]
-            pe = pe + self.time(self.time_index[positions]) * self.is_frame[positions]
-            if self.video is not None:
-                pe = pe + self.video.weight[0] * self.is_label[positions]
-        else:
-            pe = self.absolute(positions)
-        pe = pe[None]
-        if self.gap is None:
-            if end_gap is not None:
-                raise ValueError("end_gap given, but the model has no end frame (end_frame=False)")
-            return pe
-        if end_gap is None:
-            end_gap = torch.full((1,), self.default_gap, dtype=torch.long, device=positions.device)
-        end_gap = torch.as_tensor(end_gap, device=positions.device).long().reshape(-1)
-        if end_gap.numel() and int(end_gap.min()) < 0:
-            raise ValueError(f"end_gap must be ≥ 0 (the end frame lies after the window's first "
-                             f"frame), got {end_gap.tolist()}")
-        gap = self.gap(end_gap.clamp(max=self.max_end_gap))  # (B, D)
-        return pe + gap[:, None, :] * self.is_end[positions][None]
-
-    def _gap(self, end_gap: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """(B or 1, D) gap embedding, after the checks of ``forward``."""
-        assert self.gap is not None
-        if end_gap is None:
-            return self.gap.weight[self.default_gap][None]
-        end_gap = torch.as_tensor(end_gap, device=device).long().reshape(-1)
-        if end_gap.numel() and int(end_gap.min()) < 0:
-            raise ValueError(f"end_gap must be ≥ 0 (the end frame lies after the window's first "
-                             f"frame), got {end_gap.tolist()}")
-        return self.gap(end_gap.clamp(max=self.max_end_gap))
-
-    def _one(self, pos: int, end_gap: torch.Tensor | None) -> torch.Tensor:
-        """``forward`` for the single position ``pos``: the terms that the masks keep, added in
-        the same order (the masked terms are exact zeros), so the values are identical."""
-        if self.gap is None and end_gap is not None:
-            raise ValueError("end_gap given, but the model has no end frame (end_frame=False)")
-        t, slot = self._time_list[pos], self._slot_list[pos]
-        if self.mode == "decomposed":
-            if slot >= 0:
-                pe = self.space.weight[slot]
-                if t >= 0:
-                    pe = pe + self.time.weight[t]
-            else:  # the class token
-                pe = self.video.weight[0]
-        else:
-            pe = self.absolute.weight[pos]
-        pe = pe[None, None]  # (1, 1, D)
-        if self.gap is None:
-            return pe
-        gap = self._gap(end_gap, pe.device)  # checks end_gap even where it adds nothing
-        return pe + gap[:, None, :] if self._end_list[pos] else pe.expand(gap.shape[0], 1, -1)
+# ----------------------------------------------------------------------------- model
 
 
 class TransformerOutput(NamedTuple):
@@ -577,3 +373,20 @@ class CCVSTransformer(nn.Module):
         logits = self.head(self.ln_f(x))
         loss = frame_token_loss(logits, targets, kinds) if targets is not None else None
         return TransformerOutput(logits=logits, loss=loss)
+
+
+__all__ = [
+    "TRANSFORMER_SIZES",
+    "Block",
+    "CCVSTransformer",
+    "CausalSelfAttention",
+    "KVCache",
+    "MLP",
+    "PositionalEmbedding",
+    "TransformerConfig",
+    "TransformerOutput",
+    "frame_token_accuracy",
+    "frame_token_loss",
+    "frame_token_targets",
+    "transformer_config",
+]
