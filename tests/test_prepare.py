@@ -24,7 +24,7 @@ from conftest_media import (
     tone,
     truncated_copy,
 )
-from pipeline import media
+from pipeline import clip_extraction, media, prepare_pool
 from pipeline.media import read_video
 from pipeline.params import DataParams, PrepareParams
 from pipeline.shards import iter_clips
@@ -170,7 +170,7 @@ def test_workers_and_reruns_give_identical_output(demo_dir, demo_run, tmp_path, 
             here.append(video.video_id)
         return real(video, params)
 
-    monkeypatch.setattr(prepare, "process_video", counted)
+    monkeypatch.setattr(prepare_pool, "process_video", counted)
     # this process and 1 or 2 children writing clips in place, shards filling and closing while
     # others are written
     for workers in (2, 3):
@@ -193,7 +193,7 @@ def test_long_videos_decoded_in_chunks_give_the_same_clips(demo_dir, demo_run, t
     # frames already at the output size come in one batch (nothing to gather), others in chunks
     assert prepare._batch_frames(200, Crop.center(32, 32, 32)) == 200
     assert prepare._batch_frames(200, Crop.center(48, 64, 32)) == prepare._CHUNK
-    monkeypatch.setattr(prepare, "_batch_frames", lambda expected, crop: 7)  # 20 frames: 7, 7, 6
+    monkeypatch.setattr(clip_extraction, "_batch_frames", lambda expected, crop: 7)  # 20 frames: 7, 7, 6
     _run(_data("demo", demo_dir), _params(), tmp_path)
     assert _tree(tmp_path) == _tree(out)
     chunks = [np.full((n, 2, 2, 3), i, np.uint8) for i, n in enumerate((3, 3, 2))]
@@ -214,7 +214,7 @@ def test_a_failing_decoding_process_names_the_video(demo_dir, tmp_path, monkeypa
             raise RuntimeError("boom")
         return real(video, params)
 
-    monkeypatch.setattr(prepare, "process_video", flaky)
+    monkeypatch.setattr(prepare_pool, "process_video", flaky)
     with pytest.raises(PrepareError) as err:
         _run(_data("demo", demo_dir), _params(workers=2), tmp_path)
     message = str(err.value)
