@@ -8,7 +8,7 @@ Objective, Eq. (2): L = λ_q L_q + λ_r L_r + λ_a L_a + λ_c L_c with
   L_a  Eq. (6) on Δi (``use_image_disc``) and, in video steps, on Δt (``use_temporal_disc``);
   L_c  Eq. (7) at the decoder levels where F runs (``self_supervision``, image steps only);
 and, not in the paper (1 in the demo's params.yaml): λ_free · L_r of the context-free decoding
-D(z_q) on image steps with F (``lambda_free``), see "F at a short budget" below;
+D(z_q) on image steps with F (``lambda_free``), see "F at a short budget" in the notes below;
 and the discriminators trained on Eq. (5) (+ (γ/2)·R1 when ``r1_gamma`` > 0).
 
 Two kinds of step alternate (``video_every``: every n-th step is a video step):
@@ -57,36 +57,8 @@ Context warm-up (not in the paper, ``context_warmup`` = W): during steps 0 … W
 — image steps decode x from its tokens with no context (no L_c) and video steps decode every
 frame independently — so the tokens learn to carry the image before F can copy a context.
 
-F at a short budget (not in the paper; measured on the demo data, see BENCHMARKS.md,
-autoencoder "Session 4"). Three ways the paper's recipe goes wrong at ~600 CPU steps, and the
-knobs (all in params.yaml; the demo's F settings are the measured best):
-
-- Gradient starvation. Eq. (1) passes σ(m) of the gradient to the decoded features d at every F
-  level; with F starting by copying (``model.flow_mask_init`` −2, σ ≈ 0.12) the token path gets
-  ~0.1 of it per level, the codebook collapses and the tokens alone decode to ~11 dB.
-  ``flow_mask_init`` +2 starts F from the tokens' decoding, and ``lambda_free`` (× λ_r: L_r of
-  D(z_q) decoded *without* context on image steps) keeps the tokens informative.
-- Drift of the recursion. F at the image resolution copies E's first features of the previous
-  *reconstruction*, each copy a little off; over 15 frames the errors compound (static background
-  included) below what the tokens alone give. ``model.flow_levels`` [1, 2] leaves the last level
-  to the tokens; ``video_frames`` 8 (deeper recursion in the video steps) also stops the drift.
-- Stale context. L_c's mask target asks for the context wherever it is visible; after motion the
-  context is visible but wrong (the gripper where it was). ``augment.occluder_fill`` "other"
-  fills the occluders with another clip, so the mask also learns to reject valid-looking content.
-
-With all of these, F on ties F off within the seed noise at 600 steps at the demo's 8×8 tokens
-(±1 dB between seeds): it gains 2–4 dB at frame 1 (the real x_0 as context) and the gain fades
-over the recursion. Where the tokens are poor, as in the paper (4×4 tokens at 64×64, 256 pixels
-per token; the paper has 1024), F wins clearly — +2.6 dB (c = 1) and +3.2 dB (c = 4) over two
-seeds, BENCHMARKS.md "Session 5" — but only with ``self_supervision`` off: the augmented views are
-warped copies of x itself, so at this budget they teach F to copy its context (+0.8 to +1.9 dB,
-below simply copying x_0), while the real previous frames also teach it to take the moved parts
-from the tokens.
-Other options tried and kept off: ``codebook_ema`` (VQ-VAE-2 moving-average codebook; with F it
-collapsed as well) and ``context_warmup`` (W steps without context first; the tokens stopped
-improving once F ran), ``augment.p_blank`` (fully occluded contexts; worse at 150 steps),
-``video_warmup`` (4 or 8 at 4×4 tokens: F learned to ignore its context — frame 1 fell from
-26–27 to 20 dB, i.e. the tokens' quality — and the codebook shrank; BENCHMARKS.md "Session 5").
+Measured notes (not in the paper): why the demo's F settings are what they are at a short budget
+("F at a short budget") and the options tried and kept off: ``docs/AUTOENCODER_NOTES.md``.
 
 Evaluation — Table 1 "Reconstruction": every frame's true tokens Q(E(x_t)) are decoded with F's
 context = the previous *reconstructed* frames (the real first frame as initial context), so errors
@@ -94,38 +66,30 @@ propagate as at inference. PSNR and SSIM (``pipeline.image_metrics``, on [0, 1] 
 means over the decoded frames 1 … T−1 of every clip, and at the last frame; codebook perplexity
 and usage over the validation tokens.
 
-Data: the train clips are loaded into memory once (the demo's ~100 clips of 16×64×64×3 bytes
-take 20 MB; a large dataset needs a streaming reader instead). Under DDP rank r trains on clips
-r, r + n, … (``distributed.shard``). ``make_batches(start_step)`` draws the clips and frames of
-step s from a generator seeded by (seed, s, rank), so a resumed run sees the same batches.
-
 The forward passes (``decode_recursively``, ``AutoencoderForward``) and the Table 1 protocol
-(``reconstruct_clips``, ``summarize``) live in ``pipeline.ae_forward``; this module re-exports
-them.
+(``reconstruct_clips``, ``summarize``) live in ``pipeline.ae_forward``; the batches and their
+deterministic stream (``ImageBatch``, ``VideoBatch``, ``is_video_step``, ``make_batch_stream``;
+in-memory train clips, DDP sharding, per-step seeding) in ``pipeline.ae_batches``; the loss terms
+(L_r, the Eq. (2) total, the Eq. (5) discriminator step, L_c, ``frozen``) in ``pipeline.ae_losses``,
+whose ``AutoencoderLosses`` is a mixin of ``AutoencoderTask``. This module re-exports them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ccvs_models.augment import SelfSupervision, contextual_loss, make_context, targets_at
-from ccvs_models.autoencoder import CCVSAutoencoder, DecoderOutput
-from ccvs_models.discriminators import (
-    ImageDiscriminator,
-    TemporalDiscriminator,
-    adversarial_loss,
-    discriminator_loss,
-    r1_penalty,
-)
-from ccvs_models.perceptual import VGGFeatures, perceptual_loss
+from ccvs_models.augment import SelfSupervision, make_context
+from ccvs_models.autoencoder import CCVSAutoencoder
+from ccvs_models.discriminators import ImageDiscriminator, TemporalDiscriminator, adversarial_loss
+from ccvs_models.perceptual import VGGFeatures
 from pipeline import distributed
+from pipeline.ae_batches import ImageBatch, VideoBatch, is_video_step, make_batch_stream
 from pipeline.ae_forward import (
     PSNR_CAP_DB,
     AutoencoderForward,
@@ -141,89 +105,15 @@ from pipeline.ae_forward import (
     to_model_range,
     to_uint8,
 )
+from pipeline.ae_losses import AutoencoderLosses, _check_finite, frozen
 from pipeline.params import AutoencoderParams
 from pipeline.train_loop import StepContext, TrainTask
-
-
-
-# --------------------------------------------------------------------------- batches
-
-
-class ImageBatch(NamedTuple):
-    frames: torch.Tensor  # uint8 (B, 1 + p, H, W, 3): x, then its p preceding frames, newest first
-
-
-class VideoBatch(NamedTuple):
-    clips: torch.Tensor  # uint8 (B, T, H, W, 3) consecutive frames x_0 … x_{T−1}
-
-
-def is_video_step(step: int, video_every: int) -> bool:
-    """Steps video_every − 1, 2·video_every − 1, … are video steps (0: never)."""
-    return video_every > 0 and step % video_every == video_every - 1
-
-
-def make_batch_stream(
-    clips: np.ndarray, params: AutoencoderParams, seed: int
-) -> Callable[[int], Iterator[ImageBatch | VideoBatch]]:
-    """``make_batches(start_step)`` for ``fit``: the batch of step s depends on (seed, s, rank) only.
-
-    clips: uint8 (N, T, H, W, 3), all train clips; this rank uses ``distributed.shard`` of them.
-    Image steps draw ``batch_size`` frames (clip and time uniformly; with context from the clip,
-    p = c preceding frames ride along); video steps draw ``video_batch_size`` windows of
-    ``video_warmup + video_frames`` consecutive frames.
-    """
-    if clips.ndim != 5 or len(clips) == 0:
-        raise ValueError(f"make_batch_stream: expected clips (N, T, H, W, 3), got {clips.shape}")
-    c = params.model.context_frames
-    previous = c if (c > 0 and not params.self_supervision) else 0
-    num_frames = clips.shape[1]
-    window = params.video_warmup + params.video_frames
-    if params.video_every and window > num_frames:
-        raise ValueError(f"video_warmup + video_frames = {window} is longer than the clips "
-                         f"({num_frames} frames)")
-
-    def stream(start: int) -> Iterator[ImageBatch | VideoBatch]:
-        rank = distributed.rank()
-        local = np.arange(len(clips))[rank :: max(distributed.world_size(), 1)]
-        if len(local) == 0:
-            local = np.arange(len(clips))
-        step = start
-        while True:
-            rng = np.random.default_rng([seed, step, rank])
-            if is_video_step(step, params.video_every):
-                idx = local[rng.integers(len(local), size=params.video_batch_size)]
-                t0 = rng.integers(num_frames - window + 1, size=len(idx))
-                windows = np.stack([clips[i, s : s + window] for i, s in zip(idx, t0)])
-                yield VideoBatch(torch.from_numpy(windows))
-            else:
-                idx = local[rng.integers(len(local), size=params.batch_size)]
-                t = rng.integers(min(previous, num_frames - 1), num_frames, size=len(idx))
-                rows = [np.maximum(tt - np.arange(previous + 1), 0) for tt in t]
-                frames = np.stack([clips[i, r] for i, r in zip(idx, rows)])
-                yield ImageBatch(torch.from_numpy(frames))
-            step += 1
-
-    return stream
 
 
 # --------------------------------------------------------------------------- the task
 
 
-@contextlib.contextmanager
-def frozen(*modules: nn.Module | None) -> Iterator[None]:
-    """Parameters of ``modules`` do not require grad inside the block (L_a's generator pass)."""
-    params = [p for m in modules if m is not None for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-
-
-class AutoencoderTask(TrainTask):
+class AutoencoderTask(AutoencoderLosses, TrainTask):
     """``TrainTask`` of the autoencoder stage: modules "ae" (E, Q, F, D), "disc_i", "disc_t".
 
     vgg: the frozen ImageNet VGG of Eq. (4), or None (the VGG term is then off; the stage says so).
@@ -388,51 +278,6 @@ class AutoencoderTask(TrainTask):
             out["time/image_step_s"] = time.perf_counter() - t0
         return out
 
-    # ------------------------------------------------------------------ losses
-
-    def recovery_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L_r of Eq. (4) terms that are on: {"rgb": ‖x − x̂‖₁, "vgg": ‖VGG(x) − VGG(x̂)‖₁}."""
-        terms: dict[str, torch.Tensor] = {}
-        if self.params.use_rgb:
-            terms["rgb"] = (x.float() - x_hat.float()).abs().mean()
-        if self.vgg is not None:
-            terms["vgg"] = perceptual_loss(self.vgg, x, x_hat).float()
-        return terms
-
-    def _generator_total(self, q_loss: torch.Tensor, rec: dict[str, torch.Tensor],
-                         adv: dict[str, torch.Tensor], ctx_loss: torch.Tensor | None) -> torch.Tensor:
-        p = self.params
-        total = p.lambda_q * q_loss.float()
-        for v in rec.values():
-            total = total + p.lambda_r * v
-        for v in adv.values():
-            total = total + p.lambda_a * v.float()
-        if ctx_loss is not None:
-            total = total + p.lambda_c * ctx_loss
-        return total
-
-    def _disc_step(self, ctx: StepContext, pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-        """Eq. (5) (+ γ/2 · R1) for each (module name, real, fake) pair; one "d" step."""
-        if not pairs:
-            return {}
-        out: dict[str, float] = {}
-        with ctx.autocast():
-            total = torch.zeros((), device=ctx.device)
-            for name, real, fake in pairs:
-                d = ctx.modules[name]
-                real_logits, fake_logits = d(real).float(), d(fake.detach()).float()
-                loss = discriminator_loss(real_logits, fake_logits)
-                out[f"{name}/loss"] = loss.item()
-                out[f"{name}/real_logit"] = real_logits.mean().item()
-                out[f"{name}/fake_logit"] = fake_logits.mean().item()
-                total = total + loss
-                if self.params.r1_gamma > 0:
-                    r1 = r1_penalty(ctx.raw[name], real)
-                    out[f"{name}/r1"] = r1.item()
-                    total = total + 0.5 * self.params.r1_gamma * r1.float()
-        ctx.optimize(total, "d")
-        return out
-
     # ------------------------------------------------------------------ steps
 
     def context_for(self, x: torch.Tensor, previous: torch.Tensor, step: int,
@@ -447,18 +292,6 @@ class AutoencoderTask(TrainTask):
             views = [make_context(x, self.params.augment, gen) for _ in range(c)]
             return torch.stack([v.context for v in views], 1), views
         return previous[:, :c], []
-
-    def contextual(self, dec: DecoderOutput, views: list[SelfSupervision]) -> torch.Tensor | None:
-        """L_c of Eq. (7), averaged over F levels and context views (None without views)."""
-        if not views or not dec.levels:
-            return None
-        terms = []
-        for flow, mask in zip(dec.flows, dec.masks):  # (B, c, 2, h, w), (B, c, 1, h, w)
-            for i, view in enumerate(views):
-                tgt = targets_at(view, tuple(flow.shape[-2:]))
-                terms.append(contextual_loss(flow[:, i].float(), mask[:, i].float(), tgt.flow,
-                                             tgt.mask, tgt.visibility).total)
-        return torch.stack(terms).mean()
 
     def image_step(self, batch: ImageBatch, step: int, ctx: StepContext) -> dict[str, float]:
         frames = to_model_range(ctx.to_device(batch.frames))  # (B, 1 + p, 3, H, W)
@@ -538,15 +371,9 @@ class AutoencoderTask(TrainTask):
         return metrics
 
 
-def _check_finite(loss: torch.Tensor, step: int, kind: str) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"non-finite generator loss at step {step} ({kind} step): lower lr / disc_lr, "
-            "enable loop.grad_clip, or turn bf16 off")
-
-
 __all__ = [
     "AutoencoderForward",
+    "AutoencoderLosses",
     "AutoencoderTask",
     "ImageBatch",
     "ImageInputs",
