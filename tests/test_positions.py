@@ -18,6 +18,7 @@ from ccvs_models.position import (
     soft_argmax,
     unit_to_pixels,
 )
+from pipeline import position_training
 from pipeline.checkpoint import load_model
 from pipeline.params import PositionsParams, load_section
 from pipeline.shards import ShardWriter, encode_sample, iter_clips
@@ -167,7 +168,7 @@ def test_stage_trains_only_on_annotated_train_frames_and_writes_outputs(tmp_path
         seen_targets.append(np.array(xy))
         return real_augment(frames, xy, params, rng)
 
-    monkeypatch.setattr(stage, "augment", spy)
+    monkeypatch.setattr(position_training, "augment", spy)  # _batches looks it up there
     metrics, logger = run_stage(tmp_path, clips, raw, tiny_params())
 
     # 4 train videos × 4 annotated frames, each once although frames 5 and 6 are in two clips;
