@@ -142,7 +142,7 @@ from pipeline.ae_forward import (
     to_uint8,
 )
 from pipeline.params import AutoencoderParams
-from pipeline.train_loop import StepContext, TrainTask
+from pipeline.train_task import StepContext, TrainTask
 
 
 

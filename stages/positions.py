@@ -53,7 +53,8 @@ from pipeline.atomic import write_json, write_parquet
 from pipeline.checkpoint import CheckpointError, save_model
 from pipeline.params import ParamsError, PositionsParams, load_section
 from pipeline.shards import ShardError, iter_clips
-from pipeline.train_loop import StepContext, TrainTask, epoch_batches, fit
+from pipeline.train_loop import epoch_batches, fit
+from pipeline.train_task import StepContext, TrainTask
 
 SPLITS = ("train", "val", "test")
 _LABEL_BATCH = 256  # frames per forward pass when labelling
