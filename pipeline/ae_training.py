@@ -107,7 +107,7 @@ from pipeline.ae_forward import (
 )
 from pipeline.ae_losses import AutoencoderLosses, _check_finite, frozen
 from pipeline.params import AutoencoderParams
-from pipeline.train_loop import StepContext, TrainTask
+from pipeline.train_task import StepContext, TrainTask
 
 
 # --------------------------------------------------------------------------- the task

@@ -24,7 +24,8 @@ import torch
 from ccvs_models.position import PositionEstimator
 from pipeline.params import PositionsParams
 from pipeline.shards import ShardError, iter_clips
-from pipeline.train_loop import StepContext, TrainTask, epoch_batches
+from pipeline.train_loop import epoch_batches
+from pipeline.train_task import StepContext, TrainTask
 
 _LABEL_BATCH = 256  # frames per forward pass when labelling
 _ANNOTATION_SOURCE = (

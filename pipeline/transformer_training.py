@@ -12,7 +12,7 @@ What the ``transformer`` stage composes (``stages/transformer.py``):
 - :func:`conditioning_dropout`: per annotation kind, replace that kind's tokens by its null id in
   a random subset of the batch (``SequenceLayout.drop``), so one T serves unconditional and
   conditioned synthesis (prediction, state-, audio-, class-, end-frame-conditioned).
-- :class:`TransformerTask`: the ``pipeline.train_loop.TrainTask`` — AdamW (decay on matrices and
+- :class:`TransformerTask`: the ``pipeline.train_task.TrainTask`` — AdamW (decay on matrices and
   embeddings, none on biases/LayerNorm), linear warm-up then cosine decay of the learning rate as a
   function of the step (resuming needs no scheduler state), Eq. (8) loss, frame-token accuracy;
   evaluation = validation perplexity exp(mean CE over frame tokens) and accuracy.
@@ -48,7 +48,7 @@ from ccvs_models.transformer import (
 )
 from pipeline import distributed
 from pipeline.token_shards import TokenSplit
-from pipeline.train_loop import StepContext, TrainTask
+from pipeline.train_task import StepContext, TrainTask
 
 
 # --------------------------------------------------------------------------- params halves

@@ -7,7 +7,7 @@ just as it is done for images") both train a small ``ccvs_models.vq_autoencoder.
 annotation tokens for the transformer. The stages ``sound_vq`` and ``layout_vq`` differ only in
 their data and reconstruction loss; what they share lives here:
 
-* ``VQTask`` — the ``pipeline.train_loop.TrainTask`` of one VQ autoencoder, with dead-code
+* ``VQTask`` — the ``pipeline.train_task.TrainTask`` of one VQ autoencoder, with dead-code
   re-seeding (not in the paper; keeps the codebook alive on small data);
 * ``array_batches``, ``predict``, ``encode_tokens``, ``codebook_usage`` — batching over an
   in-memory array, reconstructions / tokens in batches, codebook perplexity and dead codes;
@@ -36,7 +36,8 @@ from pipeline import distributed
 from pipeline.atomic import write_json
 from pipeline.checkpoint import save_model, to_plain
 from pipeline.shards import iter_clips
-from pipeline.train_loop import StepContext, TrainTask, epoch_batches
+from pipeline.train_loop import epoch_batches
+from pipeline.train_task import StepContext, TrainTask
 
 
 class StageError(RuntimeError):
