@@ -26,18 +26,11 @@ token (``SequenceLayout.null_id``): conditioning dropout (``SequenceLayout.drop`
 tokens by it, so one model serves conditioned and unconditioned synthesis. The frame table gets
 its null row (id q) only when the model has an end frame (the null end frame).
 
-Positional embedding (App. A "Transformer", Table 2 "Dec."; ``ccvs_models.positional``):
-``pos_embedding="decomposed"`` is the paper's spatio-temporal decomposition, a timestep term for
-frame t plus a position-within-frame term over the l_f + h·w slots of a frame's portion; video-level
-tokens get their own learned positions, except the end frame's h·w tokens, which reuse the
-within-frame terms of the h·w frame-code slots (they are a frame). ``"learned"`` is a plain learned
-embedding of each of the L positions.
-
-End frame (App. E, point-to-point): its positional embedding "reflects the gap with current
-predicted frames". Both modes add a learned embedding of ``end_gap`` = (timestep of the end frame)
-− (timestep of the window's first frame) to the end frame's tokens; the gap is clamped to
-``max_end_gap`` (gaps beyond it share the "far" embedding), so the sampler can slide the window over
-videos longer than N and lower the gap as it goes.
+Positional embedding (App. A "Transformer", Table 2 "Dec."; ``ccvs_models.positional``, which
+describes both modes): the paper's spatio-temporal decomposition (``pos_embedding="decomposed"``)
+or a plain learned embedding per position. The end frame's tokens also get a learned embedding of
+their gap to the window's first frame (App. E), clamped to ``max_end_gap``, so the sampler can
+slide the window over videos longer than N and lower the gap as it goes.
 
 Copy path (ours, not in the paper; ``prev_frame_input``, off by default): position i also adds the
 head's row of the code at the slot it predicts in the previous frame (``SequenceLayout.

@@ -6,14 +6,10 @@ mono), ``<key>.positions.npy`` (float32 T×2, NaN where unknown), ``<key>.layout
 T×H×W) and ``<key>.json`` (meta), with ``key = <video_id>_<clip:04d>`` (no dots: webdataset cuts
 the key at the first dot).
 
-Writing (in :mod:`pipeline.shard_writing`, re-exported here with ``ShardError`` and
-``SHARD_PATTERN``, so ``from pipeline.shards import ShardWriter`` keeps working):
-:class:`ShardWriter` fills ``clips-%05d.tar.tmp`` and renames it to ``clips-%05d.tar`` when it
-closes, starting a new shard before a sample would push it past ``max_bytes``; tar headers carry
-fixed owner/time, so the same clips give byte-identical shards. Space is handed out in order
-(:meth:`ShardWriter.place`: shard, offset), and the bytes can be written there later by any
-process (:func:`write_placed`, one ``pwritev`` per sample), so decoding processes write their clips
-in place while the shard layout stays the one sequential writing gives.
+Writing (in :mod:`pipeline.shard_writing`, which describes it; re-exported here with
+``ShardError`` and ``SHARD_PATTERN``, so ``from pipeline.shards import ShardWriter`` keeps working):
+:class:`ShardWriter` fills size-capped, byte-reproducible shards, and decoding processes write
+their clips in place (:func:`write_placed`).
 
 Reading (this module): :func:`clip_dataset` is a ``torch.utils.data.IterableDataset`` that splits
 the shards over distributed ranks (``torch.distributed``) and DataLoader workers (by shard when
