@@ -34,14 +34,14 @@ def _repro(args: argparse.Namespace, extra: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("CCVS_PIPELINE_ID", f"repro-{uuid.uuid4().hex[:12]}")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    from pipeline.flow import dvc_executable
+    from pipeline.orchestration import dvc_executable
 
     print(f"pipeline id: {env['CCVS_PIPELINE_ID']}")
     return subprocess.call([dvc_executable(), "repro", *extra], env=env)
 
 
 def _pipeline(args: argparse.Namespace, extra: list[str]) -> int:
-    from pipeline.flow import main as flow_main
+    from pipeline.orchestration import main as flow_main
 
     return flow_main(extra)
 
@@ -53,7 +53,7 @@ def _stage(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _synthesize(args: argparse.Namespace, extra: list[str]) -> int:
-    from pipeline.synthesize import main as synthesize_main
+    from pipeline.synthesis.command import main as synthesize_main
 
     return synthesize_main(extra)
 

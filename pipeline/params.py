@@ -27,9 +27,9 @@ from ccvs_models.discriminators import DiscriminatorConfig
 from ccvs_models.perceptual import VGGConfig
 from ccvs_models.position import PositionEstimatorConfig
 from ccvs_models.vq_autoencoder import VQAutoencoderConfig
-from pipeline.audio_features import AudioFeatureConfig
-from pipeline.train_loop import LoopConfig
-from pipeline.transformer_training import Conditioning, TransformerArch
+from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.training.config import LoopConfig
+from pipeline.training.transformer import Conditioning, TransformerArch
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ class PrepareParams:
 class SoundVQParams:
     """The sound VQ autoencoder over per-frame STFT patches (``sound_vq`` stage, App. A)."""
 
-    features: AudioFeatureConfig  # audio → (T, 1, 64, 16) patches (pipeline/audio_features.py)
+    features: AudioFeatureConfig  # audio → (T, 1, 64, 16) patches (pipeline/data/audio_features.py)
     model: VQAutoencoderConfig  # E/Q/D; in/out_channels 0 = 1 (one patch channel)
     batch_size: int  # patches per step
     lr: float  # Adam learning rate
@@ -107,7 +107,7 @@ class SoundVQParams:
     q_weight: float  # λ_q, weight of L_q (Eq. (2)/(3))
     dead_code_every: int  # re-seed codes unused over this many steps (0: never)
     griffin_lim_iters: int  # Griffin-Lim iterations for the listening artifact
-    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/train_loop.py)
+    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/training/loop.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,7 @@ class LayoutVQParams:
     lr: float  # Adam learning rate
     q_weight: float  # λ_q, weight of L_q (Eq. (2)/(3))
     dead_code_every: int  # re-seed codes unused over this many steps (0: never)
-    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/train_loop.py)
+    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/training/loop.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +127,7 @@ class AutoencoderParams:
     """E, Q, F, D and their training (the ``autoencoder`` stage; §3.2, App. A, C, D, F, Table 1).
 
     The ``use_*`` switches and ``self_supervision`` are Table 1's columns; its "F" / "Ctxt."
-    columns are ``model.context_frames`` (0 = no F). See ``pipeline/ae_training.py``.
+    columns are ``model.context_frames`` (0 = no F). See ``pipeline/training/autoencoder/task.py``.
     """
 
     model: AutoencoderConfig  # E/Q/F/D sizes; context_frames = c (0: no F at all)
@@ -192,7 +192,7 @@ class PositionsParams:
     """The position estimator (the ``positions`` stage; §4, App. A "Position estimator")."""
 
     model: PositionEstimatorConfig  # the estimator's sizes and head (ccvs_models/position.py)
-    loop: LoopConfig  # steps, checkpoints, EMA, device, seed (pipeline/train_loop.py)
+    loop: LoopConfig  # steps, checkpoints, EMA, device, seed (pipeline/training/loop.py)
     batch_size: int  # annotated frames per step
     lr: float  # Adam peak learning rate (linear warm-up, then cosine decay to 0)
     warmup_steps: int  # steps of linear learning-rate warm-up
@@ -231,7 +231,7 @@ class TransformerParams:
     """The controllable transformer T and its training (``transformer`` stage; §3.3, App. A, E).
 
     The sequence fields of ``TransformerConfig`` (codebook sizes, tokens per frame, classes) come
-    from ``data/tokens/vocab.json``; ``model`` holds the rest (pipeline/transformer_training.py).
+    from ``data/tokens/vocab.json``; ``model`` holds the rest (pipeline/training/transformer.py).
     """
 
     model: TransformerArch  # N, layers, heads, width, positions (Table 2)
@@ -243,7 +243,7 @@ class TransformerParams:
     weight_decay: float  # AdamW weight decay (matrices and embeddings only)
     betas: tuple[float, float]  # AdamW (β1, β2)
     val_clips: int  # validation clips for the perplexity (0: all)
-    loop: LoopConfig  # steps, logging, eval, checkpoints, bf16, device (pipeline/train_loop.py)
+    loop: LoopConfig  # steps, logging, eval, checkpoints, bf16, device (pipeline/training/loop.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or self.min_lr < 0 or self.warmup_steps < 0:

@@ -6,7 +6,7 @@
 2. loads the VGG of Eq. (4) (``pipeline.weights.load_vgg``: ``vgg_weights`` path, the torch hub
    cache, then ``vgg_url``). Without weights it prints one line, sets the MLflow tag
    ``vgg_weights = unavailable: <reason>`` and trains without the term — never silently;
-3. trains with the shared loop (``pipeline.train_loop.fit``) the task of ``pipeline.ae_training``:
+3. trains with the shared loop (``pipeline.training.loop.fit``) the task of ``pipeline.training.autoencoder.task``:
    image steps (self-supervised context, L_c) alternating with recursive video steps (Δt);
    checkpoints in ``<ckpt_dir>/<config fingerprint>/`` so a changed param starts afresh while the
    same params resume; evaluation every ``loop.eval_every`` steps with the Table 1
@@ -36,13 +36,16 @@ import numpy as np
 import torch
 
 from ccvs_models.autoencoder import CCVSAutoencoder
-from pipeline.ae_training import AutoencoderTask, make_batch_stream, reconstruct_clips, side_by_side
+from pipeline.training.autoencoder.task import AutoencoderTask
+from pipeline.training.autoencoder.batches import make_batch_stream
+from pipeline.training.autoencoder.forward import reconstruct_clips, side_by_side
 from pipeline.atomic import write_json
-from pipeline.checkpoint import save_model, to_plain
-from pipeline.media_write import write_gif
+from pipeline.training.checkpoint import save_model, to_plain
+from pipeline.data.media_write import write_gif
 from pipeline.params import AutoencoderParams, ParamsError, load_section
-from pipeline.shards import ShardError, iter_clips
-from pipeline.train_loop import fit
+from pipeline.data.shard_writing import ShardError
+from pipeline.data.shards import iter_clips
+from pipeline.training.loop import fit
 from pipeline.weights import WeightsError, load_vgg
 
 STAGE = "autoencoder"

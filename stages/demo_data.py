@@ -1,6 +1,6 @@
 """Stage ``demo_data``: render the embedded demo dataset (the procedural robot-pushing world).
 
-A stand-in for BAIR robot pushing (paper §4) that needs no download: ``pipeline.demo_world``
+A stand-in for BAIR robot pushing (paper §4) that needs no download: ``pipeline.data.demo_world``
 renders each video with its sound, ground-truth gripper positions, layouts and class label. This
 stage writes them in the raw-demo layout of docs/CONTRACTS.md::
 
@@ -33,8 +33,9 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.demo_world import CLASSES, DemoVideo, WorldConfig, render_video
-from pipeline.media_write import write_gif, write_mp4
+from pipeline.data.demo_scene import CLASSES, DemoVideo, WorldConfig
+from pipeline.data.demo_world import render_video
+from pipeline.data.media_write import write_gif, write_mp4
 from pipeline.params import DemoParams, ParamsError, load_section
 
 SPLITS = ("train", "val", "test")

@@ -1,8 +1,8 @@
 """Stage ``evaluate``: every synthesis task on held-out clips → SSIM, PSNR, DIV, FVD (paper §4).
 
 Paper §4 "Metrics" (SSIM [77], PSNR, FVD [66]), Tables 1–6 / D2–D4, Fig. 6 (DIV). The tasks and
-the per-task maths are in ``pipeline.evaluation``; FVD (I3D features, Fréchet distance) in
-``pipeline.fvd``; the sampler in ``ccvs_models.sampler``.
+the per-task maths are in ``pipeline.evaluation.tasks``; FVD (I3D features, Fréchet distance) in
+``pipeline.metrics.fvd``; the sampler in ``ccvs_models.sampler``.
 
 1. Reads ``evaluate.split`` clips (``data/clips``: the real frames) and their tokens
    (``data/tokens``: frame codes, end frame, state, sound, class), matched by clip key.
@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from ccvs_models.sampler import SamplerConfig
 from pipeline.atomic import write_json
-from pipeline.checkpoint import CheckpointError
-from pipeline.distributed import device_for
-from pipeline.evaluation import (
+from pipeline.training.checkpoint import CheckpointError
+from pipeline.training.distributed import device_for
+from pipeline.evaluation.tasks import (
     TASKS,
     EvalData,
     comparison_grid,
@@ -51,12 +51,15 @@ from pipeline.evaluation import (
     sample_diversity,
     summarize,
 )
-from pipeline.media_write import write_gif, write_png
+from pipeline.data.media_write import write_gif, write_png
 from pipeline.params import EvaluateParams, ParamsError, load_section
-from pipeline.shards import ShardError, iter_clips
-from pipeline.synthesis_io import SynthesisInputError, contact_sheet, load_models, to_uint8
-from pipeline.token_shards import TokenShardError, load_token_split, read_vocab
-from pipeline.video_metrics import motion_mask
+from pipeline.data.shard_writing import ShardError
+from pipeline.data.shards import iter_clips
+from pipeline.synthesis.readers import SynthesisInputError
+from pipeline.synthesis.writers import contact_sheet, to_uint8
+from pipeline.synthesis.models import load_models
+from pipeline.tokens.shards import TokenShardError, load_token_split, read_vocab
+from pipeline.metrics.video import motion_mask
 
 STAGE = "evaluate"
 
@@ -107,7 +110,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
         samples_dir: str | Path, logger: Any, fps: int = 10) -> dict[str, Any]:
     """Run every task; write metrics, curves, GIFs and sheets; return the metrics document."""
-    from pipeline import fvd as fvd_lib
+    from pipeline.metrics import fvd as fvd_lib
 
     start_time = time.perf_counter()
     device = device_for(0, params.device)

@@ -7,7 +7,7 @@ shards' ``layout.npy``) becomes a one-hot map with K channels, the shared
 ``ccvs_models.vq_autoencoder.VQAutoencoder`` (in/out channels K, 3 stride-2 blocks: 64 × 64 →
 8 × 8 tokens) encodes and quantizes it, and D predicts K class logits per pixel, trained with
 cross-entropy + λ_q · L_q (Eq. (3)); dead codes are re-seeded as in ``sound_vq`` (same task,
-``pipeline.vq_training.VQTask``) and training runs in the shared loop (``pipeline.train_loop.fit``,
+``pipeline.training.vq.VQTask``) and training runs in the shared loop (``pipeline.training.loop.fit``,
 checkpoints in ``<ckpt_dir>/<config hash>/``, resume).
 
 K (``model.in_channels``): 0 = from the data, max label + 1 over the train clips (the demo world:
@@ -45,11 +45,11 @@ import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder
 from pipeline.atomic import write_json
-from pipeline.checkpoint import save_model
+from pipeline.training.checkpoint import save_model
 from pipeline.params import LayoutVQParams, ParamsError, load_section
-from pipeline.shards import ShardError
-from pipeline.train_loop import fit
-from pipeline.vq_training import (
+from pipeline.data.shard_writing import ShardError
+from pipeline.training.loop import fit
+from pipeline.training.vq import (
     StageError,
     VQTask,
     array_batches,

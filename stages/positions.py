@@ -14,7 +14,7 @@ frames, not E's latents, because this stage runs beside the autoencoder in the D
    ``loop.seed``), are kept out of training; their mean / median error in pixels is the stage's
    accuracy estimate on data without ground truth. With a single annotated video the split is by
    frame instead.
-3. **Training** with the shared loop (``pipeline.train_loop.fit``: checkpoints in ``ckpt_dir``,
+3. **Training** with the shared loop (``pipeline.training.loop.fit``: checkpoints in ``ckpt_dir``,
    exact resume): Adam, linear warm-up then cosine decay of the learning rate (a function of the
    step, so resuming needs no scheduler state), augmentation = horizontal flip (x → W − 1 − x) and a
    per-channel gain/offset colour jitter. A checkpoint written for other data or other params is
@@ -32,7 +32,7 @@ frames, not E's latents, because this stage runs beside the autoencoder in the D
    (red) and true (green) positions on a few frames; it is logged as an artifact.
 
 Steps 1–3 (the annotated frames, the held-out split, the training task, augmentation, learning
-rate and batched ``predict``) live in ``pipeline/position_training.py``; this module re-exports
+rate and batched ``predict``) live in ``pipeline/training/positions.py``; this module re-exports
 them and keeps the labelling, the ground-truth comparison, the report and the CLI.
 
     python -m stages.positions --params params.yaml --clips data/clips --raw data/raw/demo \\
@@ -50,26 +50,26 @@ import numpy as np
 
 from ccvs_models.position import PositionEstimator
 from pipeline.atomic import write_json, write_parquet
-from pipeline.checkpoint import CheckpointError, save_model
+from pipeline.training.checkpoint import CheckpointError, save_model
 from pipeline.params import ParamsError, PositionsParams, load_section
-from pipeline.position_training import (  # re-exported (see __all__): they lived here
-    Annotated,
+from pipeline.training.positions import (  # re-exported (see __all__): they lived here
     PositionsError,
     PositionTask,
     _batches,
     _frame_id,
     _split_clips,
-    augment,
     holdout_split,
-    learning_rate,
     load_annotated,
     predict,
-    to_input,
 )
-from pipeline.train_loop import fit
+from pipeline.training.loop import fit
 
-__all__ = ["SPLITS", "Annotated", "GroundTruth", "PositionTask", "PositionsError", "augment",
-           "holdout_split", "learning_rate", "load_annotated", "main", "predict", "run", "to_input"]
+__all__ = [
+    "SPLITS",
+    "GroundTruth",
+    "main",
+    "run",
+]
 
 SPLITS = ("train", "val", "test")
 _EXAMPLES = 8  # frames drawn in examples.png
@@ -100,7 +100,7 @@ class GroundTruth:
             raise PositionsError(f"{path}: cannot read ground-truth positions ({err})") from None
         video = self.folder.parent / "videos" / f"{vid}.mp4"
         if video.is_file():  # map raw pixels through prepare's resize + centre crop
-            from pipeline.media import MediaError, probe
+            from pipeline.data.media import MediaError, probe
 
             try:
                 info = probe(video)

@@ -3,9 +3,9 @@
 The paper trains on fixed-length clips (16 frames for the BAIR/Kinetics tables, §4) at a fixed
 square resolution (64×64 or 256×256), with audio for AudioSet-Drums, annotated arm positions for
 BAIR (the 500 hand-labelled frames) and layouts for Cityscapes (App. E). This stage turns any set
-of videos (``pipeline.sources``: the demo world, a folder/glob, a manifest CSV) into exactly that:
+of videos (``pipeline.data.sources``: the demo world, a folder/glob, a manifest CSV) into exactly that:
 
-1. decode each video (``pipeline.media``: decord, PyAV fallback) keeping every ``frame_step``-th
+1. decode each video (``pipeline.data.media``: decord, PyAV fallback) keeping every ``frame_step``-th
    frame, in chunks (in one batch when the frames are already square at ``resolution``: the
    decoded batch is then kept as is, not copied), resizing the short side to ``resolution`` and center-cropping a square
    (bilinear, antialiased; layouts nearest; annotated positions mapped through the same
@@ -17,7 +17,7 @@ of videos (``pipeline.sources``: the demo world, a folder/glob, a manifest CSV) 
    (``media.probe_with_audio``: one opening instead of two, ~0.05 of 0.9 CPU-seconds in
    ``bench/prepare.py``), except with ``decoder: decord`` (decord's ``AudioReader``); the two
    differ by float rounding of the down-mix only (< 1e-6);
-3. write webdataset shards per split (``pipeline.shards``), ``manifest.parquet`` (one row per
+3. write webdataset shards per split (``pipeline.data.shards``), ``manifest.parquet`` (one row per
    clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``.
 
 Videos are decoded by ``workers`` decoders: this process and ``workers − 1`` forked processes
@@ -31,8 +31,8 @@ thread of its own even with ``num_threads=1`` (the calling thread demuxes and co
 worker already keeps more than one core partly busy (``bench/prepare.py`` measures how much).
 
 The per-video work (``Crop``, ``process_video``, ``VideoResult`` ...) lives in
-``pipeline.clip_extraction``, the decoding processes (``_decode_all``, ``_Pool``) in
-``pipeline.prepare_pool``; this module re-exports the names callers use, and keeps the outputs
+``pipeline.data.clip_extraction``, the decoding processes (``_decode_all``, ``_Pool``) in
+``pipeline.data.prepare_pool``; this module re-exports the names callers use, and keeps the outputs
 (manifest, ``rejected.csv``, ``classes.json``) and the stage's ``run`` and CLI.
 
     python -m stages.prepare --params params.yaml --out data/clips
@@ -52,33 +52,25 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.atomic import write_json
-from pipeline.clip_extraction import (  # noqa: F401 (re-exported: callers import them from here)
-    _CHUNK,
-    Clip,
-    Crop,
+from pipeline.data.clip_extraction import (
     PrepareError,
-    VideoResult,
-    VideoSummary,
-    _batch_frames,
-    _gather,
-    clip_starts,
-    process_video,
 )
 from pipeline.params import DataParams, ParamsError, PrepareParams, load_section
-from pipeline.prepare_pool import _decode_all, _Pool, _start_method  # noqa: F401 (re-exported)
-from pipeline.shards import ShardWriter
-from pipeline.sources import SPLITS, SourceError, list_sources
+from pipeline.data.prepare_pool import _decode_all
+from pipeline.data.shard_writing import ShardWriter
+from pipeline.data.sources import SPLITS, SourceError, list_sources
 
 MANIFEST_COLUMNS = (
     "key", "video_id", "split", "label", "label_id", "shard", "first_frame", "num_frames",
     "frame_step", "fps", "has_audio", "has_positions", "has_layout", "source",
 )  # fmt: skip
 
-__all__ = [  # this stage's names, and those re-exported from pipeline.clip_extraction/prepare_pool
-    "MANIFEST_COLUMNS", "Clip", "Crop", "PrepareError", "VideoResult", "VideoSummary", "_CHUNK",
-    "_Pool", "_batch_frames", "_decode_all", "_gather", "_start_method", "check_params",
-    "clip_starts", "main", "process_video", "run",
-]  # fmt: skip
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "check_params",
+    "main",
+    "run",
+]
 
 
 # --------------------------------------------------------------------------- outputs

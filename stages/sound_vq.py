@@ -5,14 +5,14 @@ frames (E, Q, D without F), giving tokens used as frame-level annotations by the
 (AudioSet-Drums, §4 / Table 6, Table D3). Here:
 
 1. every train/val clip's audio → per-frame log-mel STFT patches (T, 1, 64, 16) in [−1, 1]
-   (``pipeline.audio_features``: hop aligned to the frame rate, fixed dB range);
+   (``pipeline.data.audio_features``: hop aligned to the frame rate, fixed dB range);
 2. ``ccvs_models.vq_autoencoder.VQAutoencoder`` (3 stride-2 blocks → 8 × 2 = 16 tokens per frame,
    paper; codebook 256 by default instead of the paper's 1024, as the demo has ~1.7k train
-   frames) trained with the shared loop (``pipeline.train_loop.fit``: checkpoints in
+   frames) trained with the shared loop (``pipeline.training.loop.fit``: checkpoints in
    ``<ckpt_dir>/<config hash>/``, resume) on an L1 (or MSE) patch loss + λ_q · L_q (Eq. (3));
    codes unused for ``dead_code_every`` steps are re-seeded with encoder outputs
    (``VectorQuantizer.reinit_dead_codes``) so the codebook stays alive (the task and helpers
-   shared with ``layout_vq`` live in ``pipeline.vq_training``);
+   shared with ``layout_vq`` live in ``pipeline.training.vq``);
 3. on val: log-spectral distance (dB) and spectral convergence of the decoded patches, next to a
    mean-spectrum baseline (every patch predicted as the train-set mean patch); codebook
    perplexity and dead codes over the train patches;
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline.audio_features import (
+from pipeline.data.audio_features import (
     AudioConfigError,
     AudioError,
     AudioFeatureConfig,
@@ -57,11 +57,11 @@ from pipeline.audio_features import (
     spectral_metrics,
 )
 from pipeline.atomic import write_json
-from pipeline.checkpoint import save_model
+from pipeline.training.checkpoint import save_model
 from pipeline.params import ParamsError, SoundVQParams, load_section
-from pipeline.shards import ShardError
-from pipeline.train_loop import fit
-from pipeline.vq_training import (
+from pipeline.data.shard_writing import ShardError
+from pipeline.training.loop import fit
+from pipeline.training.vq import (
     StageError,
     VQTask,
     array_batches,

@@ -4,25 +4,25 @@ Paper §3.3: a video becomes h·w frame tokens per frame — Q(E(x_t)) with the 
 autoencoder (§3.1) — and its annotations become tokens too: the frame-level state (x, y) in B bins
 per coordinate, audio tokens from the sound autoencoder (App. A), layout tokens from the layout
 autoencoder (App. E); the video-level class label and, for point-to-point synthesis, the end
-frame's tokens (App. E; here the clip's last frame). The format is ``pipeline.token_shards``
+frame's tokens (App. E; here the clip's last frame). The format is ``pipeline.tokens.shards``
 (docs/CONTRACTS.md "Token sample"). The conversions themselves (loading the upstream models,
 frames → codes, audio → patches → codes, layouts → codes, trajectories → bins) live in
-``pipeline.annotation_tokens``, shared with synthesis (``pipeline.synthesis_io``); this stage
+``pipeline.tokens.annotations``, shared with synthesis (``pipeline.synthesis.models``); this stage
 streams the clips through them.
 
 Inputs (each annotation is optional: a model file that is missing or says ``available: False``
 — "no layouts in the data", "no audio in the data" — or no ``positions`` folder means that
 annotation is simply absent, and ``vocab.json``'s ``absent`` says why):
 
-- ``clips``: prepare's shards (``pipeline.shards.iter_clips``) and ``classes.json``;
+- ``clips``: prepare's shards (``pipeline.data.shards.iter_clips``) and ``classes.json``;
 - ``models/autoencoder.pt`` (required): ``CCVSAutoencoder.tokenize`` on frames scaled to [−1, 1];
-- ``models/sound_vq.pt``: ``pipeline.audio_features.frame_patches`` (the feature config saved in the
+- ``models/sound_vq.pt``: ``pipeline.data.audio_features.frame_patches`` (the feature config saved in the
   model) → ``VQAutoencoder.encode`` → l_a tokens per frame. A clip without usable audio (no track,
   silence-filled by prepare, bad samples) gets the null id on every frame (``meta.missing``);
 - ``models/layout_vq.pt``: one-hot K-channel layout → ``VQAutoencoder.encode`` → l_l tokens per
   frame; a clip without layout (or with a label ≥ K) gets null ids;
 - ``data/positions/<split>.parquet`` (key, t, x, y pixels): quantized by
-  ``pipeline.token_shards.StateBins`` over the frame ([−½, W − ½] per coordinate, ``state_bins``
+  ``pipeline.tokens.shards.StateBins`` over the frame ([−½, W − ½] per coordinate, ``state_bins``
   bins; range in vocab.json); frames without a finite row get the null id.
 
 Outputs: ``out/{split}/tokens-%05d.tar`` (``ShardWriter``: size-capped, atomic, byte-identical for
@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import distributed
-from pipeline.annotation_tokens import (
+from pipeline.training import distributed
+from pipeline.tokens.annotations import (
     KINDS,
     Upstream,
     UpstreamError,
@@ -67,12 +67,13 @@ from pipeline.annotation_tokens import (
     trajectory_state,
     vq_tokens,
 )
-from pipeline.annotation_tokens import load_upstream as _load_upstream
+from pipeline.tokens.annotations import load_upstream as _load_upstream
 from pipeline.atomic import write_parquet
-from pipeline.audio_features import AudioConfigError, AudioError
+from pipeline.data.audio_features import AudioConfigError, AudioError
 from pipeline.params import ParamsError, TokenizeParams, load_section
-from pipeline.shards import ShardError, ShardWriter, iter_clips
-from pipeline.token_shards import (
+from pipeline.data.shard_writing import ShardError, ShardWriter
+from pipeline.data.shards import iter_clips
+from pipeline.tokens.shards import (
     MANIFEST_FILE,
     TOKEN_PATTERN,
     VOCAB_FILE,
@@ -91,7 +92,7 @@ class TokenizeError(RuntimeError):
 
 def load_upstream(params: TokenizeParams, autoencoder: Path, sound_vq: Path | None,
                   layout_vq: Path | None, device: torch.device) -> Upstream:
-    """The frozen upstream models (``pipeline.annotation_tokens.load_upstream``); the kinds this
+    """The frozen upstream models (``pipeline.tokens.annotations.load_upstream``); the kinds this
     stage's params turn off are recorded as absent."""
     disabled = {kind: f"tokenize.{kind} is false" for kind in KINDS if not getattr(params, kind)}
     try:

@@ -5,14 +5,14 @@ L = l_v + N·(l_f + h·w) of annotation and frame tokens, trained by next-token 
 frame tokens only (Eq. (8)); App. E: the end frame as a video-level annotation whose positional
 embedding encodes its gap to the window (point-to-point synthesis). The model is
 ``ccvs_models.transformer.CCVSTransformer``; the training pieces are
-``pipeline.transformer_training``.
+``pipeline.training.transformer``.
 
-1. Reads ``data/tokens`` (``pipeline.token_shards``): ``vocab.json`` fixes the sequence (codebook
+1. Reads ``data/tokens`` (``pipeline.tokens.shards``): ``vocab.json`` fixes the sequence (codebook
    sizes, tokens per frame, which annotations exist); ``transformer.conditioning`` picks which of
    them T reads. Train windows: N frames at a random start in a random train clip, end_gap = clip
    end − window start. Validation: every val clip's first window (no val split: the clips of the
    last ~10% of train videos by id are held out).
-2. Trains with the shared loop (``pipeline.train_loop.fit``: checkpoints in ``ckpt_dir``,
+2. Trains with the shared loop (``pipeline.training.loop.fit``: checkpoints in ``ckpt_dir``,
    ``resume="auto"``, bf16 option, DDP under torchrun): AdamW, linear warm-up + cosine decay,
    gradient clipping, conditioning dropout per annotation kind.
 3. Logs loss, frame-token accuracy and learning rate every ``log_every`` steps, validation
@@ -43,11 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ccvs_models.transformer import CCVSTransformer, TransformerConfig
-from pipeline.checkpoint import CheckpointError, save_model, to_plain
+from ccvs_models.transformer import CCVSTransformer
+from ccvs_models.transformer_config import TransformerConfig
+from pipeline.training.checkpoint import CheckpointError, save_model, to_plain
 from pipeline.params import ParamsError, TransformerParams, load_section
-from pipeline.shards import ShardError
-from pipeline.token_shards import (
+from pipeline.data.shard_writing import ShardError
+from pipeline.tokens.shards import (
     MANIFEST_FILE,
     VOCAB_FILE,
     TokenShardError,
@@ -56,8 +57,8 @@ from pipeline.token_shards import (
     read_vocab,
     write_json_atomic,
 )
-from pipeline.train_loop import fit
-from pipeline.transformer_training import (
+from pipeline.training.loop import fit
+from pipeline.training.transformer import (
     CurveLogger,
     OptimSettings,
     TransformerTask,
@@ -185,7 +186,7 @@ def run(
 
 def load_transformer(path: str | Path) -> CCVSTransformer:
     """``models/transformer.pt`` → T (eval mode, CPU)."""
-    from pipeline.checkpoint import load_model
+    from pipeline.training.checkpoint import load_model
 
     config, state, _ = load_model(path)
     model = CCVSTransformer(TransformerConfig(**config))

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-from pipeline.checkpoint import load_model
-from pipeline.shards import ShardWriter, encode_sample
+from pipeline.training.checkpoint import load_model
+from pipeline.data.shard_writing import ShardWriter, encode_sample
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig
+from pipeline.training.config import LoopConfig
 from stages.autoencoder import StageError, run
 from tests.test_ae_training import tiny_params
 

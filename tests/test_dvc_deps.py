@@ -97,13 +97,13 @@ def test_the_check_sees_a_split(tmp_path: Path) -> None:
     """The checker itself: a module that moved its code out is caught, a type-only import is not."""
     source = (
         "from typing import TYPE_CHECKING\n"
-        "from pipeline.train_task import TrainTask\n"
+        "from pipeline.training.task import TrainTask\n"
         "if TYPE_CHECKING:\n"
-        "    from pipeline.shards import ShardWriter\n"
+        "    from pipeline.data.shards import ShardWriter\n"
         "def later():\n"
         "    from ccvs_models import flow\n"
     )
     probe = tmp_path / "probe.py"
     probe.write_text(source)
     found = project_imports(probe)
-    assert found == {"pipeline/train_task.py", "ccvs_models/flow.py"}
+    assert found == {"pipeline/training/task.py", "ccvs_models/flow.py"}

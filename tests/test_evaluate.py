@@ -1,4 +1,4 @@
-"""The evaluate stage (stages/evaluate.py, pipeline/evaluation.py) on a tiny world: random tiny
+"""The evaluate stage (stages/evaluate.py, pipeline/evaluation/tasks.py) on a tiny world: random tiny
 models, a few test clips of moving squares, their tokens; the stand-in I3D is shrunk for speed."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-from ccvs_models.transformer import CCVSTransformer, TransformerConfig
-from pipeline import evaluation as ev
-from pipeline import fvd as fvd_lib
-from pipeline.checkpoint import save_model
+from ccvs_models.transformer import CCVSTransformer
+from ccvs_models.transformer_config import TransformerConfig
+from pipeline.evaluation import tasks as ev
+from pipeline.metrics import fvd as fvd_lib
+from pipeline.training.checkpoint import save_model
 from pipeline.params import EvaluateParams, FVDParams, ParamsError, build
-from pipeline.shards import ShardWriter, encode_sample
-from pipeline.token_shards import TOKEN_PATTERN, StateBins, encode_token_sample
+from pipeline.data.shard_writing import ShardWriter, encode_sample
+from pipeline.tokens.shards import TOKEN_PATTERN, StateBins, encode_token_sample
 from pipeline.tracking import RecordingLogger
 from stages import evaluate as stage
 
@@ -142,7 +143,7 @@ def test_outputs_for_people_and_plots(evaluated):
 
 
 def test_reconstruction_matches_decoding_the_tokens_directly(world, evaluated):
-    from pipeline.synthesis_io import load_models
+    from pipeline.synthesis.models import load_models
 
     models = load_models(world["transformer"], world["autoencoder"], world["tokens"])
     data = stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB)
@@ -154,7 +155,7 @@ def test_reconstruction_matches_decoding_the_tokens_directly(world, evaluated):
 
 
 def test_decode_video_keeps_at_most_c_context_frames(world):
-    from pipeline.synthesis_io import load_models
+    from pipeline.synthesis.models import load_models
 
     ae = load_models(world["transformer"], world["autoencoder"], world["tokens"]).autoencoder
     seen = []
@@ -193,7 +194,7 @@ def _cli(world, out: Path, *extra: str) -> int:
 
 
 def test_synthesize_command_writes_videos_and_a_sheet(world, tmp_path, capsys):
-    from pipeline.media_write import write_mp4
+    from pipeline.data.media_write import write_mp4
 
     start = write_mp4(tmp_path / "start.mp4", np.repeat(_clip(0), 2, axis=1)[:, :, ::2], 10)
     traj = tmp_path / "xy.csv"

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline.checkpoint import load_model
+from pipeline.training.checkpoint import load_model
 from pipeline.params import LayoutVQParams
-from pipeline.shards import ShardWriter, encode_sample
+from pipeline.data.shard_writing import ShardWriter, encode_sample
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig
+from pipeline.training.config import LoopConfig
 from stages import layout_vq
 from stages.layout_vq import colorize_layout, iou_per_class, majority_layout
 

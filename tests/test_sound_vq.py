@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline.audio_features import AudioFeatureConfig
-from pipeline.checkpoint import load_model
+from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.training.checkpoint import load_model
 from pipeline.params import SoundVQParams
-from pipeline.shards import ShardWriter, encode_sample
+from pipeline.data.shard_writing import ShardWriter, encode_sample
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig
-from pipeline.vq_training import StageError, VQTask, codebook_usage, holdout_videos
+from pipeline.training.config import LoopConfig
+from pipeline.training.vq import StageError, VQTask, codebook_usage, holdout_videos
 from stages import sound_vq
 
 

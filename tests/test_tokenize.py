@@ -1,4 +1,4 @@
-"""The tokenize stage and the token-shard format (stages/tokenize.py, pipeline/token_shards.py)."""
+"""The tokenize stage and the token-shard format (stages/tokenize.py, pipeline/tokens/shards.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline.audio_features import AudioFeatureConfig
-from pipeline.checkpoint import save_model
+from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.training.checkpoint import save_model
 from pipeline.params import TokenizeParams
-from pipeline.shards import ShardWriter, encode_sample
-from pipeline.token_shards import (
+from pipeline.data.shard_writing import ShardWriter, encode_sample
+from pipeline.tokens.shards import (
     StateBins,
     encode_token_sample,
     iter_token_samples,
@@ -122,8 +122,8 @@ def test_tokens_are_the_autoencoders_own(world, tmp_path):
     assert vocab["frame"] == {"vocab": 32, "height": 4, "width": 4, "dtype": "int16"}
     assert vocab["audio"]["tokens_per_frame"] == 16 and vocab["layout"]["tokens_per_frame"] == 16
     assert vocab["label"] == {"num_classes": 2, "classes": ["a", "b"]} and vocab["absent"] == {}
-    from pipeline.checkpoint import load_model
-    from pipeline.shards import iter_clips
+    from pipeline.training.checkpoint import load_model
+    from pipeline.data.shards import iter_clips
 
     cfg, state, _ = load_model(world["autoencoder"])
     ae = CCVSAutoencoder(AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v
