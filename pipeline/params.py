@@ -8,6 +8,11 @@ silently falls back to a default.
 Stages receive the one section they read (DVC tracks exactly those keys, see ``dvc.yaml``).
 Model hyper-parameters live in ``ccvs_models`` config dataclasses; a stage section nests
 them (``autoencoder.model``) and this loader builds them with the same strictness.
+
+Written once: the ``training`` section holds the ``loop`` keys every training stage shares
+(device, seed, precision, checkpoints kept); a stage's ``loop`` block gives the rest and may
+override any of them. A config field whose metadata says ``from_data`` (the discriminators'
+input resolution) is set by the stage from its data and is not a param.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from ccvs_models.vq_autoencoder import VQAutoencoderConfig
 from pipeline.data.audio_features import AudioFeatureConfig
 from pipeline.training.config import LoopConfig
 from pipeline.training.transformer import Conditioning, TransformerArch
+from pipeline.errors import UserError
 
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A problem in params.yaml, with the dotted key it concerns."""
 
 
@@ -47,6 +53,19 @@ class TrackingParams:
 
     uri: str  # MLflow tracking URI; the MLFLOW_TRACKING_URI env var overrides it
     experiment: str  # MLflow experiment name
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingDefaults:
+    """``loop`` keys shared by every training stage (a stage's ``loop`` block may override them)."""
+
+    keep_checkpoints: int  # newest checkpoints kept per stage
+    bf16: bool  # bf16 autocast of the training steps
+    device: Literal["cpu", "cuda", "auto"]  # auto: CUDA when available
+    seed: int  # global RNG seed of every training stage
+
+
+TRAINING_STAGES = ("sound_vq", "layout_vq", "autoencoder", "positions", "transformer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +337,7 @@ def section_types() -> dict[str, type]:
     """Every section params.yaml must have, name → dataclass (one place knows the file's shape)."""
     return {
         "tracking": TrackingParams,
+        "training": TrainingDefaults,
         "demo": DemoParams,
         "data": DataParams,
         "prepare": PrepareParams,
@@ -410,13 +430,19 @@ def build(cls: type[T], raw: dict[str, Any], where: str = "") -> T:
     prefix = f"{where}." if where else ""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    from_data = {n for n, f in fields.items() if f.metadata.get("from_data")}
     for key in raw:
+        if key in from_data:
+            raise ParamsError(f"{prefix}{key}: not a param, set from the data "
+                              f"({fields[key].metadata['from_data']}); remove it")
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ParamsError(f"{prefix}{key}: unknown key{hint}")
     kwargs = {}
     for name, field in fields.items():
+        if name in from_data:
+            continue
         if name not in raw:
             raise ParamsError(f"{prefix}{name}: missing key")
         kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}")
@@ -449,7 +475,19 @@ def load_section(name: str, path: str | Path = "params.yaml", cls: type[T] | Non
         raise ParamsError(f"{name}: missing section in {path}")
     if not isinstance(raw[name], dict):
         raise ParamsError(f"{name}: expected a mapping, got {_describe(raw[name])}")
-    return build(cls, raw[name], name)
+    return build(cls, with_training_defaults(raw, name), name)
+
+
+def with_training_defaults(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """Section ``name`` of ``raw`` with the ``training`` keys filled into its ``loop`` block
+    (keys the block gives win); other sections unchanged."""
+    section = raw[name]
+    if name not in TRAINING_STAGES or not isinstance(section.get("loop"), dict):
+        return section
+    defaults = raw.get("training")
+    if not isinstance(defaults, dict):
+        raise ParamsError("training: missing section (the loop keys every training stage shares)")
+    return {**section, "loop": {**defaults, **section["loop"]}}
 
 
 def load_all(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -464,9 +502,8 @@ def load_all(path: str | Path = "params.yaml") -> dict[str, Any]:
             close = difflib.get_close_matches(str(name), list(types_), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ParamsError(f"{name}: unknown section{hint}")
-        out[name] = build(types_[name], value, name) if isinstance(value, dict) else _coerce(
-            value, types_[name], name
-        )
+        out[name] = build(types_[name], with_training_defaults(raw, name), name) if isinstance(
+            value, dict) else _coerce(value, types_[name], name)
     for name in types_:
         if name not in raw:
             raise ParamsError(f"{name}: missing section in {path}")

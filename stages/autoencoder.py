@@ -8,8 +8,8 @@
    ``vgg_weights = unavailable: <reason>`` and trains without the term — never silently;
 3. trains with the shared loop (``pipeline.training.loop.fit``) the task of ``pipeline.training.autoencoder.task``:
    image steps (self-supervised context, L_c) alternating with recursive video steps (Δt);
-   checkpoints in ``<ckpt_dir>/<config fingerprint>/`` so a changed param starts afresh while the
-   same params resume; evaluation every ``loop.eval_every`` steps with the Table 1
+   checkpoints in ``<ckpt_dir>``, resumed when they were written by the same config and data
+   (``fit(resume="auto")``: a changed param starts afresh); evaluation every ``loop.eval_every`` steps with the Table 1
    "Reconstruction" protocol (PSNR / SSIM, codebook perplexity and usage);
 4. writes ``models/autoencoder.pt`` (the EMA weights of E, Q, F, D with their
    ``AutoencoderConfig``; meta: step, val metrics, which VGG weights), ``metrics/autoencoder.json``,
@@ -22,10 +22,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
-import json
 import os
 import sys
 import time
@@ -42,18 +40,20 @@ from pipeline.training.autoencoder.forward import reconstruct_clips, side_by_sid
 from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model, to_plain
 from pipeline.data.media_write import write_gif
-from pipeline.params import AutoencoderParams, ParamsError, load_section
-from pipeline.data.shard_writing import ShardError
+from pipeline.params import AutoencoderParams
 from pipeline.data.shards import iter_clips
+from pipeline.training.curves import CurveLogger
 from pipeline.training.loop import fit
 from pipeline.weights import WeightsError, load_vgg
+from pipeline.data.splits import holdout_keys
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 STAGE = "autoencoder"
-CURVE_COLUMNS = ("step", "psnr", "ssim", "psnr_last", "ssim_last", "perplexity", "usage")
+# the validation curve (plots/autoencoder/val.csv, for dvc plots): step, then these metrics
+VAL_CURVE = ("val/psnr", "val/ssim", "val/psnr_last", "val/ssim_last", "codebook/perplexity",
+             "codebook/usage")
 
-
-class StageError(RuntimeError):
-    """The stage cannot go on (no data, clips that do not fit the model); one line."""
 
 
 # --------------------------------------------------------------------------- data
@@ -92,49 +92,38 @@ def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
     return ClipSet(np.stack(frames), keys)
 
 
-def holdout(train: ClipSet, fraction: float = 0.1) -> tuple[ClipSet, ClipSet]:
-    """Split off the clips of the last ``fraction`` of train videos (sorted ids) as validation."""
-    videos = sorted({k.rsplit("_", 1)[0] for k in train.keys})
-    n_val = max(1, int(round(len(videos) * fraction))) if len(videos) > 1 else 0
-    val_videos = set(videos[len(videos) - n_val:])
-    is_val = np.array([k.rsplit("_", 1)[0] in val_videos for k in train.keys], bool)
+def holdout(train: ClipSet, seed: int) -> tuple[ClipSet, ClipSet]:
+    """(train, val): the clips of whole train videos held out (``pipeline.data.splits``)."""
+    held = holdout_keys(train.keys, seed=seed)
+    is_val = np.array([k in held for k in train.keys], bool)
     pick = lambda mask: ClipSet(train.frames[mask], [k for k, m in zip(train.keys, mask) if m])  # noqa: E731
     return pick(~is_val), pick(is_val)
 
 
-def check_fits(params: AutoencoderParams, frames: np.ndarray) -> None:
-    """Stop with a message naming the param when the clips do not fit the model."""
+def fit_to_data(params: AutoencoderParams, frames: np.ndarray) -> AutoencoderParams:
+    """``params`` with the discriminators' input size set to the frames' size; stops with a
+    message naming the param when the clips do not fit the model."""
     _, t, h, w, _ = frames.shape
     d = params.model.downsampling
     if h % d or w % d:
         raise StageError(f"frames of {h}×{w} are not divisible by 2^K = {d} "
                          f"(autoencoder.model.num_levels)")
-    for name, use in (("image_disc", params.use_image_disc), ("temporal_disc", params.use_temporal_disc)):
-        res = getattr(params, name).resolution
-        if use and (h != res or w != res):
-            raise StageError(f"autoencoder.{name}.resolution is {res} but the frames are {h}×{w}")
+    if (params.use_image_disc or params.use_temporal_disc) and h != w:
+        raise StageError(f"frames of {h}×{w}: the discriminators need square frames "
+                         f"(prepare.resolution crops them square)")
+    try:
+        params = dataclasses.replace(
+            params, image_disc=dataclasses.replace(params.image_disc, resolution=h),
+            temporal_disc=dataclasses.replace(params.temporal_disc, resolution=h))
+    except ValueError as err:
+        raise StageError(f"autoencoder.image_disc / temporal_disc: {err}") from None
     if params.video_every and params.video_warmup + params.video_frames > t:
         raise StageError(f"autoencoder.video_warmup + video_frames = "
                          f"{params.video_warmup} + {params.video_frames} but clips have {t} frames")
+    return params
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def fingerprint(config: dict[str, Any]) -> str:
-    text = json.dumps(to_plain(config), sort_keys=True, default=str)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-
-
-def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CURVE_COLUMNS)
-        for r in rows:
-            writer.writerow([int(r["step"])] + [f"{r[c]:.6g}" for c in CURVE_COLUMNS[1:]])
-    os.replace(tmp, path)
 
 
 def ema_model_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -153,7 +142,7 @@ def run(
     plots_dir: str | Path,
     ckpt_dir: str | Path,
     logger: Any,
-    resume: bool = True,
+    resume: bool | str = "auto",
 ) -> dict[str, float]:
     """Train on ``clips_dir`` (prepare's output); write model, metrics, curve and GIF; return metrics."""
     start = time.perf_counter()
@@ -161,13 +150,13 @@ def run(
     train = load_clips(clips_dir, "train")
     if len(train.keys) == 0:
         raise StageError(f"{clips_dir}: no train clips (run the prepare stage first)")
-    check_fits(params, train.frames)
+    params = fit_to_data(params, train.frames)
     val_source = "val"
     no_val_folder = Path(clips_dir).is_dir() and not (Path(clips_dir) / "val").is_dir()
     val = ClipSet(train.frames[:0], []) if no_val_folder else load_clips(
         clips_dir, "val", limit=params.val_clips, num_frames=params.val_frames)
     if len(val.keys) == 0:
-        train, val = holdout(train)
+        train, val = holdout(train, params.loop.seed)
         val_source = "train_holdout"
         if len(val.keys) == 0 or len(train.keys) == 0:
             raise StageError(f"{clips_dir}: no val clips and too few train videos to hold some out")
@@ -203,25 +192,14 @@ def run(
         "vgg": vgg_info,
     }
     task = AutoencoderTask(params, vgg, val.frames, config=config)
-    ckpt = Path(ckpt_dir) / fingerprint(config)
-    curve_file = ckpt / "val_curve.json"  # survives a resume (the checkpoint precedes its eval)
-    if resume and curve_file.exists():
-        task.curve = json.loads(curve_file.read_text(encoding="utf-8"))
-    evaluate = task.evaluate
-
-    def evaluate_and_keep(step: int, ctx: Any) -> dict[str, float]:
-        metrics = evaluate(step, ctx)
-        if ctx.is_main:
-            write_json(curve_file, task.curve)
-        return metrics
-
-    task.evaluate = evaluate_and_keep  # type: ignore[method-assign]
+    curves = CurveLogger(logger, plots_dir, {"val": VAL_CURVE})
     t_fit = time.perf_counter()
-    result = fit(task, make_batch_stream(train.frames, params, loop.seed), loop, ckpt, logger,
-                 resume=resume)
+    result = fit(task, make_batch_stream(train.frames, params, loop.seed), loop, Path(ckpt_dir),
+                 curves, resume=resume)
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
+    curves.finish()
 
     state = ema_model_state(result.state["ae"])
     evaluation = task.last_eval
@@ -247,7 +225,6 @@ def run(
     save_model(out_model, dataclasses.asdict(params.model), state, step=result.step,
                weights="ema" if loop.ema_decay > 0 else "raw", val_metrics=val_metrics,
                val_source=val_source, vgg_weights=vgg_info)
-    write_curve(plots_dir / "val.csv", task.curve)
     n = min(params.gif_clips, len(val.keys))
     gif = plots_dir / "reconstruction.gif"
     if n > 0:
@@ -260,32 +237,27 @@ def run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section autoencoder)")
-    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
-    parser.add_argument("--model", default="models/autoencoder.pt", help="output model file")
-    parser.add_argument("--metrics", default="metrics/autoencoder.json", help="output metrics")
-    parser.add_argument("--plots", default="plots/autoencoder", help="folder of val.csv and the GIF")
-    parser.add_argument("--ckpt", default="checkpoints/autoencoder", help="checkpoint folder")
-    args = parser.parse_args(argv)
-    try:
-        params = load_section(STAGE, args.params)
-    except ParamsError as err:
-        raise SystemExit(f"{STAGE}: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "prepare's output folder"),
+    "model": ("models/autoencoder.pt", "output model file"),
+    "metrics": ("metrics/autoencoder.json", "output metrics"),
+    "plots": ("plots/autoencoder", "folder of val.csv and the GIF"),
+    "ckpt": ("checkpoints/autoencoder", "checkpoint folder"),
+}
 
-    with stage_run(STAGE, params, params_path=args.params) as logger:
-        try:
-            metrics = run(params, args.clips, args.model, args.metrics, args.plots, args.ckpt, logger)
-        except (ParamsError, StageError, ShardError) as err:
-            raise SystemExit(f"{STAGE}: {err}") from None
-    if metrics:
-        print(f"{STAGE}: val PSNR {metrics.get('val/psnr', float('nan')):.2f} dB, SSIM "
-              f"{metrics.get('val/ssim', float('nan')):.3f} (last frame "
-              f"{metrics.get('val/psnr_last', float('nan')):.2f} dB), codebook perplexity "
-              f"{metrics.get('codebook/perplexity', float('nan')):.1f}, {metrics['steps']:.0f} steps "
-              f"in {metrics['seconds']:.0f}s → {args.model}")
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str:
+    return (f"val PSNR {metrics.get('val/psnr', float('nan')):.2f} dB, SSIM "
+            f"{metrics.get('val/ssim', float('nan')):.3f} (last frame "
+            f"{metrics.get('val/psnr_last', float('nan')):.2f} dB), codebook perplexity "
+            f"{metrics.get('codebook/perplexity', float('nan')):.1f}, {metrics['steps']:.0f} steps "
+            f"in {metrics['seconds']:.0f}s → {args.model}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main(STAGE, __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.model, a.metrics, a.plots, a.ckpt, log),
+               summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

@@ -46,23 +46,12 @@ import torch.nn.functional as F
 from ccvs_models.vq_autoencoder import VQAutoencoder
 from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model
-from pipeline.params import LayoutVQParams, ParamsError, load_section
-from pipeline.data.shard_writing import ShardError
+from pipeline.params import LayoutVQParams, ParamsError
 from pipeline.training.loop import fit
-from pipeline.training.vq import (
-    StageError,
-    VQTask,
-    array_batches,
-    codebook_usage,
-    encode_tokens,
-    fingerprint,
-    holdout_videos,
-    labelled_rows,
-    predict,
-    report_skipped,
-    split_samples,
-    write_placeholder,
-)
+from pipeline.training.vq import VQTask, array_batches, codebook_usage, encode_tokens, labelled_rows, predict, report_skipped, split_samples, write_placeholder
+from pipeline.data.splits import holdout_keys
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 
 @dataclasses.dataclass
@@ -179,7 +168,7 @@ def run(
                             {"clips_without_layout": float(len(train.skipped) + len(val.skipped))})
     val_source = "val"
     if val.with_layout == 0:
-        held = holdout_videos(train.keys)
+        held = holdout_keys(train.keys, seed=params.loop.seed)
         val = _take(train, [k in held for k in train.keys])
         train = _take(train, [k not in held for k in train.keys])
         val_source = "train_holdout"
@@ -247,7 +236,7 @@ def run(
     x_train_t = torch.from_numpy(x_train)
     t_fit = time.perf_counter()
     result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop,
-                 Path(ckpt_dir) / fingerprint(config), logger)
+                 Path(ckpt_dir), logger, resume="auto")
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
@@ -296,32 +285,28 @@ def run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section layout_vq)")
-    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
-    parser.add_argument("--model", default="models/layout_vq.pt", help="output model file")
-    parser.add_argument("--metrics", default="metrics/layout_vq.json", help="output metrics file")
-    parser.add_argument("--ckpt", default="checkpoints/layout_vq", help="checkpoint folder")
-    parser.add_argument("--artifacts", default=None, help="also keep the artifacts in this folder")
-    args = parser.parse_args(argv)
-    try:
-        params = load_section("layout_vq", args.params)
-    except ParamsError as err:
-        raise SystemExit(f"layout_vq: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "prepare's output folder"),
+    "model": ("models/layout_vq.pt", "output model file"),
+    "metrics": ("metrics/layout_vq.json", "output metrics file"),
+    "ckpt": ("checkpoints/layout_vq", "checkpoint folder"),
+    "artifacts": (None, "also keep the artifacts in this folder"),
+}
 
-    with stage_run("layout_vq", params, params_path=args.params) as logger:
-        try:
-            metrics = run(params, args.clips, args.model, args.metrics, args.ckpt, logger,
-                          args.artifacts)
-        except (ParamsError, StageError, ShardError) as err:
-            raise SystemExit(f"layout_vq: {err}") from None
-    if metrics.get("available", 0.0) and "val/miou" in metrics:
-        print(f"layout_vq: val mIoU {metrics['val/miou']:.3f} (majority baseline "
-              f"{metrics['baseline/miou']:.3f}), {int(metrics['num_classes'])} classes, perplexity "
-              f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead codes, "
-              f"{metrics['seconds']:.1f}s → {args.model}")
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str | None:
+    if not (metrics.get("available", 0.0) and "val/miou" in metrics):
+        return None
+    return (f"val mIoU {metrics['val/miou']:.3f} (majority baseline "
+            f"{metrics['baseline/miou']:.3f}), {int(metrics['num_classes'])} classes, perplexity "
+            f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead "
+            f"codes, {metrics['seconds']:.1f}s → {args.model}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("layout_vq", __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.model, a.metrics, a.ckpt, log, a.artifacts),
+               summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

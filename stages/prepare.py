@@ -55,10 +55,11 @@ from pipeline.atomic import write_json
 from pipeline.data.clip_extraction import (
     PrepareError,
 )
-from pipeline.params import DataParams, ParamsError, PrepareParams, load_section
+from pipeline.params import DataParams, ParamsError, PrepareParams
 from pipeline.data.prepare_pool import _decode_all
 from pipeline.data.shard_writing import ShardWriter
-from pipeline.data.sources import SPLITS, SourceError, list_sources
+from pipeline.data.sources import SPLITS, list_sources
+from pipeline.stage import stage_main
 
 MANIFEST_COLUMNS = (
     "key", "video_id", "split", "label", "label_id", "shard", "first_frame", "num_frames",
@@ -218,31 +219,23 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (sections data, prepare)")
-    parser.add_argument("--out", default="data/clips", help="output folder")
-    args = parser.parse_args(argv)
-    try:
-        data = load_section("data", args.params)
-        prepare = load_section("prepare", args.params)
-        check_params(prepare)
-    except ParamsError as err:
-        raise SystemExit(f"prepare: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "out": ("data/clips", "output folder"),
+}
 
-    with stage_run("prepare", {"data": data, "prepare": prepare}, params_path=args.params) as logger:
-        try:
-            metrics = run(data, prepare, Path(args.out), logger)
-        except (ParamsError, SourceError, PrepareError) as err:
-            raise SystemExit(f"prepare: {err}") from None
-    print(
-        f"prepare: {int(metrics['num_clips'])} clips "
-        f"({int(metrics['clips_train'])} train / {int(metrics['clips_val'])} val / "
-        f"{int(metrics['clips_test'])} test), {int(metrics['num_rejected'])} rejected "
-        f"(see {Path(args.out) / 'rejected.csv'}), {metrics['frames_per_second']:.0f} frames/s "
-        f"→ {args.out}"
-    )
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str:
+    return (f"{int(metrics['num_clips'])} clips ({int(metrics['clips_train'])} train / "
+            f"{int(metrics['clips_val'])} val / {int(metrics['clips_test'])} test), "
+            f"{int(metrics['num_rejected'])} rejected (see {Path(args.out) / 'rejected.csv'}), "
+            f"{metrics['frames_per_second']:.0f} frames/s → {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("prepare", __doc__, PATHS,
+               lambda p, a, log: run(p["data"], p["prepare"], Path(a.out), log),
+               sections=("data", "prepare"), check=lambda p: check_params(p["prepare"]),
+               summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

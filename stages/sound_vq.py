@@ -58,23 +58,12 @@ from pipeline.data.audio_features import (
 )
 from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model
-from pipeline.params import ParamsError, SoundVQParams, load_section
-from pipeline.data.shard_writing import ShardError
+from pipeline.params import ParamsError, SoundVQParams
 from pipeline.training.loop import fit
-from pipeline.training.vq import (
-    StageError,
-    VQTask,
-    array_batches,
-    codebook_usage,
-    encode_tokens,
-    fingerprint,
-    holdout_videos,
-    labelled_rows,
-    predict,
-    report_skipped,
-    split_samples,
-    write_placeholder,
-)
+from pipeline.training.vq import VQTask, array_batches, codebook_usage, encode_tokens, labelled_rows, predict, report_skipped, split_samples, write_placeholder
+from pipeline.data.splits import holdout_keys
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 
 # --------------------------------------------------------------------------- sound data
@@ -240,7 +229,7 @@ def run(
     val_source = "val"
     if len(val.keys) == 0:
         # no val split: hold out the clips of ~10% of the train videos
-        held = holdout_videos(train.keys)
+        held = holdout_keys(train.keys, seed=params.loop.seed)
         train_all = load_sound(clips, "train", feats, keep_audio=len(train.keys))
         val = _take_sound(train_all, [k in held for k in train_all.keys])
         train = _take_sound(train_all, [k not in held for k in train_all.keys])
@@ -275,9 +264,9 @@ def run(
     task.evaluator = evaluator
     batch_idx = array_batches(len(x_train), params.batch_size, params.loop.seed)
     x_train_t = torch.from_numpy(x_train)
-    ckpt = Path(ckpt_dir) / fingerprint(config)
     t_fit = time.perf_counter()
-    result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop, ckpt, logger)
+    result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop,
+                 Path(ckpt_dir), logger, resume="auto")
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
@@ -328,34 +317,29 @@ def run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section sound_vq)")
-    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
-    parser.add_argument("--model", default="models/sound_vq.pt", help="output model file")
-    parser.add_argument("--metrics", default="metrics/sound_vq.json", help="output metrics file")
-    parser.add_argument("--ckpt", default="checkpoints/sound_vq", help="checkpoint folder")
-    parser.add_argument("--artifacts", default=None, help="also keep the artifacts in this folder")
-    args = parser.parse_args(argv)
-    try:
-        params = load_section("sound_vq", args.params)
-        _model_config(params)
-    except ParamsError as err:
-        raise SystemExit(f"sound_vq: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "prepare's output folder"),
+    "model": ("models/sound_vq.pt", "output model file"),
+    "metrics": ("metrics/sound_vq.json", "output metrics file"),
+    "ckpt": ("checkpoints/sound_vq", "checkpoint folder"),
+    "artifacts": (None, "also keep the artifacts in this folder"),
+}
 
-    with stage_run("sound_vq", params, params_path=args.params) as logger:
-        try:
-            metrics = run(params, args.clips, args.model, args.metrics, args.ckpt, logger,
-                          args.artifacts)
-        except (ParamsError, StageError, ShardError) as err:
-            raise SystemExit(f"sound_vq: {err}") from None
-    if metrics.get("available", 0.0) and "val/lsd_db" in metrics:
-        print(f"sound_vq: val LSD {metrics['val/lsd_db']:.2f} dB (mean-spectrum baseline "
-              f"{metrics['baseline/lsd_db']:.2f}), SC {metrics['val/spectral_convergence']:.3f} "
-              f"(baseline {metrics['baseline/spectral_convergence']:.3f}), perplexity "
-              f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead codes, "
-              f"{metrics['seconds']:.1f}s → {args.model}")
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str | None:
+    if not (metrics.get("available", 0.0) and "val/lsd_db" in metrics):
+        return None
+    return (f"val LSD {metrics['val/lsd_db']:.2f} dB (mean-spectrum baseline "
+            f"{metrics['baseline/lsd_db']:.2f}), SC {metrics['val/spectral_convergence']:.3f} "
+            f"(baseline {metrics['baseline/spectral_convergence']:.3f}), perplexity "
+            f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead "
+            f"codes, {metrics['seconds']:.1f}s → {args.model}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("sound_vq", __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.model, a.metrics, a.ckpt, log, a.artifacts),
+               check=_model_config, summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ only on the clip order, so a rerun gives byte-identical shards.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -70,8 +69,8 @@ from pipeline.tokens.annotations import (
 from pipeline.tokens.annotations import load_upstream as _load_upstream
 from pipeline.atomic import write_parquet
 from pipeline.data.audio_features import AudioConfigError, AudioError
-from pipeline.params import ParamsError, TokenizeParams, load_section
-from pipeline.data.shard_writing import ShardError, ShardWriter
+from pipeline.params import TokenizeParams
+from pipeline.data.shard_writing import ShardWriter
 from pipeline.data.shards import iter_clips
 from pipeline.tokens.shards import (
     MANIFEST_FILE,
@@ -82,12 +81,11 @@ from pipeline.tokens.shards import (
     encode_token_sample,
     write_json_atomic,
 )
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 SPLITS = ("train", "val", "test")
 
-
-class TokenizeError(RuntimeError):
-    """The stage cannot go on (a required input missing or unreadable); one line."""
 
 
 def load_upstream(params: TokenizeParams, autoencoder: Path, sound_vq: Path | None,
@@ -98,7 +96,7 @@ def load_upstream(params: TokenizeParams, autoencoder: Path, sound_vq: Path | No
     try:
         return _load_upstream(autoencoder, sound_vq, layout_vq, device, disabled=disabled)
     except UpstreamError as err:
-        raise TokenizeError(str(err)) from None
+        raise StageError(str(err)) from None
 
 
 def read_trajectories(positions_dir: Path, split: str) -> dict[str, np.ndarray] | None:
@@ -111,7 +109,7 @@ def read_trajectories(positions_dir: Path, split: str) -> dict[str, np.ndarray] 
     try:
         table = pq.read_table(path, columns=["key", "t", "x", "y"]).to_pydict()
     except Exception as err:  # pyarrow raises several types; all mean "unreadable"
-        raise TokenizeError(f"{path}: cannot read the trajectories ({err})") from None
+        raise StageError(f"{path}: cannot read the trajectories ({err})") from None
     rows: dict[str, list[tuple[int, float, float]]] = {}
     for key, t, x, y in zip(table["key"], table["t"], table["x"], table["y"]):
         rows.setdefault(key, []).append((int(t), x, y))
@@ -158,7 +156,7 @@ def run(
     try:
         classes = json.loads(classes_path.read_text(encoding="utf-8")) if classes_path.exists() else []
     except json.JSONDecodeError as err:
-        raise TokenizeError(f"{classes_path}: not valid JSON ({err})") from None
+        raise StageError(f"{classes_path}: not valid JSON ({err})") from None
 
     positions_dir = Path(positions) if positions else None
     use_state = params.state and positions_dir is not None and any(
@@ -177,7 +175,7 @@ def run(
         foreign = sorted(p.name for p in out_dir.iterdir()
                          if p.name not in ours and not p.name.startswith("."))
         if foreign:
-            raise TokenizeError(f"{out_dir}: holds {foreign[:3]}, not a tokenize output; "
+            raise StageError(f"{out_dir}: holds {foreign[:3]}, not a tokenize output; "
                                 f"refusing to replace it")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -225,7 +223,7 @@ def run(
                                                   frame_vocab=up.frame_vocab, state=state,
                                                   audio=audio, layout=layout)
                 except TokenShardError as err:
-                    raise TokenizeError(str(err)) from None
+                    raise StageError(str(err)) from None
                 shard = writer.write(encoded)
                 rows.append({"key": key, "video_id": token_meta["video_id"], "split": split,
                              "shard": shard, "label_id": token_meta["label_id"], "num_frames": n,
@@ -254,7 +252,7 @@ def run(
         writer.close()
 
     if frame_hw is None:
-        raise TokenizeError(f"{clips}: no clips in any split")
+        raise StageError(f"{clips}: no clips in any split")
     num_classes = max(len(classes), 1 + max((r["label_id"] for r in rows), default=-1))
     sizes = [r["num_frames"] for r in rows]
     vocab = {
@@ -294,7 +292,7 @@ def _audio_patches(up: Upstream, sample: dict[str, Any]) -> np.ndarray | None:
     try:
         return sound_patches(sample["audio"], float(rate), float(fps), n, up.sound_features)
     except AudioConfigError as err:
-        raise TokenizeError(f"clip {sample['key']}: {err}") from None
+        raise StageError(f"clip {sample['key']}: {err}") from None
     except AudioError as err:
         print(f"tokenize: clip {sample['key']}: audio unusable ({err}): null audio tokens",
               file=sys.stderr)
@@ -346,25 +344,20 @@ def encode_group(up: Upstream, samples: list[dict[str, Any]], batch: int, device
     return frame_codes, audio, layout
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section tokenize)")
-    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
-    parser.add_argument("--autoencoder", default="models/autoencoder.pt")
-    parser.add_argument("--sound-vq", default="models/sound_vq.pt")
-    parser.add_argument("--layout-vq", default="models/layout_vq.pt")
-    parser.add_argument("--positions", default="data/positions", help="positions stage folder")
-    parser.add_argument("--out", default="data/tokens")
-    args = parser.parse_args(argv)
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "prepare's output folder"),
+    "autoencoder": "models/autoencoder.pt",
+    "sound_vq": "models/sound_vq.pt",
+    "layout_vq": "models/layout_vq.pt",
+    "positions": ("data/positions", "positions stage folder"),
+    "out": "data/tokens",
+}
 
-    try:
-        params = load_section("tokenize", args.params)
-        with stage_run("tokenize", params, params_path=args.params) as logger:
-            run(params, args.clips, args.autoencoder, args.out, logger, sound_vq=args.sound_vq,
-                layout_vq=args.layout_vq, positions=args.positions)
-    except (ParamsError, TokenizeError, ShardError, TokenShardError) as err:
-        sys.exit(f"tokenize: {err}")
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("tokenize", __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.autoencoder, a.out, log, sound_vq=a.sound_vq,
+                                     layout_vq=a.layout_vq, positions=a.positions), argv=argv)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,14 @@ import functools
 from typing import Literal
 
 import numpy as np
+from pipeline.errors import UserError
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """A clip's audio cannot be turned into patches; the message is the reason (for rejects)."""
 
 
-class AudioConfigError(ValueError):
+class AudioConfigError(UserError, ValueError):
     """The feature config does not fit the data (e.g. the hop is not an integer number of samples)."""
 
 

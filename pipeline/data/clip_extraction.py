@@ -20,11 +20,12 @@ from pipeline.data.media import MediaError, iter_frames, probe, probe_with_audio
 from pipeline.params import PrepareParams
 from pipeline.data.shard_writing import encode_sample, sample_nbytes
 from pipeline.data.sources import VideoSource
+from pipeline.errors import UserError
 
 _CHUNK = 64  # frames decoded (at native size) at a time
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """The stage cannot go on (bad params, nothing usable); one line."""
 
 

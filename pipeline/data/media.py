@@ -35,12 +35,13 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 import av
 import soxr
+from pipeline.errors import UserError
 
 Backend = Literal["auto", "decord", "av"]
 _MP4_MAGIC = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 
 
-class MediaError(Exception):
+class MediaError(UserError):
     """An input that cannot be decoded; ``str(err)`` is one line: ``"<path>: <problem>"``."""
 
     def __init__(self, path: str | os.PathLike, problem: str):

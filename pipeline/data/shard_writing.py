@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence, Union
 
 import numpy as np
+from pipeline.errors import UserError
 
 SHARD_PATTERN = "clips-%05d.tar"
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A shard or a sample that cannot be read; the message names the shard."""
 
 

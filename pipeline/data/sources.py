@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.params import DataParams
+from pipeline.errors import UserError
 
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
 _SLUG_MAX = 60  # keeps "<id>-<hash>_0000.positions.npy" within the 100-char tar name field
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """The listing itself cannot be read (missing folder, bad CSV header): one line, names the file."""
 
 

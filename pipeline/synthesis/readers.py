@@ -18,12 +18,13 @@ import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from pipeline.tokens.shards import StateBins
+from pipeline.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")
 
 
-class SynthesisInputError(ValueError):
+class SynthesisInputError(UserError, ValueError):
     """A model file or user input that synthesis cannot use; one line naming it and the problem."""
 
 

@@ -37,11 +37,12 @@ from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
 from pipeline.data.audio_features import AudioFeatureConfig, frame_patches
 from pipeline.training.checkpoint import CheckpointError, LoadedModel, load_model
 from pipeline.tokens.shards import StateBins
+from pipeline.errors import UserError
 
 KINDS = ("audio", "layout")  # the optional upstream models, by annotation kind
 
 
-class UpstreamError(RuntimeError):
+class UpstreamError(UserError, RuntimeError):
     """A model file that is missing or does not rebuild its model; one line naming the file."""
 
 

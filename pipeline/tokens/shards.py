@@ -44,6 +44,7 @@ from pipeline.atomic import write_json
 
 from pipeline.data.shard_writing import Npy
 from pipeline.data.shards import iter_shard, list_shards
+from pipeline.errors import UserError
 
 TOKEN_PATTERN = "tokens-%05d.tar"
 VOCAB_FILE = "vocab.json"
@@ -51,7 +52,7 @@ MANIFEST_FILE = "manifest.parquet"
 ANNOTATIONS = ("state", "audio", "layout")  # frame-level annotation arrays, in sequence order
 
 
-class TokenShardError(ValueError):
+class TokenShardError(UserError, ValueError):
     """A token sample or vocab that does not follow the contract; the message names it."""
 
 

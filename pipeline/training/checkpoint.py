@@ -35,13 +35,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from pipeline.errors import UserError
 
 FORMAT = 1  # bump when the payload layout changes incompatibly
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 _TMP_MARK = ".tmp-"  # temp files: "<final name>.tmp-<pid>"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint or model file that cannot be written or read; the message names the file."""
 
 
