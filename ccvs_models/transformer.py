@@ -37,7 +37,7 @@ head's row of the code at the slot it predicts in the previous frame (``Sequence
 prev_sources``), so T starts from "repeat the previous frame" and learns what changes. Most codes
 of a static camera's video repeat (74 % on the demo world); the paper's T must find the previous
 frame by attention, a phase transition that a 4-layer T over q = 512 codes had not crossed after
-1,200 steps on synthetic repeating clips (BENCHMARKS.md "transformer"), beyond a CPU demo's budget.
+1,200 steps on synthetic repeating clips (docs/history/benchmarks-2026-11.md, "transformer"), beyond a CPU demo's budget.
 With the KV cache, the source ids come from ``KVCache.write_tokens``.
 
 Incremental decoding: ``forward(..., kv_cache=KVCache, start_pos=...)`` appends the keys/values of

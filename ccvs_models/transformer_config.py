@@ -49,7 +49,7 @@ class TransformerConfig:
     # ours, not in the paper: the copy path. Each position also embeds, through the head's weights,
     # the code at the predicted slot in the previous frame (``SequenceLayout.prev_sources``), so
     # "repeat the previous frame" is there from the first step. The paper's T has to discover it
-    # with attention, which a small T on the demo's CPU budget did not (BENCHMARKS.md "transformer").
+    # with attention, which a small T on the demo's CPU budget did not (docs/history/benchmarks-2026-11.md, "transformer").
     prev_frame_input: bool = False
 
     def __post_init__(self) -> None:

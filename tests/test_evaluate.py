@@ -176,9 +176,9 @@ def test_bad_params_and_missing_clips_are_one_line_errors(world, tmp_path):
         build(EvaluateParams, {**dataclasses.asdict(_params()), "tasks": ["dance"]}, "evaluate")
     empty = tmp_path / "clips"
     (empty / "test").mkdir(parents=True)
-    with pytest.raises(stage.EvaluateError, match="missing"):
+    with pytest.raises(stage.StageError, match="missing"):
         stage.load_eval_data(empty, world["tokens"], "test", 0, VOCAB)
-    with pytest.raises(stage.EvaluateError, match="no val token samples"):
+    with pytest.raises(stage.StageError, match="no val token samples"):
         stage.load_eval_data(world["clips"], world["tokens"], "val", 0, VOCAB)
 
 

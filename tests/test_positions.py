@@ -230,7 +230,7 @@ def test_stage_resumes_from_its_checkpoint(tmp_path):
 
 def test_no_annotations_is_a_clear_error(tmp_path):
     clips, raw = make_clips(tmp_path, annotate=False, videos=(("train", 1),))
-    with pytest.raises(stage.PositionsError, match="no annotated frame.*annotations") as err:
+    with pytest.raises(stage.StageError, match="no annotated frame.*annotations") as err:
         run_stage(tmp_path, clips, raw, tiny_params(steps=2))
     assert "\n" not in str(err.value) and str(clips) in str(err.value)
 

@@ -177,7 +177,7 @@ def test_malformed_token_sample_is_refused():
 
 
 def test_missing_autoencoder_is_one_line_error(world, tmp_path):
-    with pytest.raises(tokenize.TokenizeError, match="autoencoder model not found"):
+    with pytest.raises(tokenize.StageError, match="autoencoder model not found"):
         tokenize.run(params(), world["clips"], tmp_path / "none.pt", tmp_path / "tok",
                      RecordingLogger())
 
@@ -185,6 +185,6 @@ def test_missing_autoencoder_is_one_line_error(world, tmp_path):
 def test_refuses_to_replace_a_foreign_folder(world, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("x")
-    with pytest.raises(tokenize.TokenizeError, match="not a tokenize output"):
+    with pytest.raises(tokenize.StageError, match="not a tokenize output"):
         tokenize_to(world, tmp_path / "out")
     assert (tmp_path / "out" / "precious.txt").exists()

@@ -3,10 +3,10 @@
 Paper: §4 "Datasets" (the gripper's (x, y) hand-annotated in 500 BAIR frames) and App. A
 "Position estimator" (a small regressor trained with an MSE). Holds the annotated frames of the
 train clips (``Annotated``, ``load_annotated``: each (video_id, source frame) once, as clips
-overlap), the held-out split by whole videos (``holdout_split``), the estimator's input and
+overlap), the held-out split by whole videos (``pipeline.data.splits``), the estimator's input and
 augmentation (``to_input``, ``augment``: horizontal flip + colour jitter), the warm-up + cosine
 learning rate, the ``TrainTask`` for ``pipeline.training.loop.fit`` (``PositionTask``), batched
-inference (``predict``) and the seeded batch stream (``_batches``). ``PositionsError`` is the
+inference (``predict``) and the seeded batch stream (``_batches``). ``StageError`` is the
 stage's one-line error.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,7 +25,9 @@ from pipeline.params import PositionsParams
 from pipeline.data.shard_writing import ShardError
 from pipeline.data.shards import iter_clips
 from pipeline.training.loop import epoch_batches
+from pipeline.training.schedule import set_lr, warmup_cosine
 from pipeline.training.task import StepContext, TrainTask
+from pipeline.errors import StageError
 
 _LABEL_BATCH = 256  # frames per forward pass when labelling
 _ANNOTATION_SOURCE = (
@@ -34,9 +35,6 @@ _ANNOTATION_SOURCE = (
     "for the demo world, <data.path>/annotations.csv)"
 )
 
-
-class PositionsError(RuntimeError):
-    """The stage cannot go on (no annotations, unreadable inputs); one line."""
 
 
 # --------------------------------------------------------------------------- annotated frames
@@ -61,7 +59,7 @@ def _frame_id(meta: dict[str, Any], t: int, where: str) -> tuple[str, int]:
     try:
         return str(meta["video_id"]), int(meta["first_frame"]) + t * int(meta.get("frame_step", 1))
     except (KeyError, TypeError, ValueError):
-        raise PositionsError(f"{where}: clip meta lacks video_id / first_frame") from None
+        raise StageError(f"{where}: clip meta lacks video_id / first_frame") from None
 
 
 def _split_clips(clips_dir: Path, split: str) -> Iterator[dict[str, Any]]:
@@ -71,7 +69,7 @@ def _split_clips(clips_dir: Path, split: str) -> Iterator[dict[str, Any]]:
     try:
         yield from iter_clips(clips_dir, split)
     except ShardError as err:
-        raise PositionsError(str(err)) from None
+        raise StageError(str(err)) from None
 
 
 def load_annotated(clips_dir: Path) -> Annotated:
@@ -84,7 +82,7 @@ def load_annotated(clips_dir: Path) -> Annotated:
             continue
         where = f"{clips_dir}/train: clip {sample['key']}"
         if pos.shape != (len(sample["frames"]), 2):
-            raise PositionsError(f"{where}: positions {pos.shape} do not match {len(sample['frames'])} frames")
+            raise StageError(f"{where}: positions {pos.shape} do not match {len(sample['frames'])} frames")
         for t in np.flatnonzero(np.isfinite(pos).all(axis=1)):
             fid = _frame_id(sample["meta"], int(t), where)
             if fid in seen:
@@ -93,34 +91,13 @@ def load_annotated(clips_dir: Path) -> Annotated:
             frames.append(sample["frames"][t])
             xy.append(pos[t])
     if not frames:
-        raise PositionsError(
+        raise StageError(
             f"{clips_dir}: no annotated frame in the train clips (every positions.npy row is NaN "
             f"or absent); {_ANNOTATION_SOURCE}")
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
-        raise PositionsError(f"{clips_dir}: clips of different frame sizes {sorted(shapes)}")
+        raise StageError(f"{clips_dir}: clips of different frame sizes {sorted(shapes)}")
     return Annotated(np.stack(frames), np.asarray(xy, dtype=np.float32), list(seen))
-
-
-def holdout_split(ids: list[tuple[str, int]], fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask (N,) of held-out frames: whole videos (shuffled by ``seed``) until at least
-    ``fraction`` of the frames; by frame when there is a single video. Never everything."""
-    n = len(ids)
-    held = np.zeros(n, dtype=bool)
-    if fraction <= 0 or n < 2:
-        return held
-    target = max(1, int(round(fraction * n)))
-    rng = np.random.default_rng([seed, 7])
-    videos = sorted({vid for vid, _ in ids})
-    if len(videos) < 2:
-        held[rng.permutation(n)[:target]] = True
-        return held
-    video_of = np.array([vid for vid, _ in ids])
-    for vid in rng.permutation(videos)[:-1]:  # at least one video stays in training
-        if held.sum() >= target:
-            break
-        held |= video_of == vid
-    return held
 
 
 # --------------------------------------------------------------------------- training
@@ -148,15 +125,6 @@ def augment(frames: np.ndarray, xy: np.ndarray, params: PositionsParams,
         offset = torch.from_numpy(rng.uniform(-j, j, (b, 3, 1, 1))).float()
         x = (x * gain + offset).clamp(-1.0, 1.0)
     return x, y
-
-
-def learning_rate(params: PositionsParams, step: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``loop.steps``."""
-    total, warm = params.loop.steps, params.warmup_steps
-    if step < warm:
-        return params.lr * (step + 1) / warm
-    span = max(1, total - warm)
-    return params.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
 
 class PositionTask(TrainTask):
@@ -189,8 +157,8 @@ class PositionTask(TrainTask):
         return {"params": p, "annotations": self.fingerprint, "frame_size": list(self.size)}
 
     def train_step(self, batch, step, ctx: StepContext):
-        for group in self.opt.param_groups:
-            group["lr"] = learning_rate(self.params, step)
+        set_lr(self.opt, warmup_cosine(step, self.params.lr, self.params.warmup_steps,
+                                       self.params.loop.steps))
         x, y = ctx.to_device(batch)
         with ctx.autocast():
             out = ctx.modules["position"](x, y)

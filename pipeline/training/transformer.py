@@ -20,19 +20,13 @@ What the ``transformer`` stage composes (``stages/transformer.py``):
   distribution of frame codes (what a model that ignores context achieves).
 - :func:`copy_baseline`: the temporal baseline, "each code repeats the previous frame's code at its
   position" (what a model must beat before its samples hold a scene still).
-- :class:`CurveLogger`: a logger wrapper that also writes the training and validation curves as
-  CSVs for ``dvc plots`` (rows at or after a newly logged step are replaced, so a resumed run's
-  curve continues the old one and a fresh run's overwrites it).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import math
-import os
-from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
@@ -44,6 +38,7 @@ from ccvs_models.transformer import CCVSTransformer, frame_token_accuracy, frame
 from ccvs_models.transformer_config import TransformerConfig
 from pipeline.training import distributed
 from pipeline.tokens.shards import TokenSplit
+from pipeline.training.schedule import set_lr, warmup_cosine
 from pipeline.training.task import StepContext, TrainTask
 
 
@@ -224,15 +219,6 @@ def copy_baseline(train_frames: np.ndarray, val_frames: np.ndarray, vocab: int,
 # --------------------------------------------------------------------------- the task
 
 
-def learning_rate(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from lr to min_lr at ``steps``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    span = max(steps - warmup, 1)
-    progress = min((step - warmup) / span, 1.0)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
 def adamw(model: nn.Module, lr: float, weight_decay: float,
           betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW with weight decay on ≥2-D tensors (matrices, embeddings) only."""
@@ -279,10 +265,9 @@ class TransformerTask(TrainTask):
         return self._config
 
     def train_step(self, batch: TokenBatch, step: int, ctx: StepContext) -> dict[str, float]:
-        lr = learning_rate(step, self.optim.lr, self.optim.min_lr, self.optim.warmup_steps,
-                           self.optim.steps)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        lr = warmup_cosine(step, self.optim.lr, self.optim.warmup_steps, self.optim.steps,
+                           self.optim.min_lr)
+        set_lr(self.opt, lr)
         tokens = conditioning_dropout(batch.tokens, self.layout, self.drop_probs)
         tokens = ctx.to_device(tokens)
         gap = ctx.to_device(batch.end_gap)
@@ -349,77 +334,3 @@ def fixed_windows(split: TokenSplit, layout: SequenceLayout, batch_size: int) ->
         idx = np.arange(i, min(i + batch_size, len(split)))
         out.append(window_batch(split, layout, idx, np.zeros(len(idx), np.int64)))
     return out
-
-
-# --------------------------------------------------------------------------- curves
-
-
-class CurveLogger:
-    """Forwards everything to ``inner`` and keeps ``train.csv`` (step, loss, accuracy, lr) and
-    ``val.csv`` (step, perplexity, loss, accuracy) in ``folder`` for ``dvc plots``."""
-
-    TRAIN = ("loss", "accuracy", "lr")
-    VAL = ("val/perplexity", "val/loss", "val/accuracy")
-
-    def __init__(self, inner: Any, folder: str | Path) -> None:
-        self.inner = inner
-        self.folder = Path(folder)
-        self.rows = {"train": self._read("train"), "val": self._read("val")}
-
-    def _path(self, name: str) -> Path:
-        return self.folder / f"{name}.csv"
-
-    def _read(self, name: str) -> list[list[str]]:
-        path = self._path(name)
-        if not path.exists():
-            return []
-        with open(path, newline="", encoding="utf-8") as fh:
-            return list(csv.reader(fh))[1:]
-
-    def finish(self) -> None:
-        """Write both CSVs even when no step was logged (a run resumed at its last checkpoint after
-        ``dvc repro --force`` removed the old curves): DVC needs every declared output."""
-        for name, columns in (("train", self.TRAIN), ("val", self.VAL)):
-            if not self._path(name).exists():
-                self._write(name, columns)
-
-    def _add(self, name: str, columns: tuple[str, ...], values: dict[str, float], step: int) -> None:
-        rows = [r for r in self.rows[name] if r and int(r[0]) < step]
-        rows.append([str(step)] + [f"{values.get(c, float('nan')):.6g}" for c in columns])
-        self.rows[name] = rows
-        self._write(name, columns)
-
-    def _write(self, name: str, columns: tuple[str, ...]) -> None:
-        rows = self.rows[name]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(name)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["step"] + [c.removeprefix("val/") for c in columns])
-            writer.writerows(rows)
-        os.replace(tmp, path)
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.inner.log_metrics(metrics, step=step)
-        if step is None:
-            return
-        if "loss" in metrics:
-            self._add("train", self.TRAIN, metrics, step)
-        if "val/perplexity" in metrics:
-            self._add("val", self.VAL, metrics, step)
-
-    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
-        self.log_metrics({name: value}, step=step)
-
-    def log_params(self, params: dict) -> None:
-        self.inner.log_params(params)
-
-    def log_artifact(self, path: Any, artifact_path: str | None = None) -> None:
-        self.inner.log_artifact(path, artifact_path)
-
-    def set_tag(self, key: str, value: Any) -> None:
-        self.inner.set_tag(key, value)
-
-    def set_tags(self, tags: dict) -> None:
-        self.inner.set_tags(tags)

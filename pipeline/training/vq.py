@@ -21,8 +21,6 @@ their data and reconstruction loss; what they share lives here:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -34,14 +32,11 @@ import torch
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
 from pipeline.training import distributed
 from pipeline.atomic import write_json
-from pipeline.training.checkpoint import save_model, to_plain
+from pipeline.training.checkpoint import save_model
 from pipeline.data.shards import iter_clips
 from pipeline.training.loop import epoch_batches
 from pipeline.training.task import StepContext, TrainTask
 
-
-class StageError(RuntimeError):
-    """A VQ stage cannot go on (no usable data, a config that does not fit it); one line."""
 
 
 # --------------------------------------------------------------------------- training
@@ -190,12 +185,6 @@ def codebook_usage(tokens: np.ndarray, codebook_size: int) -> dict[str, float]:
             "used_codes": float((counts > 0).sum())}
 
 
-def fingerprint(config: dict[str, Any]) -> str:
-    """A short hash of a task config (which names its checkpoint folder)."""
-    text = json.dumps(to_plain(config), sort_keys=True, default=str)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-
-
 def report_skipped(stage: str, skipped: list[tuple[str, str]], logger: Any) -> None:
     """One stderr line per skipped clip, and the list as an artifact."""
     for key, reason in skipped:
@@ -217,19 +206,6 @@ def split_samples(clips: str | Path, split: str) -> Iterator[dict[str, Any]]:
     if root.is_dir() and (root / "train").is_dir() and not (root / split).exists():
         return iter(())
     return iter_clips(clips, split)
-
-
-def holdout_videos(keys: list[str], fraction: float = 0.1) -> set[str]:
-    """Keys of the clips of the last ``fraction`` of videos (sorted ids; key = <video>_<clip>).
-
-    The val stand-in when a dataset has no val split: whole videos, so no clip overlaps train.
-    Empty when there is a single video.
-    """
-    video = {k: k.rsplit("_", 1)[0] for k in keys}
-    videos = sorted(set(video.values()))
-    n_val = max(1, int(round(len(videos) * fraction))) if len(videos) > 1 else 0
-    held = set(videos[len(videos) - n_val:])
-    return {k for k in keys if video[k] in held}
 
 
 # --------------------------------------------------------------------------- outputs

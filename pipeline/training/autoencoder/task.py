@@ -144,7 +144,6 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         self.opt_g = torch.optim.Adam(trainable, lr=params.lr, betas=betas)
         disc_params = [p for d in (self.disc_i, self.disc_t) if d is not None for p in d.parameters()]
         self.opt_d = torch.optim.Adam(disc_params, lr=params.disc_lr, betas=betas) if disc_params else None
-        self.curve: list[dict[str, float]] = []  # one row per evaluation (kept across resumes)
         self.usage = torch.zeros(params.model.codebook_size, dtype=torch.long)  # since last reseed
         self.since_reseed = 0
         self.reseeded_total = 0
@@ -173,7 +172,7 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         return self._config
 
     def extra_state(self) -> dict[str, Any]:
-        state = {"curve": [dict(r) for r in self.curve], "usage": self.usage.clone(),
+        state = {"usage": self.usage.clone(),
                  "since_reseed": self.since_reseed, "reseeded_total": self.reseeded_total}
         if self.ema_stats is not None:
             state["codebook_ema"] = [t.detach().cpu().clone() for t in self.ema_stats]
@@ -184,11 +183,6 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         return {"find_unused_parameters": True} if self.params.context_warmup > 0 else {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        # Rows already known (the stage reloads its curve file: a checkpoint is written just
-        # before the evaluation of the same step) complete the checkpoint's.
-        rows = {r["step"]: dict(r) for r in self.curve}
-        rows.update({r["step"]: dict(r) for r in state.get("curve", [])})
-        self.curve = [rows[k] for k in sorted(rows)]
         if "usage" in state:
             self.usage = state["usage"].clone().long()
             self.since_reseed = int(state["since_reseed"])
@@ -359,10 +353,7 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         model = ctx.eval_module("ae").model
         result = reconstruct_clips(model, self.val_clips, ctx.device)
         self.last_eval = result
-        metrics = summarize(result, self.params.model.codebook_size)
-        row = {"step": float(step), **{k.split("/", 1)[1]: v for k, v in metrics.items()}}
-        self.curve = [r for r in self.curve if r["step"] < step] + [row]
-        return metrics
+        return summarize(result, self.params.model.codebook_size)
 
 
 __all__ = [
