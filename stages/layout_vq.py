@@ -215,7 +215,8 @@ def run(
         return F.one_hot(target, num_classes).permute(0, 3, 1, 2).float(), target
 
     task = VQTask(model_cfg, params.lr, params.q_weight, params.dead_code_every,
-                  recon_loss=F.cross_entropy, make_input=make_input, config=config)
+                  recon_loss=F.cross_entropy, make_input=make_input, config=config,
+                  seed=params.loop.seed)
 
     def miou(true: np.ndarray, pred: np.ndarray) -> tuple[float, dict[int, float]]:
         ious = iou_per_class(true, pred, num_classes)

@@ -247,7 +247,8 @@ def run(
               "seed": params.loop.seed, "ema_decay": params.loop.ema_decay,
               "grad_clip": params.loop.grad_clip, "bf16": params.loop.bf16, "data": data_hash}
     task = VQTask(model_cfg, params.lr, params.q_weight, params.dead_code_every,
-                  recon_loss=loss_fn, make_input=lambda b: (b, b), config=config)
+                  recon_loss=loss_fn, make_input=lambda b: (b, b), config=config,
+                  seed=params.loop.seed)
 
     last: dict[str, np.ndarray] = {}  # the latest evaluation's outputs (the final one = the saved weights)
 

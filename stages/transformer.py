@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ccvs_models.transformer import CCVSTransformer
 from ccvs_models.transformer_config import TransformerConfig
@@ -56,6 +55,7 @@ from pipeline.tokens.shards import (
 )
 from pipeline.training.curves import CurveLogger
 from pipeline.training.loop import fit
+from pipeline.training.task import seeded_init
 from pipeline.training.transformer import (
     OptimSettings,
     TransformerTask,
@@ -129,9 +129,9 @@ def run(
     config["params"]["loop"] = {k: v for k, v in config["params"]["loop"].items()
                                 if k not in ("steps", "log_every", "eval_every", "ckpt_every",
                                              "keep_checkpoints", "device")}
-    torch.manual_seed(loop.seed)  # T's initial weights depend on the seed only
-    task = TransformerTask(cfg, optim, params.conditioning.drop_probs(),
-                           fixed_windows(val, layout, params.batch_size), config)
+    with seeded_init(loop.seed):  # T's initial weights depend on the seed only
+        task = TransformerTask(cfg, optim, params.conditioning.drop_probs(),
+                               fixed_windows(val, layout, params.batch_size), config)
     logger.set_tags({"transformer.val_source": val_source,
                      "transformer.sequence_length": str(layout.length),
                      "transformer.parameters": str(task.model.num_parameters())})

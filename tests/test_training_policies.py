@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,40 @@ def test_curve_logger_writes_csvs_forwards_and_continues_after_resume(tmp_path):
     rows = (tmp_path / "train.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["10", "20", "30"] and rows[-1].startswith("30,0.07")
     assert (tmp_path / "val.csv").read_text().splitlines()[1] == "30,25,0.5"
+
+
+# --------------------------------------------------------------------------- initial weights
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_initial_weights_follow_the_seed_not_the_process():
+    """A torch process starts from a random seed: every task builds its modules under
+    ``seeded_init(loop.seed)``, so the same params give the same run, and the global RNG is left
+    as it was."""
+    import torch.nn.functional as F
+
+    from ccvs_models.vq_autoencoder import VQAutoencoderConfig
+    from pipeline.training.autoencoder.task import AutoencoderTask
+    from pipeline.training.task import seeded_init
+    from pipeline.training.vq import VQTask
+    from tests.test_ae_training import tiny_params
+
+    built = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # whatever ran before the task was built
+        vq = VQTask(VQAutoencoderConfig(in_channels=1, out_channels=1, channels=(4,), dim=4,
+                                        codebook_size=8), 1e-3, 1.0, 0, F.l1_loss,
+                    lambda b: (b, b), {}, seed=3)
+        ae = AutoencoderTask(tiny_params())
+        built.append((_state(vq.model), _state(ae.model), _state(ae.disc_i)))
+    for a, b in zip(*built):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with seeded_init(0):
+        torch.rand(10)
+    assert torch.equal(torch.rand(3), expected)  # the global stream is untouched

@@ -26,7 +26,7 @@ from pipeline.data.shard_writing import ShardError
 from pipeline.data.shards import iter_clips
 from pipeline.training.loop import epoch_batches
 from pipeline.training.schedule import set_lr, warmup_cosine
-from pipeline.training.task import StepContext, TrainTask
+from pipeline.training.task import StepContext, TrainTask, seeded_init
 from pipeline.errors import StageError
 
 _LABEL_BATCH = 256  # frames per forward pass when labelling
@@ -133,8 +133,8 @@ class PositionTask(TrainTask):
     def __init__(self, params: PositionsParams, fingerprint: str, size: tuple[int, int],
                  heldout: tuple[np.ndarray, np.ndarray]):
         self.params = params
-        torch.manual_seed(params.loop.seed)  # the initial weights follow the seed too
-        self.model = PositionEstimator(params.model)
+        with seeded_init(params.loop.seed):
+            self.model = PositionEstimator(params.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=params.lr)
         self.fingerprint = fingerprint
         self.size = size

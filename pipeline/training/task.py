@@ -59,12 +59,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from pipeline.training.config import LoopConfig
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Build a task's modules inside this block: their initial weights follow ``seed`` (a torch
+    process starts from a random seed), and the global RNG streams are left as they were."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class TrainTask:

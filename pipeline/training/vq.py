@@ -35,7 +35,7 @@ from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model
 from pipeline.data.shards import iter_clips
 from pipeline.training.loop import epoch_batches
-from pipeline.training.task import StepContext, TrainTask
+from pipeline.training.task import StepContext, TrainTask, seeded_init
 
 
 
@@ -60,8 +60,10 @@ class VQTask(TrainTask):
         recon_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         make_input: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         config: dict[str, Any],
+        seed: int = 0,
     ) -> None:
-        self.model = VQAutoencoder(model_cfg)
+        with seeded_init(seed):
+            self.model = VQAutoencoder(model_cfg)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.q_weight = q_weight
         self.dead_code_every = dead_code_every

@@ -101,7 +101,7 @@ from pipeline.training.autoencoder.forward import (
 )
 from pipeline.training.autoencoder.losses import AutoencoderLosses, _check_finite, frozen
 from pipeline.params import AutoencoderParams
-from pipeline.training.task import StepContext, TrainTask
+from pipeline.training.task import StepContext, TrainTask, seeded_init
 
 
 # --------------------------------------------------------------------------- the task
@@ -123,10 +123,12 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         config: dict[str, Any] | None = None,
     ) -> None:
         self.params = params
-        self.model = CCVSAutoencoder(params.model)
+        with seeded_init(params.loop.seed):
+            self.model = CCVSAutoencoder(params.model)
+            self.disc_i = ImageDiscriminator(params.image_disc) if params.use_image_disc else None
+            self.disc_t = (TemporalDiscriminator(params.temporal_disc)
+                           if params.use_temporal_disc else None)
         self.ae = AutoencoderForward(self.model)
-        self.disc_i = ImageDiscriminator(params.image_disc) if params.use_image_disc else None
-        self.disc_t = TemporalDiscriminator(params.temporal_disc) if params.use_temporal_disc else None
         self.vgg = vgg if params.use_vgg else None
         self.val_clips = val_clips
         self._config = config if config is not None else dataclasses.asdict(params)
