@@ -33,6 +33,7 @@ from typing import Iterable
 
 from pipeline.params import DataParams
 from pipeline.errors import UserError
+from pipeline.data.stored_video import StoredVideo
 
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -55,6 +56,7 @@ class VideoSource:
     split: str  # train | val | test
     positions: tuple[tuple[int, float, float], ...] = ()  # annotated (frame, x, y), frame-pixel coords
     layout_path: str | None = None  # npz with `layout` uint8 (T, H, W), when the data carry layouts
+    stored: StoredVideo | None = None  # frames kept otherwise than as a media file (BAIR, Cityscapes)
 
 
 @dataclasses.dataclass
