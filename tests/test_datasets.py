@@ -28,6 +28,7 @@ from conftest_datasets import (
 )
 from conftest_media import tone
 from pipeline.data.clip_extraction import Crop
+from pipeline.data.datasets import bair as bair_reader
 from pipeline.data.datasets.bair import fit_camera, list_bair
 from pipeline.data.datasets.tfrecord import (
     RecordError,
@@ -172,6 +173,7 @@ def test_bair_tfrecords_become_clips_with_projected_gripper_positions(bair, tmp_
             else:  # the fitted camera, on a trajectory it may never have seen labelled
                 assert np.abs(clip["positions"][t] - camera[t]).max() < 0.6, (key, t)
     assert clips["train-traj_0_to_1-000_0000"]["meta"]["source"] == "train/traj_0_to_1.tfrecords#0"
+    assert len(bair_reader._LAST) <= 1  # decoded trajectories are not kept per listed video
 
     # the same positions follow the resize to 32×32: x' = (x + ½)·½ − ½
     small = _prepare(_data("bair", root.parent, str(ann)), _params(clip_length=16), tmp_path / "s")[3]

@@ -32,7 +32,6 @@ frame (the ``bair64`` preset does).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import sys
 from pathlib import Path
@@ -51,6 +50,7 @@ CAMERA = "image_aux1"  # the benchmarks' camera; "image_main" is the other one
 SIZE = 64  # frames are SIZE × SIZE × 3
 FPS = 10.0  # nominal: the records carry no timestamps
 SPLITS = {"train": "train", "test": "test"}  # folder → split (val drawn from train)
+_LAST: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = {}  # the last decoded record
 
 
 def _image(data: bytes, where: str) -> np.ndarray:
@@ -101,9 +101,15 @@ class BairTrajectory:
         except (RecordError, ValueError, OSError) as err:
             raise MediaError(self.path, f"record at byte {self.offset - 12}: {err}") from None
 
-    @functools.cached_property
+    @property
     def _decoded(self) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.read()
+        """``read()``, kept for the next call (probe, frames and positions decode once): one
+        trajectory per process, never one per listed video (the parent holds 44k of them)."""
+        key = (self.path, self.offset)
+        if key not in _LAST:
+            _LAST.clear()
+            _LAST[key] = self.read()
+        return _LAST[key]
 
     def probe(self) -> VideoInfo:
         frames = self._decoded[0]
