@@ -50,7 +50,7 @@ from pipeline.params import LayoutVQParams, ParamsError
 from pipeline.training.loop import fit
 from pipeline.training.vq import VQTask, array_batches, codebook_usage, encode_tokens, labelled_rows, predict, report_skipped, split_samples, write_placeholder
 from pipeline.data.splits import holdout_keys
-from pipeline.data.stored_video import NO_LAYOUT
+from pipeline.data.shards import NO_LAYOUT
 from pipeline.errors import StageError
 from pipeline.stage import stage_main
 

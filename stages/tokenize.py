@@ -72,8 +72,7 @@ from pipeline.atomic import write_parquet
 from pipeline.data.audio_features import AudioConfigError, AudioError
 from pipeline.params import TokenizeParams
 from pipeline.data.shard_writing import ShardWriter
-from pipeline.data.shards import iter_clips
-from pipeline.data.stored_video import NO_LAYOUT
+from pipeline.data.shards import NO_LAYOUT, iter_clips
 from pipeline.tokens.shards import (
     MANIFEST_FILE,
     TOKEN_PATTERN,

@@ -38,9 +38,8 @@ from pipeline.data.datasets.tfrecord import (
     record_spans,
 )
 from pipeline.data.media_write import write_mp4
-from pipeline.data.shards import iter_clips
+from pipeline.data.shards import NO_LAYOUT, iter_clips
 from pipeline.data.sources import SourceError
-from pipeline.data.stored_video import NO_LAYOUT
 from pipeline.params import DataParams, PrepareParams
 from pipeline.tracking import RecordingLogger
 from stages import prepare

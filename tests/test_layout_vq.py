@@ -11,7 +11,7 @@ from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
 from pipeline.training.checkpoint import load_model
 from pipeline.params import LayoutVQParams
 from pipeline.data.shard_writing import ShardWriter, encode_sample
-from pipeline.data.stored_video import NO_LAYOUT
+from pipeline.data.shards import NO_LAYOUT
 from pipeline.tracking import RecordingLogger
 from pipeline.training.config import LoopConfig
 from stages import layout_vq

@@ -15,7 +15,7 @@ from pipeline.data.audio_features import AudioFeatureConfig
 from pipeline.training.checkpoint import save_model
 from pipeline.params import TokenizeParams
 from pipeline.data.shard_writing import ShardWriter, encode_sample
-from pipeline.data.stored_video import NO_LAYOUT
+from pipeline.data.shards import NO_LAYOUT
 from pipeline.tokens.shards import (
     StateBins,
     encode_token_sample,

@@ -21,8 +21,6 @@ import numpy as np
 
 from pipeline.data.media import VideoInfo
 
-NO_LAYOUT = 255  # layout value of a frame nobody labelled (Cityscapes' own "ignore" id)
-
 
 class StoredVideo(Protocol):
     """Frames (+ optional layouts and positions) of one video kept as something other than a
@@ -38,8 +36,8 @@ class StoredVideo(Protocol):
         ...
 
     def layouts(self) -> np.ndarray | None:
-        """uint8 (T, H, W) class maps for every frame (:data:`NO_LAYOUT` where a frame has none),
-        or None when the video has no layout at all."""
+        """uint8 (T, H, W) class maps for every frame (``pipeline.data.shards.NO_LAYOUT`` where a
+        frame has none), or None when the video has no layout at all."""
         ...
 
     def positions(self) -> np.ndarray | None:
@@ -48,4 +46,4 @@ class StoredVideo(Protocol):
         ...
 
 
-__all__ = ["NO_LAYOUT", "StoredVideo"]
+__all__ = ["StoredVideo"]

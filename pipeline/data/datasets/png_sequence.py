@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data.media import MediaError, VideoInfo
-from pipeline.data.stored_video import NO_LAYOUT
+from pipeline.data.shards import NO_LAYOUT
 
 
 def _read(path: str, mode: str) -> np.ndarray:
