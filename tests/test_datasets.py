@@ -94,8 +94,8 @@ def test_tfrecord_framing_and_example_decoding_match_the_protobuf_runtime(tmp_pa
     spans, problem = record_spans(tmp_path / "cut.tfrecords")
     assert spans == [] and "file ends first" in problem
     (tmp_path / "text.tfrecords").write_text("not a tfrecord file at all")
-    assert record_spans(tmp_path / "text.tfrecords") == ([], record_spans(tmp_path / "text.tfrecords")[1])
-    assert "bad length checksum" in record_spans(tmp_path / "text.tfrecords")[1]
+    spans, problem = record_spans(tmp_path / "text.tfrecords")
+    assert spans == [] and "bad length checksum" in problem
 
 
 # --------------------------------------------------------------------------- BAIR
