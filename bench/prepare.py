@@ -144,7 +144,8 @@ def _prepare(demo: Path, out: Path, workers: int, resolution: int, size: int) ->
     from pipeline.params import DataParams, PrepareParams
     from stages import prepare
 
-    data = DataParams(source="demo", path=str(demo), annotations="", val_fraction=0.0, test_fraction=0.0)
+    data = DataParams(source="demo", path=str(demo), annotations="", val_fraction=0.0, test_fraction=0.0,
+                      fold=1)
     params = PrepareParams(
         resolution=resolution, clip_length=16, clip_stride=8, frame_step=1, audio=True,
         audio_rate=16000, missing_audio="silence", shard_max_bytes=50_000_000, workers=workers,

@@ -89,13 +89,16 @@ class DemoParams:
 class DataParams:
     """Which videos ``prepare`` reads."""
 
-    source: Literal["demo", "folder", "manifest"]
+    source: Literal["demo", "folder", "manifest", "bair", "kinetics600", "ucf101",
+                    "audioset_drums", "cityscapes", "weizmann"]
     # demo: the demo_data stage's output; folder: a glob of video files (label = parent folder
-    # name, split drawn by hash); manifest: a CSV with columns path,label,split.
+    # name, split drawn by hash); manifest: a CSV with columns path,label,split; the others: the
+    # paper's datasets in their released layout (pipeline/data/datasets/, README "Datasets").
     path: str
     annotations: str  # optional CSV video,frame,x,y of annotated gripper positions ("" = none)
     val_fraction: float  # folder source: share of videos hashed into val
     test_fraction: float  # folder source: share of videos hashed into test
+    fold: int  # ucf101: official split 1-3; weizmann: held-out subject 1-9 (sorted names)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,6 +50,7 @@ from pipeline.params import LayoutVQParams, ParamsError
 from pipeline.training.loop import fit
 from pipeline.training.vq import VQTask, array_batches, codebook_usage, encode_tokens, labelled_rows, predict, report_skipped, split_samples, write_placeholder
 from pipeline.data.splits import holdout_keys
+from pipeline.data.shards import NO_LAYOUT
 from pipeline.errors import StageError
 from pipeline.stage import stage_main
 
@@ -66,7 +67,8 @@ class LayoutSplit:
 
 
 def load_layouts(clips: str | Path, split: str) -> LayoutSplit:
-    """Every layout frame of ``split`` (clips without ``layout.npy`` are skipped with a reason)."""
+    """Every labelled layout frame of ``split`` (clips without ``layout.npy`` are skipped with a
+    reason; frames whose map is all ``NO_LAYOUT``, 255, are left out)."""
     arrays, keys, frames, skipped = [], [], [], []
     shape = None
     for sample in split_samples(clips, split):
@@ -82,6 +84,10 @@ def load_layouts(clips: str | Path, split: str) -> LayoutSplit:
             shape = layout.shape[1:]
         elif layout.shape[1:] != shape:
             skipped.append((key, f"layout is {layout.shape[1:]}, other clips are {shape}"))
+            continue
+        layout = layout[~(layout == NO_LAYOUT).all(axis=(1, 2))]  # frames nobody labelled
+        if not len(layout):
+            skipped.append((key, "no labelled frame"))
             continue
         arrays.append(layout)
         keys.append(key)

@@ -58,7 +58,8 @@ from pipeline.data.clip_extraction import (
 from pipeline.params import DataParams, ParamsError, PrepareParams
 from pipeline.data.prepare_pool import _decode_all
 from pipeline.data.shard_writing import ShardWriter
-from pipeline.data.sources import SPLITS, list_sources
+from pipeline.data.datasets.catalog import list_inputs
+from pipeline.data.sources import SPLITS
 from pipeline.stage import stage_main
 
 MANIFEST_COLUMNS = (
@@ -156,7 +157,7 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     start = time.perf_counter()
     check_params(params)
     out_dir = Path(out_dir)
-    listing = list_sources(data)
+    listing = list_inputs(data)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir)
 

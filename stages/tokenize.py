@@ -20,7 +20,8 @@ annotation is simply absent, and ``vocab.json``'s ``absent`` says why):
   model) → ``VQAutoencoder.encode`` → l_a tokens per frame. A clip without usable audio (no track,
   silence-filled by prepare, bad samples) gets the null id on every frame (``meta.missing``);
 - ``models/layout_vq.pt``: one-hot K-channel layout → ``VQAutoencoder.encode`` → l_l tokens per
-  frame; a clip without layout (or with a label ≥ K) gets null ids;
+  frame; a clip without layout (or with a label ≥ K) gets null ids, and so does a frame nobody
+  labelled (layout 255, ``NO_LAYOUT``: Cityscapes labels one frame per 30-frame snippet);
 - ``data/positions/<split>.parquet`` (key, t, x, y pixels): quantized by
   ``pipeline.tokens.shards.StateBins`` over the frame ([−½, W − ½] per coordinate, ``state_bins``
   bins; range in vocab.json); frames without a finite row get the null id.
@@ -71,7 +72,7 @@ from pipeline.atomic import write_parquet
 from pipeline.data.audio_features import AudioConfigError, AudioError
 from pipeline.params import TokenizeParams
 from pipeline.data.shard_writing import ShardWriter
-from pipeline.data.shards import iter_clips
+from pipeline.data.shards import NO_LAYOUT, iter_clips
 from pipeline.tokens.shards import (
     MANIFEST_FILE,
     TOKEN_PATTERN,
@@ -337,10 +338,16 @@ def encode_group(up: Upstream, samples: list[dict[str, Any]], batch: int, device
         hw = layout_tokens_per_frame(up.layout, samples[0]["frames"].shape[1],
                                      samples[0]["frames"].shape[2])
         maps = [s.get("layout") for s in samples]
+        unlabelled = [None if m is None else (m == NO_LAYOUT).all(axis=(1, 2)) for m in maps]
+        maps = [None if m is None else np.where(u[:, None, None], 0, m)  # coded, then nulled
+                for m, u in zip(maps, unlabelled)]
         maps = [m if m is not None and int(m.max(initial=0)) < up.layout_classes else None
                 for m in maps]
         layout = _grouped(maps, lambda x: layout_codes(up.layout, x, batch, device),
                           (0, hw), up.layout.config.codebook_size, sizes)
+        for codes, u in zip(layout, unlabelled):  # a frame nobody labelled: null ids
+            if u is not None:
+                codes[u] = up.layout.config.codebook_size
     return frame_codes, audio, layout
 
 

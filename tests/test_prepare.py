@@ -49,7 +49,7 @@ def _params(**change) -> PrepareParams:
 
 def _data(source: str, path: Path, annotations: str = "") -> DataParams:
     return DataParams(source=source, path=str(path), annotations=annotations,
-                      val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+                      val_fraction=0.2, test_fraction=0.2, fold=1)  # fmt: skip
 
 
 def _run(data: DataParams, params: PrepareParams, out: Path):

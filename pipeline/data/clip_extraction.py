@@ -149,6 +149,11 @@ def _load_layout(path: str, num_frames: int, height: int, width: int) -> np.ndar
             layout = archive["layout"]
     except (OSError, KeyError, ValueError) as err:
         raise MediaError(path, f"cannot read the layout file ({err})") from None
+    _check_layout(layout, path, num_frames, height, width)
+    return layout
+
+
+def _check_layout(layout: np.ndarray, path: str, num_frames: int, height: int, width: int) -> None:
     if layout.ndim != 3 or layout.dtype != np.uint8:
         raise MediaError(path, f"layout must be uint8 (T, H, W), got {layout.dtype} {layout.shape}")
     if layout.shape[0] < num_frames:
@@ -157,12 +162,17 @@ def _load_layout(path: str, num_frames: int, height: int, width: int) -> np.ndar
         raise MediaError(
             path, f"layout is {layout.shape[1]}x{layout.shape[2]}, the video {height}x{width}"
         )
-    return layout
 
 
-def _positions(video: VideoSource, num_kept: int, step: int, crop: Crop) -> np.ndarray:
-    """(num_kept, 2) float32 positions in output pixels, NaN where not annotated."""
+def _positions(
+    video: VideoSource, num_kept: int, step: int, crop: Crop, dense: np.ndarray | None = None
+) -> np.ndarray:
+    """(num_kept, 2) float32 positions in output pixels, NaN where not annotated: ``dense``
+    (T, 2) source-pixel positions of every frame (a stored video's), then the annotated ones."""
     out = np.full((num_kept, 2), np.nan, np.float32)
+    if dense is not None:
+        kept = np.asarray(dense, np.float64)[::step][:num_kept]
+        out[: len(kept)] = crop.points(kept)
     for frame, x, y in video.positions:
         if frame % step == 0 and frame // step < num_kept:
             out[frame // step] = crop.points(np.array([[x, y]]))[0]
@@ -183,7 +193,10 @@ def process_video(video: VideoSource, params: PrepareParams) -> VideoResult:
 
 def _process(video: VideoSource, p: PrepareParams) -> VideoResult:
     audio = None
-    if p.audio and p.decoder != "decord":  # probe and audio in one opening of the file (PyAV)
+    stored = video.stored  # frames kept otherwise than as a media file (no audio track)
+    if stored is not None:
+        info = stored.probe()
+    elif p.audio and p.decoder != "decord":  # probe and audio in one opening of the file (PyAV)
         info, audio = probe_with_audio(video.path, audio_rate=p.audio_rate)
     else:
         info = probe(video.path)
@@ -193,10 +206,13 @@ def _process(video: VideoSource, p: PrepareParams) -> VideoResult:
 
     crop = Crop.center(info.height, info.width, p.resolution)
     expected = -(-info.num_frames // p.frame_step)
-    chunks = iter_frames(
-        video.path, frame_step=p.frame_step, chunk_size=_batch_frames(expected, crop),
-        backend=p.decoder, threads=1, info=info,
-    )  # fmt: skip
+    if stored is not None:
+        chunks = stored.iter_frames(p.frame_step, _batch_frames(expected, crop))
+    else:
+        chunks = iter_frames(
+            video.path, frame_step=p.frame_step, chunk_size=_batch_frames(expected, crop),
+            backend=p.decoder, threads=1, info=info,
+        )  # fmt: skip
     frames = _gather((crop.frames(chunk) for chunk in chunks), expected)
     num_kept = len(frames)
     starts = clip_starts(num_kept, p.clip_length, p.clip_stride)
@@ -205,19 +221,24 @@ def _process(video: VideoSource, p: PrepareParams) -> VideoResult:
 
     per_clip = 0
     if p.audio:
-        if p.decoder == "decord":
+        if p.decoder == "decord" and stored is None:
             audio = read_audio(video.path, audio_rate=p.audio_rate, backend=p.decoder, info=info)
         if audio is None and p.missing_audio == "reject":
             return VideoResult(video, rejected="no audio track (prepare.missing_audio: reject)")
         per_clip = int(round(p.clip_length * p.frame_step * p.audio_rate / info.fps))
 
     layout = None
-    if video.layout_path:
+    raw = stored.layouts() if stored is not None else None
+    if raw is not None:
+        _check_layout(raw, video.path, info.num_frames, info.height, info.width)
+    elif video.layout_path:
         raw = _load_layout(video.layout_path, info.num_frames, info.height, info.width)
+    if raw is not None:
         layout = Crop.center(raw.shape[1], raw.shape[2], p.resolution).layouts(
             raw[: num_kept * p.frame_step : p.frame_step]
         )
-    positions = _positions(video, num_kept, p.frame_step, crop)
+    dense = stored.positions() if stored is not None else None
+    positions = _positions(video, num_kept, p.frame_step, crop, dense)
 
     result = VideoResult(
         video, frames=frames, layout=layout, clip_length=p.clip_length, frames_decoded=num_kept

@@ -3,7 +3,7 @@
 Format (docs/CONTRACTS.md "Clip shards"): webdataset tar files ``{root}/{split}/clips-%05d.tar``;
 a sample is the tar members ``<key>.frames.npy`` (uint8 T×H×W×3), ``<key>.audio.npy`` (float32
 mono), ``<key>.positions.npy`` (float32 T×2, NaN where unknown), ``<key>.layout.npy`` (uint8
-T×H×W) and ``<key>.json`` (meta), with ``key = <video_id>_<clip:04d>`` (no dots: webdataset cuts
+T×H×W; :data:`NO_LAYOUT` on a frame nobody labelled) and ``<key>.json`` (meta), with ``key = <video_id>_<clip:04d>`` (no dots: webdataset cuts
 the key at the first dot).
 
 Writing (in :mod:`pipeline.data.shard_writing`, which describes it; re-exported here with
@@ -34,11 +34,13 @@ from pipeline.data.shard_writing import (
 )
 
 ARRAY_FIELDS = ("frames", "audio", "positions", "layout")
+NO_LAYOUT = 255  # a layout.npy frame nobody labelled (Cityscapes: 29 of 30; its "ignore" id)
 
 # the writing side's names stay importable from here (``ClipDataset`` is left out: it is built on
 # first attribute access, see ``__getattr__``, and a star import should not import torch)
 __all__ = [
     "ARRAY_FIELDS",
+    "NO_LAYOUT",
     "clip_dataset",
     "decode_sample",
     "iter_clips",

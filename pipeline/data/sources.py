@@ -1,8 +1,9 @@
 """Listing the input videos of ``prepare``: the demo world, a folder/glob, or a manifest CSV.
 
 The paper trains on several datasets (§4 "Datasets": BAIR, Kinetics-600, AudioSet-Drums; App. E:
-UCF-101, Cityscapes, Weizmann); the pipeline reads any of them through one of three sources
-(``data.source`` in params.yaml):
+UCF-101, Cityscapes, Weizmann); each has its own reader in ``pipeline.data.datasets`` (picked by
+``data.source``, ``datasets.catalog.list_inputs``). Any other videos come through one of three
+generic sources (``data.source`` in params.yaml):
 
 - ``demo``: the ``demo_data`` stage's folder (``videos.csv`` path,label,split, ``annotations.csv``,
   ``layouts/<video_id>.npz``, ``classes.json``; docs/CONTRACTS.md "Raw demo data");
@@ -33,6 +34,7 @@ from typing import Iterable
 
 from pipeline.params import DataParams
 from pipeline.errors import UserError
+from pipeline.data.stored_video import StoredVideo
 
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -55,6 +57,7 @@ class VideoSource:
     split: str  # train | val | test
     positions: tuple[tuple[int, float, float], ...] = ()  # annotated (frame, x, y), frame-pixel coords
     layout_path: str | None = None  # npz with `layout` uint8 (T, H, W), when the data carry layouts
+    stored: StoredVideo | None = None  # frames kept otherwise than as a media file (BAIR, Cityscapes)
 
 
 @dataclasses.dataclass
