@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from pipeline.atomic import write_json
 
-_TASK_METRICS = ("ssim", "psnr", "fvd", "fvd_untrained_i3d", "end/ssim", "div",
+_TASK_METRICS = ("ssim", "psnr", "fvd", "fvd_untrained_i3d", "end/ssim",
                  "trajectory_error_px", "sound_sync", "class_accuracy")
 
 HEADLINE: dict[str, dict[str, str]] = {
@@ -37,7 +37,7 @@ HEADLINE: dict[str, dict[str, str]] = {
                     "val/psnr_objects": "psnr_objects", "val/ssim_objects": "ssim_objects"},
     "transformer": {"val/perplexity": "perplexity", "perplexity_ratio": "perplexity_ratio",
                     "baseline/copy_val_perplexity": "copy_perplexity"},
-    # each synthesis task: SSIM/PSNR, FVD, DIV and its control's own measure (Tables 1-6)
+    # each synthesis task: SSIM/PSNR, FVD and its control's own measure (Tables 1-6)
     "evaluate": {f"tasks/*/{m}": f"*/{m.replace('/', '_')}" for m in _TASK_METRICS},
 }
 
