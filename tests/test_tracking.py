@@ -114,7 +114,7 @@ def test_headline_picks_the_named_metrics_and_skips_the_rest():
                                     "motion": 0.1},
                      "point_to_point": {"end/ssim": 0.6, "psnr": None}},
            "fvd": {"metric": "fvd_untrained_i3d"}, "seconds": 40.0}
-    assert headline("evaluate", doc) == {"prediction/ssim": 0.7, "prediction/div": 0.01,
+    assert headline("evaluate", doc) == {"prediction/ssim": 0.7,
                                          "prediction/fvd_untrained_i3d": 80.0,
                                          "point_to_point/end_ssim": 0.6}
     assert headline("tokenize", {"clips": 3}) == {} and headline("evaluate", None) == {}
