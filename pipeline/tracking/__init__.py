@@ -305,12 +305,16 @@ def stage_run(
     from pipeline.tracking import interruption, run_tree
 
     client, experiment_id = open_tracking(params_path)
-    interruption.close_dead_runs(client, experiment_id)
     parent_id = None
-    if ctx is not None:
-        parent_id = run_tree.open_parent(client, experiment_id, ctx, _params_doc(params_path),
-                                         {"git_commit": run_tags["git_commit"]})
-        run_tree.stage_started(client, parent_id, ctx, stage)
+    try:
+        interruption.close_dead_runs(client, experiment_id)
+        if ctx is not None:
+            parent_id = run_tree.open_parent(client, experiment_id, ctx,
+                                             _params_doc(params_path),
+                                             {"git_commit": run_tags["git_commit"]})
+            run_tree.stage_started(client, parent_id, ctx, stage)
+    except Exception as err:  # noqa: BLE001 - the stage runs (and logs its own run) regardless
+        _warn("finding the pipeline run", err)
     run_tags.update(context.Owner.of().tags())
     mlflow.set_experiment(experiment_id=experiment_id)
     run = mlflow.start_run(run_name=stage, tags=run_tags, parent_run_id=parent_id)
@@ -338,7 +342,10 @@ def stage_run(
         with _sigterm_as_interrupt():
             logger.log_params(flat_params)
             if parent_id is not None:
-                run_tree.link_skipped(client, experiment_id, parent_id, ctx.root)
+                try:
+                    run_tree.link_skipped(client, experiment_id, parent_id, ctx.root)
+                except Exception as err:  # noqa: BLE001 - see above
+                    _warn("linking the skipped stages", err)
             yield logger
             report_peak_memory(stage, logger)
         status = "FINISHED"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.atomic import write_json
+from pipeline.params import flatten
 
 _TASK_METRICS = ("ssim", "psnr", "fvd", "fvd_untrained_i3d", "end/ssim",
                  "trajectory_error_px", "sound_sync", "class_accuracy")
@@ -44,16 +45,6 @@ HEADLINE: dict[str, dict[str, str]] = {
 HEADLINE_DIR = "metrics/headline"  # metrics/headline/<stage>.json, declared in dvc.yaml
 
 
-def flatten(result: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts → ``a/b/c`` keys (leaves kept as they are)."""
-    if isinstance(result, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in result.items():
-            out.update(flatten(value, f"{prefix}{key}/"))
-        return out
-    return {prefix[:-1]: result} if prefix else {}
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -67,7 +58,7 @@ def headline(stage: str, result: Any) -> dict[str, float]:
     spec = HEADLINE.get(stage)
     if not spec or not isinstance(result, Mapping):
         return {}
-    flat = flatten(result)
+    flat = flatten(dict(result), sep="/")
     out: dict[str, float] = {}
     for pattern, name in spec.items():
         regex = re.compile("^" + re.escape(pattern).replace(r"\*", "([^/]+)") + "$")

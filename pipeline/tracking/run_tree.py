@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from pipeline.dag import outs_signature, read_lock, stage_names
+from pipeline.params import flatten
 from pipeline.tracking.context import PipelineContext
 from pipeline.tracking.experiment import run_url
 from pipeline.tracking.headline import round_significant
@@ -74,14 +75,9 @@ def find_parent(client: Any, experiment_id: str, pipeline_id: str) -> Any | None
     return runs[0] if runs else None
 
 
-def flat_params(doc: Any, prefix: str = "") -> dict[str, str]:
+def flat_params(doc: Mapping[str, Any]) -> dict[str, str]:
     """A params.yaml document → ``{"section.key": "value"}`` (lists kept whole)."""
-    if isinstance(doc, Mapping):
-        out: dict[str, str] = {}
-        for key, value in doc.items():
-            out.update(flat_params(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: param_value(doc)} if prefix else {}
+    return {key: param_value(value) for key, value in flatten(dict(doc)).items()}
 
 
 def param_value(value: Any) -> str:
