@@ -152,18 +152,16 @@ def autoencoder_example() -> np.ndarray:
 
 
 def transformer_example(config: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """One start frame and, per control T reads, "not given" (zero-size) except the class; two
-    frames out."""
+    """One start frame, two frames out, and every control the model reads given (id 0): MLflow
+    checks the example after a JSON round trip, where a zero-size "not given" array loses its
+    shape and fails the signature."""
     h, w = config.frame_height, config.frame_width
-    inputs = {"start": np.zeros((1, 1, h, w), np.int64)}
-    empty = {"label": (0,), "end_frame": (0, h, w), "state": (0, 2, 2),
-             "audio": (0, 2, config.audio_tokens_per_frame),
-             "layout": (0, 2, config.layout_tokens_per_frame)}
+    n = 2
+    shapes = {"start": (1, 1, h, w), "label": (1,), "end_frame": (1, h, w), "state": (1, n, 2),
+              "audio": (1, n, config.audio_tokens_per_frame),
+              "layout": (1, n, config.layout_tokens_per_frame)}
     names = [spec.name for spec in transformer_signature(config).inputs.inputs]
-    inputs.update({k: np.zeros(empty[k], np.int64) for k in names if k != "start"})
-    if "label" in names:
-        inputs["label"] = np.zeros((1,), np.int64)
-    return inputs, {"num_frames": 2}
+    return {k: np.zeros(shapes[k], np.int64) for k in names}, {"num_frames": n}
 
 
 def transformer_signature(config: Any) -> Any:
