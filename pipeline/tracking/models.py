@@ -7,7 +7,9 @@ signatures, the other model files as artifacts of their runs.
   c). ``pipeline.evaluation.tasks.decode_video`` does the decoding.
 - ``transformer`` (§3.3, App. E): **controls → tokens**. Inputs ``start`` int64 (B, m, h, w), the
   codes of m given frames (m may be 0 when T has a class or end-frame token), and one input per
-  control T was trained with, a zero-size array meaning "not given" (that kind's null id):
+  control T was trained with, a zero-size array meaning "not given" (that kind's null id; from
+  Python only: JSON, as a model server gets it, drops an empty array's shape and fails the
+  signature, so there every input must be given):
   ``label`` (B,), ``end_frame`` (B, h, w) codes, ``state`` (B, n, 2) bins, ``audio`` (B, n, l_a)
   and ``layout`` (B, n, l_l) VQ codes. Params ``num_frames``, ``top_k``, ``temperature``,
   ``seed`` (row i samples with seed + i), ``end_time`` (−1 = the last frame). Output int64
