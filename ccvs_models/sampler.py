@@ -41,6 +41,7 @@ from torch import nn
 
 from ccvs_models.autoencoder import CCVSAutoencoder
 from ccvs_models.sequence_layout import SequenceLayout, TokenKind
+from ccvs_models.step_threads import StepThreads, restored_threads
 from ccvs_models.transformer import CCVSTransformer
 
 
@@ -51,13 +52,14 @@ class SamplerConfig:
     top_k: int = 100  # §3.1 top-k sampling; 1 = greedy (argmax, no randomness); > q acts as q
     temperature: float = 1.0  # logits / temperature before top-k (not in the paper)
     kv_cache: bool = True  # incremental decoding (App. A); False = recompute the prefix per token
-    step_threads: int = 1  # CPU threads for the one-token steps of the KV-cache path (0 = leave
-    # torch's setting). A token's ops are tiny: with several threads each one waits for the others,
-    # and on a busy CPU (other jobs, data loaders) a one-token step of the demo T took 70 ms
-    # instead of 3 (layer_norm alone 2 ms). On an idle 2-core CPU 2 threads are faster for big
-    # models (81 vs 51 tokens/s at 8 layers × 512, bench/synthesis.py): set 0 there. torch's
-    # thread count is process-wide: it is set for those steps only and restored before window
-    # rebuilds, on_frame callbacks and on return.
+    step_threads: int | Literal["auto"] = "auto"  # CPU threads for the one-token steps of the
+    # KV-cache path: "auto" measures (``ccvs_models.step_threads.StepThreads``: the first steps
+    # of a run are timed on 1, 2, … threads, the fastest is kept; it does not change the tokens),
+    # n ≥ 1 sets n, 0 leaves torch's setting. Neither count wins everywhere: on an idle 2-core
+    # CPU 2 threads ran the 8 layers × 512 T 1.8× faster; on a busy one a 1-token step of the demo
+    # T took 70 ms on 2 threads and 3 on 1 (BENCHMARKS.md "synthesis"). torch's thread count is
+    # process-wide: it is set for those steps only and restored before window rebuilds, on_frame
+    # callbacks and on return.
     weights: Literal["fp32", "bf16", "int8"] = "fp32"  # precision of T's Linear weights while
     # sampling (``CCVSTransformer.low_precision``: a copy made per call; embeddings, LayerNorms,
     # attention and the KV cache stay fp32). A cached token step reads every weight once, so its
@@ -69,8 +71,10 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError(f"SamplerConfig: top_k must be ≥ 1, got {self.top_k}")
-        if self.step_threads < 0:
-            raise ValueError(f"SamplerConfig: step_threads must be ≥ 0, got {self.step_threads}")
+        if self.step_threads != "auto" and not (isinstance(self.step_threads, int)
+                                                and self.step_threads >= 0):
+            raise ValueError(f"SamplerConfig: step_threads must be 'auto' or an int ≥ 0, "
+                             f"got {self.step_threads!r}")
         if self.weights not in ("fp32", "bf16", "int8"):
             raise ValueError(f"SamplerConfig: weights must be 'fp32', 'bf16' or 'int8', "
                              f"got {self.weights!r}")
@@ -219,20 +223,6 @@ def _eval_mode(*modules: nn.Module) -> Iterator[None]:
                 m.training = training
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to n (0 = unchanged) inside the block, restored after."""
-    before = torch.get_num_threads()
-    if n <= 0 or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- tokens
 
 
@@ -252,12 +242,15 @@ def _pick(logits: torch.Tensor, k: int, temperature: float,
 def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames: int,
                   controls: TokenControls | None = None, config: SamplerConfig = SamplerConfig(),
                   seeds: Sequence[int] | None = None,
-                  on_frame: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                  on_frame: Callable[[int, torch.Tensor], None] | None = None,
+                  threads: StepThreads | None = None) -> torch.Tensor:
     """start (B, m, h, w) frame codes of the m given frames (m ≥ 0; m = 0 only when the sequence
     has a token before the first frame code) → (B, num_frames, h, w) codes, the first m = start.
     seeds: one per batch row (sample i's draws depend only on seeds[i]); None = 0..B−1.
     on_frame(t, codes (B, h, w)) is called once per NEW frame t ≥ m as soon as its last code is
-    sampled (so the caller can decode it while T goes on). Sliding window past N frames (§3.3)."""
+    sampled (so the caller can decode it while T goes on). Sliding window past N frames (§3.3).
+    threads: where ``step_threads="auto"`` keeps its measurements (one ``StepThreads`` shared by
+    several calls measures once per model shape and batch); None = a new one for this call."""
     lay = transformer.layout
     plan = _plan(lay, start, num_frames, controls)
     b, m = start.shape[:2]
@@ -277,7 +270,12 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
     buf = torch.empty(b, lay.length, dtype=torch.long, device=dev)  # the window's sequence
     buf[:, :lv] = plan.video
     cache = transformer.new_kv_cache(b) if config.kv_cache else None
-    step_threads = config.step_threads if dev.type == "cpu" else 0
+    # the small steps' thread count: fixed, or measured per (model, precision, batch)
+    fixed = config.step_threads if dev.type == "cpu" and config.step_threads != "auto" else 0
+    trial = None  # a ThreadTrial: measured per (model, precision, batch) under torch's budget
+    if dev.type == "cpu" and config.step_threads == "auto" and cache is not None:
+        trial = (threads if threads is not None else StepThreads()).trial(
+            (transformer.config, config.weights, b), torch.get_num_threads())
     window, gap, draw = -1, None, 0
     model = transformer.low_precision(config.weights)  # T itself for fp32
     with _eval_mode(transformer):
@@ -293,23 +291,31 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
                     cache.crop(0)
             first = lv + (t - s) * stride + lf  # position of frame t's first code
             buf[:, first - lf:first] = plan.annotations[:, t]
-            # with the cache, step_threads from the first small step (after a window's prefill)
+            # with the cache, the step thread count from the first small step (after a
+            # window's prefill, which keeps torch's threads); restored before on_frame
             small_from = 0 if cache is None or cache.length > 0 else 1
-            with contextlib.ExitStack() as scope:
+            with restored_threads():
                 for j in range(hw):
-                    if cache is not None and j == small_from:
-                        scope.enter_context(_threads(step_threads))
                     p = first + j  # the position to sample, scored by ô_{p−1}
+                    timed = trial is not None and j >= small_from
+                    if cache is not None and j >= small_from:
+                        count = trial.threads() if trial is not None else fixed
+                        if count > 0 and count != torch.get_num_threads():
+                            torch.set_num_threads(count)
+                    t0 = trial.clock() if timed else 0.0
+                    fed = p - (cache.length if cache is not None else 0)
                     if cache is None:
                         out = model(buf[:, :p], end_gap=gap, last_only=True)
                     else:  # feed what the cache lacks: a prefill, 1 + l_f tokens or 1 token
                         out = model(buf[:, cache.length:p], end_gap=gap, kv_cache=cache,
-                                          start_pos=cache.length, last_only=True)
+                                    start_pos=cache.length, last_only=True)
                     u = None if uniforms is None else uniforms[:, draw]
                     tok = _pick(out.logits[:, -1], k, config.temperature, u)
                     draw += 1
                     buf[:, p] = tok
                     codes[:, t, j] = tok
+                    if timed and fed == 1:  # measured: one-token steps only (alike in cost)
+                        trial.record(count, trial.clock() - t0)
             if on_frame is not None:
                 on_frame(t, codes[:, t].view(b, lay.frame_height, lay.frame_width))
     return codes.view(b, n, lay.frame_height, lay.frame_width)
@@ -344,7 +350,8 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
                controls: TokenControls | None = None, config: SamplerConfig = SamplerConfig(),
                samples: int = 1, seeds: Sequence[int] | None = None,
                context_frames: int | None = None,
-               on_frame: Callable[[int], None] | None = None) -> SynthesisOutput:
+               on_frame: Callable[[int], None] | None = None,
+               threads: StepThreads | None = None) -> SynthesisOutput:
     """Fig. 1 doubly autoregressive synthesis: start_frames (B, m, 3, H, W) in [−1, 1], tokenized
     by Q(E(·)) (m = 0, unconditional: T samples frame 0 too — it needs a token before the first
     code, a class or an end frame — and D decodes it without context); S = ``samples`` per input in ONE batch of B·S rows
@@ -395,6 +402,6 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
 
         tokens = sample_tokens(transformer, start_codes.repeat_interleave(samples, dim=0),
                                num_frames, controls.repeat(samples) if controls else None,
-                               config, seeds, decode)
+                               config, seeds, decode, threads)
     return SynthesisOutput(frames=frames.view(b, samples, *frames.shape[1:]),
                            tokens=tokens.view(b, samples, *tokens.shape[1:]))

@@ -10,6 +10,7 @@ import torch
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
 from ccvs_models.sampler import SamplerConfig, TokenControls, sample_tokens, synthesize
 from ccvs_models.sequence_layout import TokenKind
+from ccvs_models.step_threads import StepThreads
 from ccvs_models.transformer import CCVSTransformer
 from ccvs_models.transformer_config import TransformerConfig
 
@@ -84,6 +85,66 @@ def test_kv_cache_and_recompute_give_the_same_tokens(n, copy):
     first = out[True, 1]
     assert first.shape == (2, n, H, W)
     assert all(torch.equal(first, o) for o in out.values())
+
+
+class ThreadClock:
+    """A fake clock for StepThreads: each reading advances by cost[torch's thread count], so a
+    step timed on c threads lasts cost[c] (readings come in start/stop pairs)."""
+
+    def __init__(self, cost: dict[int, float]) -> None:
+        self.cost, self.now = cost, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.cost[torch.get_num_threads()] / 2
+        return self.now
+
+
+@pytest.mark.parametrize("cost, expected", [({1: 1.0, 2: 3.0}, 1), ({1: 3.0, 2: 1.0}, 2)])
+def test_auto_step_threads_measure_the_one_token_steps_and_keep_the_faster_count(cost, expected):
+    """The first one-token steps cycle through 1 and 2 threads; then every step uses the count
+    with the faster (fake) timing; prefills, window rebuilds, on_frame and the caller keep 2."""
+    model = make(config(n_embd=16))
+    lay = model.layout
+    seen = []  # (tokens fed, torch threads) per call of T
+    model.register_forward_pre_hook(
+        lambda mod, args: seen.append((args[0].shape[1], torch.get_num_threads())))
+    frame_threads = []
+    tuner = StepThreads(rounds=1, block=2, clock=ThreadClock(cost))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        n = 7  # slides: 5 windows, 30 codes
+        tokens = sample_tokens(model, start_codes(2, 1), n, controls(2, n),
+                               SamplerConfig(top_k=4), None,
+                               lambda t, codes: frame_threads.append(torch.get_num_threads()),
+                               threads=tuner)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert after == 2 and frame_threads == [2] * (n - 1)  # never leaked
+    assert tuner.trial((model.config, "fp32", 2), 2).chosen == expected
+    one = [threads for fed, threads in seen if fed == 1]
+    assert one[:4] == [1, 1, 2, 2] and set(one[4:]) == {expected}
+    assert all(threads == 2 for fed, threads in seen if fed > 1 + lay.frame_annotation_len)
+    # a second call with the same tuner measures nothing again
+    torch.set_num_threads(2)
+    try:
+        seen.clear()
+        sample_tokens(model, start_codes(2, 1), 3, controls(2, 3), SamplerConfig(top_k=4),
+                      threads=tuner)
+    finally:
+        torch.set_num_threads(before)
+    assert {threads for fed, threads in seen if fed == 1} == {expected}
+    # the thread count changes no token: the same samples as 1-thread steps
+    assert torch.equal(tokens, sample_tokens(model, start_codes(2, 1), n, controls(2, n),
+                                             SamplerConfig(top_k=4, step_threads=1)))
+
+
+def test_step_threads_setting_is_checked():
+    for bad in (-1, "fast", 1.5):
+        with pytest.raises(ValueError, match="step_threads"):
+            SamplerConfig(step_threads=bad)
+    assert SamplerConfig().step_threads == "auto"
 
 
 def test_greedy_is_deterministic_and_the_stepwise_argmax_of_the_uncached_logits():
