@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import torch
@@ -68,6 +69,14 @@ class SamplerConfig:
     # no longer those of the fp32 model (bench/synthesis.py counts how many differ). Applies to
     # the cached and the uncached sampler alike, so the two compare at the same precision.
 
+    autoencoder_precision: Literal["fp32", "bf16"] = "fp32"  # ``synthesize``: D·S·E·F of each
+    # new frame under bf16 autocast ("bf16") or in fp32. The given frames are tokenized in fp32
+    # either way, so T's tokens do not change; the frames do, slightly (bench/synthesis.py
+    # measures the PSNR between the two). Pays on CPUs with bf16 matrix units (AMX / AVX-512-BF16)
+    # and with channels-last conv weights.
+    overlap_decoding: bool = False  # ``synthesize``: D·S·E·F of frame t on a worker thread while
+    # T samples frame t + 1 (same frames); on_frame is then called from that thread.
+
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError(f"SamplerConfig: top_k must be ≥ 1, got {self.top_k}")
@@ -80,6 +89,9 @@ class SamplerConfig:
                              f"got {self.weights!r}")
         if not self.temperature > 0:
             raise ValueError(f"SamplerConfig: temperature must be > 0, got {self.temperature}")
+        if self.autoencoder_precision not in ("fp32", "bf16"):
+            raise ValueError(f"SamplerConfig: autoencoder_precision must be 'fp32' or 'bf16', "
+                             f"got {self.autoencoder_precision!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +336,54 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
 # ----------------------------------------------------------------------------- frames
 
 
+class _FrameDecoding:
+    """Runs ``decode(t, codes)`` for each new frame in order, under the configured precision:
+    inline, or (``overlap_decoding``) on one worker thread while T samples the next frame. The
+    worker decodes frames in the order they arrive (D·S·E·F of frame t reads the context pushed
+    by frame t − 1); leaving the block waits for every frame, and re-raises a decoding error."""
+
+    def __init__(self, decode: Callable[[int, torch.Tensor], None], config: SamplerConfig,
+                 device: torch.device) -> None:
+        self.decode, self.device = decode, device
+        self.bf16 = config.autoencoder_precision == "bf16"
+        self.pool = ThreadPoolExecutor(1, "ccvs-decode") if config.overlap_decoding else None
+        self.pending: list[Future] = []
+        self.failed = False  # a frame failed: the frames queued after it are not decoded
+
+    def _run(self, t: int, codes: torch.Tensor) -> None:
+        if self.failed:
+            return
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16,
+                                                 enabled=self.bf16):
+                self.decode(t, codes)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def submit(self, t: int, codes: torch.Tensor) -> None:
+        if self.pool is None:
+            self._run(t, codes)
+            return
+        for done in [f for f in self.pending if f.done()]:
+            done.result()  # a failed frame stops T now, not after the last frame
+            self.pending.remove(done)
+        self.pending.append(self.pool.submit(self._run, t, codes.clone()))
+
+    def __enter__(self) -> _FrameDecoding:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is None:
+            return
+        try:
+            if exc[0] is None:
+                for f in self.pending:
+                    f.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _check_models(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
                   start_frames: torch.Tensor) -> None:
     acfg, lay = autoencoder.config, transformer.layout
@@ -400,8 +460,9 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
             if on_frame is not None:
                 on_frame(t)
 
-        tokens = sample_tokens(transformer, start_codes.repeat_interleave(samples, dim=0),
-                               num_frames, controls.repeat(samples) if controls else None,
-                               config, seeds, decode, threads)
+        with _FrameDecoding(decode, config, dev) as decoding:
+            tokens = sample_tokens(transformer, start_codes.repeat_interleave(samples, dim=0),
+                                   num_frames, controls.repeat(samples) if controls else None,
+                                   config, seeds, decoding.submit, threads)
     return SynthesisOutput(frames=frames.view(b, samples, *frames.shape[1:]),
                            tokens=tokens.view(b, samples, *tokens.shape[1:]))

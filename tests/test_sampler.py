@@ -4,6 +4,8 @@ the end-frame gap of App. E, and synthesize()'s D·S·E·F loop (start frames, S
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -99,9 +101,12 @@ class ThreadClock:
         return self.now
 
 
-@pytest.mark.parametrize("cost, expected", [({1: 1.0, 2: 3.0}, 1), ({1: 3.0, 2: 1.0}, 2)])
-def test_auto_step_threads_measure_the_one_token_steps_and_keep_the_faster_count(cost, expected):
-    """The first one-token steps cycle through 1 and 2 threads; then every step uses the count
+@pytest.mark.parametrize("cost, expected, measured", [
+    ({1: 1.0, 2: 3.0}, 1, [1, 1, 2]),  # 2 threads: one step > 2 × 1 thread's, dropped
+    ({1: 3.0, 2: 1.0}, 2, [1, 1, 2, 2])])
+def test_auto_step_threads_measure_the_one_token_steps_and_keep_the_faster_count(cost, expected,
+                                                                                measured):
+    """The first one-token steps go to 1, then 2 threads; then every step uses the count
     with the faster (fake) timing; prefills, window rebuilds, on_frame and the caller keep 2."""
     model = make(config(n_embd=16))
     lay = model.layout
@@ -124,7 +129,7 @@ def test_auto_step_threads_measure_the_one_token_steps_and_keep_the_faster_count
     assert after == 2 and frame_threads == [2] * (n - 1)  # never leaked
     assert tuner.trial((model.config, "fp32", 2), 2).chosen == expected
     one = [threads for fed, threads in seen if fed == 1]
-    assert one[:4] == [1, 1, 2, 2] and set(one[4:]) == {expected}
+    assert one[:len(measured)] == measured and set(one[len(measured):]) == {expected}
     assert all(threads == 2 for fed, threads in seen if fed > 1 + lay.frame_annotation_len)
     # a second call with the same tuner measures nothing again
     torch.set_num_threads(2)
@@ -404,3 +409,66 @@ def test_reduced_precision_weights_are_opt_in_close_to_fp32_and_leave_t_untouche
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="weights"):
         SamplerConfig(weights="fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_overlapped_decoding_gives_the_same_frames_in_order(precision):
+    """D·S·E·F on a worker thread while T samples on: the frames of the inline run, decoded in
+    order (each reads the context its predecessor pushed), on_frame called from the worker."""
+    ae, model = autoencoder(context_frames=2), make()
+    x0 = start_frames(2, 1)
+    runs = {}
+    for overlap in (False, True):
+        progress = []
+        cfg = SamplerConfig(top_k=4, autoencoder_precision=precision, overlap_decoding=overlap)
+        out = synthesize(ae, model, x0, 6, controls(2, 6), cfg,
+                         on_frame=lambda t: progress.append((t, threading.current_thread().name)))
+        runs[overlap] = out
+        assert [t for t, _ in progress] == [1, 2, 3, 4, 5]
+        assert all(name.startswith("ccvs-decode") == overlap for _, name in progress)
+    assert torch.equal(runs[False].tokens, runs[True].tokens)
+    assert torch.equal(runs[False].frames, runs[True].frames)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_decoding_error_stops_synthesis(overlap):
+    ae, model = autoencoder(), make()
+    decode = ae.decode_tokens
+    calls = []
+
+    def failing(codes, context=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("decoder broke")
+        return decode(codes, context)
+
+    ae.decode_tokens = failing
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        synthesize(ae, model, start_frames(1, 1), 7, config=SamplerConfig(
+            top_k=4, overlap_decoding=overlap))
+    assert len(calls) == 2  # nothing is decoded after the failed frame
+
+
+def test_bf16_autoencoder_runs_in_bf16_keeps_the_tokens_and_changes_frames_little():
+    ae, model = autoencoder(context_frames=2), make()
+    x0 = start_frames(2, 2)
+    dtypes = []
+    decode = ae.decode_tokens
+
+    def spy(codes, context=None):
+        out = decode(codes, context)
+        dtypes.append(out.x_hat.dtype)
+        return out
+
+    ae.decode_tokens = spy
+    fp32 = synthesize(ae, model, x0, 5, controls(2, 5), SamplerConfig(top_k=4))
+    bf16 = synthesize(ae, model, x0, 5, controls(2, 5),
+                      SamplerConfig(top_k=4, autoencoder_precision="bf16"))
+    assert dtypes == [torch.float32] * 3 + [torch.bfloat16] * 3
+    assert torch.equal(fp32.tokens, bf16.tokens)  # the given frames are tokenized in fp32
+    assert torch.equal(fp32.frames[:, :, :2], bf16.frames[:, :, :2])
+    assert bf16.frames.dtype == torch.float32
+    diff = (fp32.frames - bf16.frames).abs()
+    assert 0 < diff.max() < 0.1, diff.max()
+    with pytest.raises(ValueError, match="autoencoder_precision"):
+        SamplerConfig(autoencoder_precision="fp16")
