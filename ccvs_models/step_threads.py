@@ -80,6 +80,7 @@ class ThreadTrial:
         self.previous = self.chosen
         self.alive = list(self.candidates)  # still in the running, in this round's order
         self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.dropped: dict[int, float] = {}  # candidate → the one step that dropped it
         self.round, self.slot, self.step = 0, 0, 0  # round, candidate index in it, step in block
         self.since = 0  # steps run with ``chosen``
         self.chosen = None if len(self.alive) > 1 else self.alive[0]
@@ -111,6 +112,7 @@ class ThreadTrial:
         if other is not None and seconds > o.abort * other and (
                 not own or statistics.median(own) > other):
             self.alive.remove(threads)  # far slower than another count: no more steps on it
+            self.dropped[threads] = seconds
             self._next_block(advance=False)
             return
         if self.step:  # the first step of a block is a warm-up
@@ -145,12 +147,20 @@ class ThreadTrial:
                          else o.recheck)
 
     def describe(self) -> str:
-        """"2 of 2 threads (1 thread 14.1 ms, 2 threads 8.0 ms per step)"; "measuring" before."""
+        """E.g. "2 of 2 threads (1 thread 14.1 ms, 2 threads 8.0 ms per step)"; "measuring …"
+        before the choice."""
         if self.chosen is None:
             return f"measuring {', '.join(map(str, self.candidates))} threads"
-        times = ", ".join(f"{c} thread{'s' if c > 1 else ''} {1e3 * m:.1f} ms"
-                          for c, m in sorted(self.medians.items()))
-        return f"{self.chosen} of {self.budget} threads" + (f" ({times} per step)" if times else "")
+        def name(c: int) -> str:
+            return f"{c} thread{'s' if c > 1 else ''}"
+        parts = []
+        if self.medians:
+            parts.append(", ".join(f"{name(c)} {1e3 * m:.1f} ms" for c, m in
+                                   sorted(self.medians.items())) + " per step")
+        parts += [f"{name(c)} dropped after one {1e3 * m:.0f} ms step"
+                  for c, m in sorted(self.dropped.items())]
+        return f"{self.chosen} of {self.budget} threads" + (f" ({'; '.join(parts)})"
+                                                            if parts else "")
 
 
 class StepThreads:

@@ -62,6 +62,8 @@ def test_a_far_slower_count_costs_one_step():
     used = run(tuner, "k", {1: 1.0, 2: 16.0}, 20)
     assert used == [1] * 4 + [2] + [1] * 15
     assert tuner.trial("k", 2).chosen == 1
+    assert tuner.summary() == ["1 of 2 threads (1 thread 1000.0 ms per step; 2 threads dropped "
+                               "after one 16000 ms step)"]
 
 
 def test_the_first_step_of_a_block_is_not_counted():
