@@ -42,7 +42,7 @@ from torch import nn
 
 from ccvs_models.autoencoder import CCVSAutoencoder
 from ccvs_models.sequence_layout import SequenceLayout, TokenKind
-from ccvs_models.step_threads import StepThreads, restored_threads
+from ccvs_models.step_threads import StepThreads, ThreadTrial, restored_threads
 from ccvs_models.transformer import CCVSTransformer
 
 
@@ -74,8 +74,10 @@ class SamplerConfig:
     # either way, so T's tokens do not change; the frames do, slightly (bench/synthesis.py
     # measures the PSNR between the two). Pays on CPUs with bf16 matrix units (AMX / AVX-512-BF16)
     # and with channels-last conv weights.
-    overlap_decoding: bool = False  # ``synthesize``: D·S·E·F of frame t on a worker thread while
-    # T samples frame t + 1 (same frames); on_frame is then called from that thread.
+    overlap_decoding: bool | Literal["auto"] = "auto"  # ``synthesize``: D·S·E·F of frame t on a
+    # worker thread while T samples frame t + 1 (the same frames; on_frame is then called from
+    # that thread). "auto": when T's one-token steps run on fewer threads than torch's budget
+    # (a core is free, or the CPU is busy and a second thread gets a second share of it).
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -89,6 +91,9 @@ class SamplerConfig:
                              f"got {self.weights!r}")
         if not self.temperature > 0:
             raise ValueError(f"SamplerConfig: temperature must be > 0, got {self.temperature}")
+        if self.overlap_decoding not in (True, False, "auto"):
+            raise ValueError(f"SamplerConfig: overlap_decoding must be True, False or 'auto', "
+                             f"got {self.overlap_decoding!r}")
         if self.autoencoder_precision not in ("fp32", "bf16"):
             raise ValueError(f"SamplerConfig: autoencoder_precision must be 'fp32' or 'bf16', "
                              f"got {self.autoencoder_precision!r}")
@@ -238,6 +243,23 @@ def _eval_mode(*modules: nn.Module) -> Iterator[None]:
 # ----------------------------------------------------------------------------- tokens
 
 
+def _step_trial(transformer: CCVSTransformer, config: SamplerConfig, rows: int,
+                device: torch.device, threads: StepThreads | None) -> ThreadTrial | None:
+    """Where ``step_threads="auto"`` measures the one-token steps (per model, precision and
+    batch, under torch's current thread budget); None for a fixed count, no KV cache or not CPU."""
+    if device.type != "cpu" or config.step_threads != "auto" or not config.kv_cache:
+        return None
+    return (threads if threads is not None else StepThreads()).trial(
+        (transformer.config, config.weights, rows), torch.get_num_threads())
+
+
+def _fixed_steps(config: SamplerConfig, device: torch.device) -> int:
+    """The one-token steps' thread count when it is not measured (0 = torch's)."""
+    if device.type != "cpu" or config.step_threads == "auto" or not config.kv_cache:
+        return 0
+    return config.step_threads
+
+
 def _pick(logits: torch.Tensor, k: int, temperature: float,
           uniform: torch.Tensor | None) -> torch.Tensor:
     """logits (B, q) → (B,) ids: argmax (k = 1), else inverse CDF of uniform (B,) over the
@@ -283,11 +305,7 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
     buf[:, :lv] = plan.video
     cache = transformer.new_kv_cache(b) if config.kv_cache else None
     # the small steps' thread count: fixed, or measured per (model, precision, batch)
-    fixed = config.step_threads if dev.type == "cpu" and config.step_threads != "auto" else 0
-    trial = None  # a ThreadTrial: measured per (model, precision, batch) under torch's budget
-    if dev.type == "cpu" and config.step_threads == "auto" and cache is not None:
-        trial = (threads if threads is not None else StepThreads()).trial(
-            (transformer.config, config.weights, b), torch.get_num_threads())
+    fixed, trial = _fixed_steps(config, dev), _step_trial(transformer, config, b, dev, threads)
     window, gap, draw = -1, None, 0
     model = transformer.low_precision(config.weights)  # T itself for fp32
     with _eval_mode(transformer):
@@ -337,16 +355,22 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
 
 
 class _FrameDecoding:
-    """Runs ``decode(t, codes)`` for each new frame in order, under the configured precision:
-    inline, or (``overlap_decoding``) on one worker thread while T samples the next frame. The
-    worker decodes frames in the order they arrive (D·S·E·F of frame t reads the context pushed
-    by frame t − 1); leaving the block waits for every frame, and re-raises a decoding error."""
+    """Runs ``decode(t, codes)`` (D·S·E·F of one new frame) for each new frame in order, under the
+    configured precision, on the thread count of T's one-token steps (``count()``: a 64×64
+    frame's convolutions are small ops too, and on a busy CPU 2 threads made a frame 7–50× slower
+    than 1), either inline or on one worker thread while T samples the next frame
+    (``overlap_decoding``; "auto" = when T's steps leave a core of torch's ``budget`` free,
+    decided at the first frame). The worker decodes frames in the order they arrive (frame t
+    reads the context pushed by frame t − 1) with torch's process-wide thread count, mostly T's
+    step count then. Leaving the block waits for every frame and re-raises a decoding error; a
+    failed frame stops T at its next frame."""
 
     def __init__(self, decode: Callable[[int, torch.Tensor], None], config: SamplerConfig,
-                 device: torch.device) -> None:
-        self.decode, self.device = decode, device
+                 device: torch.device, count: Callable[[], int], budget: int) -> None:
+        self.decode, self.device, self.count, self.budget = decode, device, count, budget
         self.bf16 = config.autoencoder_precision == "bf16"
-        self.pool = ThreadPoolExecutor(1, "ccvs-decode") if config.overlap_decoding else None
+        self.overlap = config.overlap_decoding  # "auto" until the first frame
+        self.pool: ThreadPoolExecutor | None = None
         self.pending: list[Future] = []
         self.failed = False  # a frame failed: the frames queued after it are not decoded
 
@@ -362,8 +386,15 @@ class _FrameDecoding:
             raise
 
     def submit(self, t: int, codes: torch.Tensor) -> None:
+        if self.overlap == "auto":
+            self.overlap = self.device.type == "cpu" and 0 < self.count() < self.budget
+        if self.overlap and self.pool is None:
+            self.pool = ThreadPoolExecutor(1, "ccvs-decode")
         if self.pool is None:
-            self._run(t, codes)
+            with restored_threads():
+                if self.count() > 0:
+                    torch.set_num_threads(self.count())
+                self._run(t, codes)
             return
         for done in [f for f in self.pending if f.done()]:
             done.result()  # a failed frame stops T now, not after the last frame
@@ -460,9 +491,16 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
             if on_frame is not None:
                 on_frame(t)
 
-        with _FrameDecoding(decode, config, dev) as decoding:
+        tuner = threads if threads is not None else StepThreads()  # shared with sample_tokens
+        trial = _step_trial(transformer, config, rows, dev, tuner)
+        fixed = _fixed_steps(config, dev)
+
+        def count() -> int:  # T's step count (1 while T still measures), 0 = torch's
+            return fixed if trial is None else trial.chosen or 1
+
+        with _FrameDecoding(decode, config, dev, count, torch.get_num_threads()) as decoding:
             tokens = sample_tokens(transformer, start_codes.repeat_interleave(samples, dim=0),
                                    num_frames, controls.repeat(samples) if controls else None,
-                                   config, seeds, decoding.submit, threads)
+                                   config, seeds, decoding.submit, tuner)
     return SynthesisOutput(frames=frames.view(b, samples, *frames.shape[1:]),
                            tokens=tokens.view(b, samples, *tokens.shape[1:]))

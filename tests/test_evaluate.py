@@ -216,7 +216,7 @@ def test_synthesize_command_without_start_frame_samples_frame_zero(world, tmp_pa
 
 def test_synthesize_command_speed_options(world, tmp_path, capsys):
     assert _cli(world, tmp_path / "s", "--class", "left", "--ae-precision", "bf16",
-                "--overlap-decoding", "--step-threads", "auto") == 0
+                "--overlap-decoding", "on", "--step-threads", "auto") == 0
     printed = capsys.readouterr().out
     assert "autoencoder in bf16" in printed and "T's one-token steps on" in printed
     assert (tmp_path / "s" / "unconditional_sheet.png").exists()

@@ -472,3 +472,34 @@ def test_bf16_autoencoder_runs_in_bf16_keeps_the_tokens_and_changes_frames_littl
     assert 0 < diff.max() < 0.1, diff.max()
     with pytest.raises(ValueError, match="autoencoder_precision"):
         SamplerConfig(autoencoder_precision="fp16")
+
+
+@pytest.mark.parametrize("cost, steps", [({1: 1.0, 2: 3.0}, 1), ({1: 3.0, 2: 1.0}, 2)])
+@pytest.mark.parametrize("overlap", [False, "auto"])
+def test_decoding_runs_on_the_step_thread_count_and_overlaps_when_a_core_is_free(cost, steps,
+                                                                                 overlap):
+    """D·S·E·F of each frame runs on the thread count T's steps measured best; "auto" overlap
+    moves it to a worker thread exactly when T's steps leave one of torch's threads free."""
+    ae, model = autoencoder(context_frames=2), make()
+    seen = []  # (torch threads, thread name) per decoded frame
+    decode = ae.decode_tokens
+
+    def spy(codes, context=None):
+        seen.append((torch.get_num_threads(), threading.current_thread().name))
+        return decode(codes, context)
+
+    ae.decode_tokens = spy
+    tuner = StepThreads(rounds=1, block=2, clock=ThreadClock(cost))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        synthesize(ae, model, start_frames(1, 1), 5, controls(1, 5),
+                   SamplerConfig(top_k=4, overlap_decoding=overlap), threads=tuner)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert after == 2 and len(seen) == 4
+    on_worker = overlap == "auto" and steps == 1
+    assert all(name.startswith("ccvs-decode") == on_worker for _, name in seen)
+    if not on_worker:  # inline: set for the frame, restored after (the worker shares the count)
+        assert {threads for threads, _ in seen} == {steps}

@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="D·S·E·F per frame: bf16 autocast (slightly different frames, same "
                         "tokens) or fp32; auto = bf16 on CPUs with bf16 matrix units and "
                         "bf16-capable GPUs (BENCHMARKS.md 'synthesis')")
-    p.add_argument("--overlap-decoding", action="store_true",
-                   help="decode frame t on a second thread while T samples frame t + 1")
+    p.add_argument("--overlap-decoding", choices=("auto", "on", "off"), default="auto",
+                   help="decode frame t on a second thread while T samples frame t + 1; auto = "
+                        "when T's one-token steps leave a thread free")
     p.add_argument("--out", default="samples/synthesize", help="output folder")
     p.add_argument("--name", default=None, help="file name stem (default: from --start)")
     p.add_argument("--model-uri", default=None,
@@ -182,7 +183,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     config = SamplerConfig(top_k=args.top_k, temperature=args.temperature,
                            kv_cache=not args.no_kv_cache, weights=args.weights,
                            step_threads=args.step_threads, autoencoder_precision=precision,
-                           overlap_decoding=args.overlap_decoding)
+                           overlap_decoding={"on": True, "off": False}.get(args.overlap_decoding,
+                                                                           "auto"))
     threads = StepThreads()
     seeds = [args.seed + s for s in range(args.samples)]
     m = 0 if start is None else start.shape[1]
