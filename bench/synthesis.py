@@ -564,6 +564,7 @@ def main() -> None:
     tp = load_section("transformer", args.params)
     demo_cfg = model_config(tp.model, tp.conditioning, DEMO_VOCAB, tp.model.num_frames or 16)
     q = args.quick
+    passes = 1 if q else args.passes
     load = os.getloadavg()
     wall = time.perf_counter()
     lines = [
@@ -572,6 +573,7 @@ def main() -> None:
         f"random-init weights, top-k = 100.",
         "",
     ]
+    print("\n".join(lines), flush=True)  # the load at start, before the first long part
 
     def emit(*new: str) -> None:
         lines.extend(new)
@@ -585,7 +587,7 @@ def main() -> None:
         if args.large_only:
             cfgs = [c for c in cfgs if c[0] == "large"]
         emit("", f"Whole runs (`sample_tokens`, KV cache, 1 given frame → {args.frames} frames, "
-             f"a fresh `StepThreads` per run as in `ccvs synthesize`), {args.passes} interleaved "
+             f"a fresh `StepThreads` per run as in `ccvs synthesize`), {passes} interleaved "
              f"passes: tokens/s per step-thread setting; auto vs the best fixed setting and vs "
              f"1-thread steps (the old default) as the median of per-pass ratios "
              f"(fixed / auto time, ≥ 0.90 is the target vs best).", "",
@@ -595,7 +597,7 @@ def main() -> None:
         for name, cfg, batch in cfgs:
             torch.manual_seed(0)
             model = CCVSTransformer(cfg).eval()
-            for r in whole_runs(model, batch, args.frames, 1 if q else args.passes,
+            for r in whole_runs(model, batch, args.frames, passes,
                                 args.weights.split(",")):
                 rate = r["rate"]
                 emit(f"| {name}: {cfg.n_layer}L × {cfg.n_embd}, q = {cfg.frame_vocab} | {batch} | "
@@ -619,7 +621,7 @@ def main() -> None:
     if "e2e" in parts:
         variants = args.e2e_variants.split(",")
         emit("", f"End to end (`synthesize`: T with the KV cache and auto step threads + "
-             f"D·S·E·F per frame), 1 given frame → {args.e2e_frames} frames, {args.passes} "
+             f"D·S·E·F per frame), 1 given frame → {args.e2e_frames} frames, {passes} "
              f"interleaved passes (the median pass). Variants: the autoencoder in fp32 or bf16 "
              f"autocast, cl = channels-last conv weights, overlap = D·S·E·F on a worker thread "
              f"while T samples the next frame. AE share = the autoencoder's calls / wall "
@@ -630,7 +632,7 @@ def main() -> None:
         for width in ("demo", "large"):
             for samples in (1, 4):
                 r = end_to_end(args.params, width, samples, args.e2e_frames,
-                               args.context_frames, 1 if q else args.passes,
+                               args.context_frames, passes,
                                args.autoencoder or None, variants)
                 for row in r["rows"]:
                     emit(f"| {r['T']} | {r['size']}×{r['size']}, c = {r['c']}{r['trained']} | "
