@@ -413,7 +413,7 @@ E2E_VARIANTS = {  # name → (channels-last conv weights, SamplerConfig fields);
     "bf16+cl": (True, {"autoencoder_precision": "bf16", "overlap_decoding": False}),
     "fp32+cl+overlap": (True, {"overlap_decoding": True}),
     "bf16+cl+overlap": (True, {"autoencoder_precision": "bf16", "overlap_decoding": True}),
-    "default": (True, {}),  # what ``ccvs synthesize`` runs: SamplerConfig() (overlap "auto")
+    "default": (True, {}),  # what ``ccvs synthesize`` runs: SamplerConfig() defaults, bf16 AE if it pays
 }
 
 

@@ -74,10 +74,12 @@ class SamplerConfig:
     # either way, so T's tokens do not change; the frames do, slightly (bench/synthesis.py
     # measures the PSNR between the two). Pays on CPUs with bf16 matrix units (AMX / AVX-512-BF16)
     # and with channels-last conv weights.
-    overlap_decoding: bool | Literal["auto"] = "auto"  # ``synthesize``: D·S·E·F of frame t on a
+    overlap_decoding: bool | Literal["auto"] = False  # ``synthesize``: D·S·E·F of frame t on a
     # worker thread while T samples frame t + 1 (the same frames; on_frame is then called from
     # that thread). "auto": when T's one-token steps run on fewer threads than torch's budget
-    # (a core is free, or the CPU is busy and a second thread gets a second share of it).
+    # (a core is free, or the CPU is busy and a second thread gets a second share of it). Off by
+    # default: on a busy 2-core CPU it measured no faster than decoding inline on T's step count
+    # (BENCHMARKS.md "synthesis"); not yet measured on an idle one.
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="D·S·E·F per frame: bf16 autocast (slightly different frames, same "
                         "tokens) or fp32; auto = bf16 on CPUs with bf16 matrix units and "
                         "bf16-capable GPUs (BENCHMARKS.md 'synthesis')")
-    p.add_argument("--overlap-decoding", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--overlap-decoding", choices=("auto", "on", "off"), default="off",
                    help="decode frame t on a second thread while T samples frame t + 1; auto = "
-                        "when T's one-token steps leave a thread free")
+                        "when T's one-token steps leave a thread free (no gain measured on a "
+                        "busy CPU: BENCHMARKS.md 'synthesis')")
     p.add_argument("--out", default="samples/synthesize", help="output folder")
     p.add_argument("--name", default=None, help="file name stem (default: from --start)")
     p.add_argument("--model-uri", default=None,
