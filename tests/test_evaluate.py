@@ -214,6 +214,17 @@ def test_synthesize_command_without_start_frame_samples_frame_zero(world, tmp_pa
     assert (tmp_path / "u" / "unconditional_sheet.png").exists()
 
 
+def test_synthesize_command_speed_options(world, tmp_path, capsys):
+    assert _cli(world, tmp_path / "s", "--class", "left", "--ae-precision", "bf16",
+                "--overlap-decoding", "on", "--step-threads", "auto") == 0
+    printed = capsys.readouterr().out
+    assert "autoencoder in bf16" in printed and "T's one-token steps on" in printed
+    assert (tmp_path / "s" / "unconditional_sheet.png").exists()
+    with pytest.raises(SystemExit):
+        _cli(world, tmp_path / "s", "--class", "left", "--step-threads", "many")
+    assert "expected 'auto' or a count" in capsys.readouterr().err
+
+
 def test_synthesize_command_refuses_bad_controls_before_any_work(world, tmp_path, capsys):
     traj = tmp_path / "short.csv"
     traj.write_text("x,y\n1,2\n")
