@@ -280,8 +280,28 @@ class TransformerTask(TrainTask):
     def evaluate(self, step: int, ctx: StepContext) -> dict[str, float]:
         if not self.val_batches:
             return {}
-        return evaluate_batches(ctx.eval_module("transformer"), self.val_batches, ctx.device,
-                                ctx.autocast)
+        model = ctx.eval_module("transformer")
+        out = evaluate_batches(model, self.val_batches, ctx.device, ctx.autocast)
+        out.update(control_gains(model, self.val_batches, ctx.device, out["val/loss"], ctx.autocast))
+        return out
+
+
+def control_gains(model: CCVSTransformer, batches: list[TokenBatch], device: torch.device,
+                  loss: float, autocast: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Does T read its annotations? Per annotation kind of its sequence, ``val/gain/<kind>`` =
+    the val loss with that kind's tokens set to the null id (as conditioning dropout does) minus
+    ``loss``, the val loss with every annotation given, in nats per frame token. About 0: T
+    ignores the control (its samples will not follow it); > 0: the control carries information
+    T uses."""
+    layout = model.layout
+    present = set(layout.kinds().tolist())
+    out = {}
+    for name, kind in KINDS.items():
+        if int(kind) not in present:
+            continue
+        dropped = [b._replace(tokens=layout.drop(b.tokens, kind)) for b in batches]
+        out[f"val/gain/{name}"] = evaluate_batches(model, dropped, device, autocast)["val/loss"] - loss
+    return out
 
 
 @torch.no_grad()
