@@ -3,7 +3,7 @@
 Fast tests check the tables against the shipped params.yaml, the one-line errors, the ``-S``
 arguments and the report's verdicts on made-up rows; the slow test runs a real queue (Fig. 6's
 three evaluate-only rows) in a temporary copy of the project with tiny params and reads the
-report and MLflow back. No full table runs here: BENCHMARKS.md has those.
+report and MLflow back. No full table runs here (`ccvs ablation run <table>` runs one by hand).
 """
 
 from __future__ import annotations
