@@ -1,8 +1,8 @@
 """A table's rows, read back from DVC's experiments: a markdown report and one MLflow run per row.
 
 ``collect`` finds each row's newest experiment ``<table>-<row>-<stamp>`` in ``dvc exp show
---json --all-commits`` (or the one of a given stamp) and reads its metrics files as DVC committed
-them; ``verdicts`` checks the paper's directions on them; ``markdown`` writes the table (every
+--json --all-commits`` (or the one of a given stamp) and reads its metrics files as the
+experiment's commit holds them; ``verdicts`` checks the paper's directions on them; ``markdown`` writes the table (every
 row's params and metrics, each direction with our numbers and whether it held, the budget and
 the time it took); ``log_rows`` puts each row in the MLflow experiment ``<experiment>-<table>``
 (params = the row's overrides, metrics = the table's columns), so the MLflow UI compares rows
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,28 @@ class RowResult:
 
 
 def _experiments(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, newest rev's data) of every experiment in ``dvc exp show --json`` output."""
+    """(name, newest rev's data, with its commit as ``data["rev"]``) of every experiment in
+    ``dvc exp show --json`` output."""
     for baseline in show:
         for exp in baseline.get("experiments") or []:
             name = exp.get("name")
             revs = exp.get("revs") or []
             if name and revs and isinstance(revs[0].get("data"), dict):
-                yield name, revs[0]["data"]
+                yield name, {"rev": revs[0].get("rev"), **revs[0]["data"]}
+
+
+def _committed_json(root: str | Path, rev: str, path: str) -> Any:
+    """The JSON document ``path`` as the experiment's commit ``rev`` holds it, or None. The
+    DAG's DVC metrics are only its headline files; the full reports (``metrics/<stage>.json``)
+    are committed with every experiment (metrics/ is in Git), so they are read from there."""
+    proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        return None
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return None
 
 
 def collect(table: AblationTable, root: str | Path, stamp: str | None = None) -> list[RowResult]:
@@ -75,6 +91,11 @@ def collect(table: AblationTable, root: str | Path, stamp: str | None = None) ->
         name, data = found[row.name]
         metrics = {path: (entry or {}).get("data")
                    for path, entry in (data.get("metrics") or {}).items()}
+        files = {m.file for m in table.metrics}
+        files |= {m.file for d in table.directions for m in (d.high, d.low)}
+        for file in sorted(files - set(metrics)):
+            if data.get("rev"):
+                metrics[file] = _committed_json(root, data["rev"], file)
         out.append(RowResult(row, name, metrics, str(data.get("timestamp", ""))))
     return out
 
