@@ -13,6 +13,14 @@ the per-task maths are in ``pipeline.evaluation.tasks``; FVD (I3D features, Fré
    then its samples, one row per input) and a PNG contact sheet in ``samples/evaluate/``, and
    ``plots/evaluate/<task>.csv`` (t, ssim, psnr) for ``dvc plots``.
 
+Control metrics (``pipeline.evaluation.control_metrics``): the position estimator
+(``models/position.pt``, App. A) runs on the synthesized frames of every task with a real
+counterpart; its trajectory is compared with the real clip's (``trajectory_error_px``), its speed
+with the sound track's loudness (``sound_sync``), and its shape classified against the clip's class
+by a classifier fitted on the train clips' trajectories (``class_accuracy``). ``end/ssim`` and
+``end/psnr`` score the frame at the end frame's index in every task, so point-to-point compares
+with prediction at the same frame. Without the estimator these are skipped, with the reason.
+
 FVD needs Kinetics-400 I3D weights (``evaluate.fvd.weights`` or the URL). Without them the value is
 computed with a randomly initialised I3D and reported as ``fvd_untrained_i3d``, never as ``fvd``.
 
@@ -32,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ccvs_models.position import PositionEstimator, PositionEstimatorConfig
 from ccvs_models.sampler import SamplerConfig
 from pipeline.atomic import write_json
 from pipeline.training.distributed import device_for
@@ -53,7 +62,9 @@ from pipeline.params import EvaluateParams
 from pipeline.data.shards import iter_clips
 from pipeline.synthesis.writers import contact_sheet, to_uint8
 from pipeline.synthesis.models import load_models
-from pipeline.tokens.shards import load_token_split, read_vocab
+from pipeline.evaluation.control_metrics import ControlReference, fit_trajectory_classifier, loudness_envelope
+from pipeline.tokens.shards import StateBins, load_token_split, read_vocab
+from pipeline.training.checkpoint import load_model
 from pipeline.metrics.video import motion_mask
 from pipeline.errors import StageError
 from pipeline.stage import stage_main
@@ -90,6 +101,71 @@ def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int
                     as_long(tok.layout))
 
 
+def load_estimator(path: str | Path, device: torch.device) -> PositionEstimator:
+    """``models/position.pt`` (the ``positions`` stage, App. A) → the estimator, eval mode."""
+    config, state, _ = load_model(path)
+    cfg = PositionEstimatorConfig(**{**config, "channels": tuple(config["channels"])})
+    model = PositionEstimator(cfg)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def estimate_trajectories(estimator: PositionEstimator, video: torch.Tensor,
+                          batch: int = 256) -> np.ndarray:
+    """video (..., n, 3, H, W) in [−1, 1] → (..., n, 2) gripper positions in pixels, estimated on
+    the frames as they would be saved (uint8), like the estimator's training frames."""
+    flat = torch.from_numpy(to_uint8(video.flatten(0, -4))).permute(0, 3, 1, 2)
+    dev = next(estimator.parameters()).device
+    out = [estimator(flat[i:i + batch].to(dev).float().div(127.5).sub(1.0)).xy.float().cpu()
+           for i in range(0, len(flat), batch)]
+    return torch.cat(out).reshape(*video.shape[:-3], 2).numpy()
+
+
+def clip_audio(clips: str | Path, split: str, keys: list[str]) -> np.ndarray | None:
+    """(n, samples) the clips' sound tracks in ``keys`` order, or None when any clip has none."""
+    wanted, found = set(keys), {}
+    for sample in iter_clips(clips, split):
+        if sample["key"] in wanted and sample.get("audio") is not None:
+            found[sample["key"]] = sample["audio"]
+    if len(found) < len(keys) or len({len(a) for a in found.values()}) != 1:
+        return None
+    return np.stack([found[k] for k in keys])
+
+
+def control_reference(data: EvalData, estimator: PositionEstimator | None, clips: str | Path,
+                      tokens: str | Path, split: str, vocab: dict[str, Any], n_frames: int
+                      ) -> tuple[ControlReference, dict[str, str]]:
+    """What the controls ask for on ``data`` (pipeline.evaluation.control_metrics) and, per
+    control metric it cannot compute, why."""
+    why: dict[str, str] = {}
+    if estimator is None:
+        why = {k: "no position estimator (models/position.pt)" for k in
+               ("trajectory_error_px", "sound_sync", "class_accuracy")}
+        return ControlReference(None, None, None, None), why
+    trajectory = estimate_trajectories(estimator, data.frames[:, :n_frames])
+    audio = clip_audio(clips, split, data.keys)
+    envelope = None
+    if audio is None:
+        why["sound_sync"] = "the clips have no sound track"
+    else:
+        envelope = loudness_envelope(audio, data.frames.shape[1])[:, :n_frames]
+    classifier = None
+    train = load_token_split(tokens, "train", vocab)
+    classes = int(vocab.get("label", {}).get("num_classes", 0))
+    if len(train) == 0:
+        why["class_accuracy"] = "no train clips to learn the classes' trajectories from"
+    elif train.state is None or not vocab.get("state"):
+        why["class_accuracy"] = "the train tokens have no trajectories (state)"
+    elif len(np.unique(train.label)) < 2:
+        why["class_accuracy"] = "the train clips carry fewer than 2 classes"
+    else:
+        xy = StateBins.from_dict(vocab["state"]).dequantize(train.state)[:, :n_frames]
+        ok = np.isfinite(xy).all(axis=(1, 2))
+        classifier = fit_trajectory_classifier(xy[ok], train.label[ok], max(classes, 2))
+    return ControlReference(trajectory, envelope, data.label.numpy(), classifier), why
+
+
 def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -102,8 +178,11 @@ def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
 
 def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transformer: str | Path,
         autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
-        samples_dir: str | Path, logger: Any, fps: int = 10) -> dict[str, Any]:
-    """Run every task; write metrics, curves, GIFs and sheets; return the metrics document."""
+        samples_dir: str | Path, logger: Any, fps: int = 10,
+        positions: str | Path | None = None) -> dict[str, Any]:
+    """Run every task; write metrics, curves, GIFs and sheets; return the metrics document.
+    ``positions``: the position estimator (``models/position.pt``) the control metrics run on the
+    synthesized frames; None or a missing file: those metrics are skipped, with why."""
     from pipeline.metrics import fvd as fvd_lib
 
     start_time = time.perf_counter()
@@ -138,6 +217,12 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
     if n_fvd < 2:
         raise StageError(f"FVD needs at least 2 videos, the {params.split} split has {len(data)}")
 
+    estimator = (load_estimator(positions, device) if positions and Path(positions).is_file()
+                 else None)
+    reference, control_skipped = control_reference(data, estimator, clips, tokens, params.split,
+                                                   vocab, n_frames)
+    end_index = data.frames.shape[1] - 1  # the end frame point-to-point gives (the clip's last)
+
     results: dict[str, dict[str, float | None]] = {}
     skipped: dict[str, str] = {}
     starts: dict[str, str] = {}
@@ -170,8 +255,11 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         ssim_v, psnr_v = frame_scores(fake, real_clips)
         has_ref = how != "sampled"  # an unconditional frame 0 has no real counterpart
         div, div_moving = sample_diversity(fake, moving)
-        row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref)
+        row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref,
+                        end_index)
         row["motion"] = frame_motion(fake, max(m - 1, 0))  # from the last given frame on
+        if estimator is not None and has_ref:  # does the video do what the controls asked?
+            row.update(reference.score(estimate_trajectories(estimator, fake), max(m, 1)))
         skip = 0 if params.fvd.count_conditioning else m
         fvd_frames = min(params.fvd.frames, n_frames - skip)
         if skip not in real_features:
@@ -208,6 +296,10 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
                 "videos": n_fvd, "frames": params.fvd.frames,
                 "count_conditioning": params.fvd.count_conditioning},
         "real_motion": frame_motion(real_clips),  # the same measure on the real clips
+        "control": {"real": {k: finite(v) for k, v in reference.real().items()},
+                    "chance_class_accuracy": (1.0 / reference.classifier.num_classes
+                                              if reference.classifier else None),
+                    "skipped": control_skipped},
         "inputs": len(data),
         "samples": s,
         "num_frames": n_frames,
@@ -228,13 +320,15 @@ PATHS = {
     "metrics": "metrics/evaluate.json",
     "plots": "plots/evaluate",
     "samples": "samples/evaluate",
+    "positions": ("models/position.pt", "position estimator for the control metrics ('' = none)"),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(STAGE, __doc__, PATHS,
                lambda p, a, log: run(p, a.clips, a.tokens, a.transformer, a.autoencoder,
-                                     a.metrics, a.plots, a.samples, log), argv=argv)
+                                     a.metrics, a.plots, a.samples, log,
+                                     positions=a.positions or None), argv=argv)
 
 
 if __name__ == "__main__":

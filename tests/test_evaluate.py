@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
+from ccvs_models.position import PositionEstimator, PositionEstimatorConfig
 from ccvs_models.transformer import CCVSTransformer
 from ccvs_models.transformer_config import TransformerConfig
 from pipeline.evaluation import tasks as ev
@@ -53,11 +54,14 @@ def world(tmp_path_factory) -> dict[str, Path]:
     save_model(root / "autoencoder.pt", ae_cfg, ae.state_dict())
     cfg = TransformerConfig(**TCFG)
     save_model(root / "transformer.pt", cfg, CCVSTransformer(cfg).state_dict(), vocab=VOCAB)
+    pcfg = PositionEstimatorConfig(stem_channels=4, channels=(4,))  # 16 px → 4×4 heatmap
+    save_model(root / "position.pt", pcfg, PositionEstimator(pcfg).state_dict())
     tokens, clips = root / "tokens", root / "clips"
     tokens.mkdir()
     (tokens / "vocab.json").write_text(json.dumps(VOCAB))
     with ShardWriter(clips / "test", 10_000_000) as cw, \
-            ShardWriter(tokens / "test", 10_000_000, pattern=TOKEN_PATTERN) as tw:
+            ShardWriter(tokens / "test", 10_000_000, pattern=TOKEN_PATTERN) as tw, \
+            ShardWriter(tokens / "train", 10_000_000, pattern=TOKEN_PATTERN) as train_w:
         for i in range(CLIPS):
             frames = _clip(i)
             key = f"v{i}_0000"
@@ -68,8 +72,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
                 codes = ae.tokenize(x).numpy()
             state = np.stack([np.arange(T) % 16, np.full(T, 7)], 1)
             tw.write(encode_token_sample(key, codes, meta, frame_vocab=Q, state=state))
+            # the train split: the class check's classifier learns the classes' trajectories
+            train_w.write(encode_token_sample(f"t{i}_0000", codes, {**meta, "split": "train"},
+                                              frame_vocab=Q, state=(state + i) % 16))
     return {"root": root, "clips": clips, "tokens": tokens,
-            "transformer": root / "transformer.pt", "autoencoder": root / "autoencoder.pt"}
+            "transformer": root / "transformer.pt", "autoencoder": root / "autoencoder.pt",
+            "positions": root / "position.pt"}
 
 
 def _params(**over) -> EvaluateParams:
@@ -93,7 +101,7 @@ def evaluated(world, tmp_path_factory):
     try:
         doc = stage.run(_params(), world["clips"], world["tokens"], world["transformer"],
                         world["autoencoder"], out / "evaluate.json", out / "plots", out / "samples",
-                        log)
+                        log, positions=world["positions"])
     finally:
         mp.undo()
     return doc, log, out
@@ -130,6 +138,35 @@ def test_metrics_obey_their_invariants(evaluated):
     assert "end/ssim" in tasks["point_to_point"]
     assert "ssim" not in tasks["unconditional"]  # a sampled frame 0 has no real counterpart
     assert "div" in tasks["unconditional"]
+
+
+def test_control_metrics_score_the_synthesized_frames_against_the_asked_trajectory(world, evaluated):
+    from pipeline.synthesis.models import load_models
+
+    doc = evaluated[0]
+    for name in ("reconstruction", "prediction", "point_to_point", "state", "class"):
+        row = doc["tasks"][name]
+        assert row["trajectory_error_px"] >= 0 and 0 <= row["class_accuracy"] <= 1
+        assert row["end/ssim"] == pytest.approx(row["ssim@5"])  # the end frame is the clip's last
+    assert "trajectory_error_px" not in doc["tasks"]["unconditional"]  # no real counterpart
+    assert "sound track" in doc["control"]["skipped"]["sound_sync"]  # these clips are silent
+    assert doc["control"]["chance_class_accuracy"] == 0.5
+    # reconstruction: the estimator on the decoded frames t ≥ 1 against it on the real ones
+    models = load_models(world["transformer"], world["autoencoder"], world["tokens"])
+    data = stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB)
+    video = ev.decode_video(models.autoencoder, data.codes, data.frames[:, :1], 1)
+    est = stage.load_estimator(world["positions"], torch.device("cpu"))
+    fake, real = stage.estimate_trajectories(est, video), stage.estimate_trajectories(est, data.frames)
+    expected = np.linalg.norm(fake[:, 1:] - real[:, 1:], axis=-1).mean()
+    assert doc["tasks"]["reconstruction"]["trajectory_error_px"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_without_an_estimator_the_control_metrics_say_why(world):
+    data = stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB)
+    ref, why = stage.control_reference(data, None, world["clips"], world["tokens"], "test", VOCAB, T)
+    assert ref.score(np.zeros((CLIPS, 1, T, 2)), 1) == {}
+    assert set(why) == {"trajectory_error_px", "sound_sync", "class_accuracy"}
+    assert all("position estimator" in reason for reason in why.values())
 
 
 def test_outputs_for_people_and_plots(evaluated):

@@ -74,10 +74,16 @@ class Recorder:
 # ----------------------------------------------------------------------------- tokens
 
 
-@pytest.mark.parametrize("copy", [False, True])  # T's copy path reads the cache's token ids
+@pytest.mark.parametrize("copy", [False, True, "inputs"])  # the copy path and the control
+# inputs (state field, end-frame input: random weights, they start at zero) read the cache's ids
 @pytest.mark.parametrize("n", [3, 7])  # within the N = 3 window / sliding over 5 windows
 def test_kv_cache_and_recompute_give_the_same_tokens(n, copy):
-    model = make(config(prev_frame_input=copy))
+    inputs = copy == "inputs"
+    model = make(config(prev_frame_input=bool(copy), state_field=inputs, end_frame_input=inputs))
+    for module in (model.state_field, model.end_input):
+        for p in ([] if module is None else module.parameters()):
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     ctl = controls(2, n)
     out = {}
     for kv in (True, False):

@@ -234,8 +234,14 @@ def frame_motion(video: torch.Tensor, first: int = 0) -> float:
 
 def summarize(name: str, ssim_v: torch.Tensor, psnr_v: torch.Tensor, m: int,
               timesteps: Sequence[int], div: torch.Tensor | None,
-              div_moving: torch.Tensor | None, has_reference: bool) -> dict[str, float]:
-    """Per-task scalar metrics from per-frame SSIM/PSNR (B, S, n) (frames t ≥ m only)."""
+              div_moving: torch.Tensor | None, has_reference: bool,
+              end_index: int | None = None) -> dict[str, float]:
+    """Per-task scalar metrics from per-frame SSIM/PSNR (B, S, n) (frames t ≥ m only).
+
+    ``end/ssim``, ``end/psnr``: the synthesized frame at ``end_index`` (the index of the clip's
+    last frame, which point-to-point gives T as the end frame) against the real one — Table D4's
+    control-point consistency for point-to-point, and the same frame's score for every other task
+    (prediction's is the reference a given end frame must beat). Never a given start frame."""
     n = ssim_v.shape[2]
     out: dict[str, float] = {}
     if has_reference and n > m:
@@ -247,9 +253,9 @@ def summarize(name: str, ssim_v: torch.Tensor, psnr_v: torch.Tensor, m: int,
         out["ssim"] = float(ssim_v[:, :, m:].mean())
         out["psnr"] = float(psnr_v[:, :, m:].mean())
         out["best/ssim"] = float(ssim_v[:, :, m:].mean(2).max(dim=1).values.mean())
-        if name == "point_to_point":
-            out["end/ssim"] = float(ssim_v[:, :, -1].mean())
-            out["end/psnr"] = float(psnr_v[:, :, -1].mean())
+        if end_index is not None and m <= end_index < n:
+            out["end/ssim"] = float(ssim_v[:, :, end_index].mean())
+            out["end/psnr"] = float(psnr_v[:, :, end_index].mean())
     if div is not None and not torch.isnan(div).all():
         out["div"] = float(div.mean())
     if div_moving is not None and not torch.isnan(div_moving).all():
