@@ -106,6 +106,7 @@ class PrepareParams:
     """Decode-and-shard (the ``prepare`` stage)."""
 
     resolution: int  # output frames are resolution × resolution (resize short side, center crop)
+    fps: float  # every video is resampled to this frame rate (the nearest frame in time; VFR too)
     clip_length: int  # T, frames per clip
     clip_stride: int  # frames between the starts of two consecutive clips of a video
     frame_step: int  # keep every frame_step-th frame (temporal subsampling)

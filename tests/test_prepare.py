@@ -41,7 +41,8 @@ SPLIT_OF = {"v0": "train", "v1": "train", "v2": "val", "v3": "test"}
 
 def _params(**change) -> PrepareParams:
     base = PrepareParams(
-        resolution=32, clip_length=8, clip_stride=4, frame_step=1, audio=True, audio_rate=8000,
+        resolution=32, fps=10.0, clip_length=8, clip_stride=4, frame_step=1, audio=True,
+        audio_rate=8000,
         missing_audio="reject", shard_max_bytes=10**7, workers=1, decoder="auto",
     )  # fmt: skip
     return dataclasses.replace(base, **change)
@@ -146,6 +147,7 @@ def test_demo_source_makes_every_clip(demo_dir, demo_run):
     assert clip["meta"] == {
         "video_id": "v2", "source": str(demo_dir / "videos" / "v2.mp4"), "split": "val",
         "label": "left", "label_id": 0, "fps": 10.0, "first_frame": 4, "frame_step": 1,
+        "source_fps": 10.0, "source_frames": [4, 5, 6, 7, 8, 9, 10, 11],
         "audio_rate": 8000, "audio_silent": False, "resolution": 32,
     }  # fmt: skip
     positions = clip["positions"]  # annotated frame 5 is the clip's frame 1
@@ -306,7 +308,7 @@ def messy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "videos/zero.mp4": "empty file",
         "videos/truncated.mp4": "truncated",
         "videos/text.mp4": "not a video",
-        "videos/one_frame.mp4": "too short: 1 frame,",
+        "videos/one_frame.mp4": "too short: 1 frame at 10 fps,",
         "videos/short.mp4": "too short: 5 frames",
         "videos/no_audio.mp4": "no audio track",
         "videos/six_channels.mp4": None,
@@ -374,19 +376,26 @@ def test_nothing_usable_fails_after_writing_rejected_csv(messy, tmp_path):
 
 def test_folder_source_labels_splits_and_safe_ids(tmp_path):
     root = tmp_path / "my videos"
-    for name in ["cats/été 1.mp4", "cats/été_1.mp4", "dogs/猫.mp4", "dogs/a.b.c.mp4"]:
+    names = ["cats/été 1.mp4", "cats/été_1.mp4", "dogs/猫.mp4", "dogs/a.b.c.mp4"]
+    for name in names:
         good_video(root / name, num_frames=10, size=(32, 32), audio=False)
     (root / "dogs" / "notes.txt").write_text("ignored: not matched by the glob")
     pattern = str(root / "**" / "*.mp4")
-    listing = list_folder(pattern, 0.3, 0.3)
+    listing = list_folder(pattern)
     assert [v.label for v in listing.videos] == ["cats", "cats", "dogs", "dogs"]
+    assert {v.split for v in listing.videos} == {""}  # drawn by prepare, among usable videos
+    assert sorted(v.split_key for v in listing.videos) == sorted(names)
     ids = [v.video_id for v in listing.videos]
     assert len(set(ids)) == 4 and all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
     assert ids[2] == "dogs_a_b_c" and ids[0] != ids[1]  # "été 1" and "été_1" both slug to ete_1
-    again = list_folder(pattern, 0.3, 0.3)
-    assert [v.split for v in again.videos] == [v.split for v in listing.videos]  # stable
     _, manifest, rejected, _ = _run(_data("folder", pattern), _params(audio=False), tmp_path / "out")
     assert rejected == [] and len(manifest) == 4 * 1  # 10 frames → one clip of 8 each
+    assert set(manifest.split) == {"train", "val", "test"}  # 4 videos: every split gets one
+    again = prepare.run(_data("folder", pattern), _params(audio=False), tmp_path / "again",
+                        RecordingLogger())
+    assert again["num_clips"] == 4
+    redo = pd.read_parquet(tmp_path / "again" / "manifest.parquet")
+    assert dict(zip(redo.key, redo.split)) == dict(zip(manifest.key, manifest.split))  # stable
     assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["cats", "dogs"]
     assert "audio" not in next(iter(_all_clips(tmp_path / "out").values()))
 
