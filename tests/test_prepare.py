@@ -28,7 +28,7 @@ from pipeline.data import clip_extraction
 from pipeline.data import media
 from pipeline.data import prepare_pool
 from pipeline.data.media import read_video
-from pipeline.params import DataParams, PrepareParams
+from pipeline.params import DataParams, ParamsError, PrepareParams
 from pipeline.data.shards import iter_clips
 from pipeline.data.sources import list_folder, slugify, unique_ids
 from pipeline.tracking import RecordingLogger
@@ -434,3 +434,110 @@ def test_main_runs_and_reports_param_typos(demo_dir, tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit, match=r"prepare\.clip_length: must be >= 1"):
         prepare.main(["--params", str(_yaml(tmp_path / "p0.yaml", demo_dir, clip_length=0)),
                       "--out", str(tmp_path / "x")])
+
+
+# --------------------------------------------------------------------------- a folder of ordinary videos
+
+
+@pytest.fixture(scope="module")
+def own_folder(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    from own_videos import write_folder
+
+    root = tmp_path_factory.mktemp("own") / "my videos"
+    return root, write_folder(root, seconds=2.0)
+
+
+def test_mixed_rates_sizes_and_tracks_become_one_rate(own_folder, tmp_path):
+    root, expected = own_folder
+    params = _params(fps=10.0, audio_rate=16000, missing_audio="silence", workers=2)
+    metrics, manifest, rejected, _ = _run(_data("folder", root), params, tmp_path)
+    reasons = {Path(r["source"]).relative_to(root).as_posix(): r["reason"] for r in rejected}
+    assert {k: v for k, v in expected.items() if v} == {k: w for k, w in expected.items()
+                                                        if k in reasons and w in reasons[k]}
+    usable = {k for k, v in expected.items() if v is None}
+    assert {Path(s).relative_to(root).as_posix() for s in manifest.source} == usable
+    assert set(manifest.fps) == {10.0} and set(manifest.split) == {"train", "val", "test"}
+    from own_videos import VIDEOS
+
+    clips = _all_clips(tmp_path)
+    for row in manifest.itertuples():
+        clip = clips[row.key]
+        rel = Path(row.source).relative_to(root).as_posix()
+        fps, _, _, channels, _, vfr = VIDEOS[rel]
+        assert clip["frames"].shape == (8, 32, 32, 3) and clip["audio"].shape == (12800,)
+        assert bool(row.has_audio) == bool(channels)
+        shown = clip["meta"]["source_frames"]
+        if not vfr:  # a tick every 0.1 s: the source frame nearest in time
+            ticks = (row.first_frame + np.arange(8)) / 10
+            assert np.all(np.abs(np.asarray(shown) / float(fps) - ticks) <= 0.5 / float(fps) + 1e-6)
+    # the 29.97 fps portrait and the 25 fps landscape were both cut to 0.8 s clips of 10 fps
+    portrait = manifest[manifest.source.str.contains("29.97")]
+    assert len(portrait) == 4 and not portrait.has_audio.any()  # 2 s: clips at 0, 0.4, 0.8, 1.2 s
+
+
+def test_params_no_video_can_satisfy_stop_prepare_naming_them(own_folder, tmp_path):
+    root, _ = own_folder
+    with pytest.raises(PrepareError, match=r"prepare\.clip_length: 40 frames .* the longest video "
+                                           r"has 20 \(2\.00 s\); lower prepare\.clip_length"):
+        prepare.run(_data("folder", root), _params(clip_length=40, audio=False), tmp_path / "a",
+                    RecordingLogger())
+    assert "too short" in (tmp_path / "a" / "rejected.csv").read_text()
+    with pytest.raises(ParamsError, match=r"prepare\.fps: 30 fps with prepare\.audio_rate 16000 "
+                                          r"gives 533\.33 audio samples per frame.* one of .*\b10\b"):
+        prepare.check_params(_params(fps=30.0, audio_rate=16000))
+    prepare.check_params(_params(fps=30.0, audio_rate=48000))  # 1600 a frame: fine
+    prepare.check_params(_params(fps=30.0, audio=False))  # no audio: any rate
+
+
+def test_too_few_usable_videos_name_the_counts(own_folder, tmp_path):
+    root, _ = own_folder
+    pattern = str(root / "street" / "*.mp4")  # 2 usable videos (+ a too-short one)
+    with pytest.raises(PrepareError, match=r"2 usable video\(s\).*needs at least one video"):
+        prepare.run(_data("folder", pattern), _params(audio=False), tmp_path, RecordingLogger())
+    assert "too short" in (tmp_path / "rejected.csv").read_text()  # why the third one is out
+
+
+def test_listing_file_changes_only_with_the_videos(own_folder, tmp_path):
+    from pipeline.data.listing import read_listing
+    from stages import listing
+
+    root, _ = own_folder
+    data = _data("folder", root)
+    out = tmp_path / "listing.json"
+    listing.run(data, out, RecordingLogger())
+    first = out.read_bytes()
+    listing.run(data, out, RecordingLogger())
+    assert out.read_bytes() == first  # nothing changed: DVC keeps prepare cached
+    (root / "street" / "notes.txt").write_text("edited notes\n")  # not a video
+    listing.run(data, out, RecordingLogger())
+    assert out.read_bytes() == first
+    again = read_listing(out)
+    assert [v.video_id for v in again.videos] == [v.video_id for v in list_folder(str(root)).videos]
+    video = next(root.rglob("*.mov"))
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))  # touched
+    listing.run(data, out, RecordingLogger())
+    assert out.read_bytes() != first
+    # prepare reads the videos from the listing, not the folder: the same clips either way
+    metrics = prepare.run(data, _params(audio=False), tmp_path / "clips", RecordingLogger(),
+                          listing=out)
+    direct = prepare.run(data, _params(audio=False), tmp_path / "direct", RecordingLogger())
+    assert metrics["num_clips"] == direct["num_clips"] > 0
+
+
+def test_demo_data_renders_nothing_for_another_source(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from stages import demo_data
+
+    monkeypatch.setenv("CCVS_TRACKING", "off")
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["source"] = "folder"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "raw"
+    (out / "videos").mkdir(parents=True)
+    (out / "videos" / "demo_0000.mp4").write_bytes(b"from an earlier demo run")
+    demo_data.main(["--params", str(tmp_path / "params.yaml"), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["README.txt"]
+    assert "'folder'" in (out / "README.txt").read_text()
+    assert "not rendered" in capsys.readouterr().out

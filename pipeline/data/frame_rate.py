@@ -17,8 +17,8 @@ shown, not by their count. Nothing is interpolated: every output frame is a real
 
 Audio keeps its own clock (``pipeline.data.media``: sample 0 at time 0 of the file); a clip's
 audio starts at ``t_k`` of its first frame and lasts ``clip_length · frame_step / fps`` seconds,
-which is a whole number of samples only when ``audio_rate / fps`` is one
-(:func:`samples_per_frame`).
+which is a whole number of samples only when ``audio_rate / fps`` is one (:func:`is_whole`;
+``prepare`` checks it).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 _WHOLE = 1e-6  # tolerance of "a whole number" for rates given as decimals (29.97)
+_TIE = 1e-9  # seconds: two frames this close to equidistant from a tick are a tie
 
 
 def output_count(times: np.ndarray, fps: float) -> int:
@@ -55,13 +56,8 @@ def resample_indices(times: np.ndarray, fps: float) -> np.ndarray:
     if times.size == 1:
         return right.astype(np.int64)
     left = right - 1
-    nearer_left = (ticks - times[left]) <= (times[right] - ticks)
+    nearer_left = (ticks - times[left]) <= (times[right] - ticks) + _TIE  # a tie: the earlier
     return np.where(nearer_left, left, right).astype(np.int64)
-
-
-def samples_per_frame(audio_rate: int, fps: float) -> float:
-    """Audio samples per frame at ``fps``: ``audio_rate / fps``."""
-    return audio_rate / fps
 
 
 def is_whole(value: float) -> bool:
@@ -74,4 +70,4 @@ def whole_rates(audio_rate: int, candidates: range = range(1, 121)) -> list[int]
     return [f for f in candidates if audio_rate % f == 0]
 
 
-__all__ = ["is_whole", "output_count", "resample_indices", "samples_per_frame", "whole_rates"]
+__all__ = ["is_whole", "output_count", "resample_indices", "whole_rates"]
