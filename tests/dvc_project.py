@@ -3,7 +3,8 @@
 ``copy_project(dest)`` copies the files git knows (tracked and untracked, not ignored) and makes
 the copy its own git repository; ``dvc(proj, ...)`` runs the venv's ``dvc`` there without
 tracking and without this checkout on ``PYTHONPATH`` (the copy runs its own files);
-``set_params(proj, {section: {key: value}})`` edits its params.yaml (nested dicts update).
+``set_params(proj, {section: {key: value}})`` edits its params.yaml (nested dicts update);
+``TINY`` holds the tiny sizes and steps both DAG tests run at.
 """
 
 from __future__ import annotations
@@ -18,6 +19,18 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+_LOOP = {"steps": 4, "log_every": 2, "eval_every": 4, "ckpt_every": 4}
+TINY = {  # every stage at tiny sizes and steps: the DAG in minutes, for its plumbing only
+    "prepare": {"clip_length": 8, "clip_stride": 4, "workers": 1},
+    "positions": {"loop": _LOOP},
+    "sound_vq": {"loop": _LOOP, "griffin_lim_iters": 2},
+    "layout_vq": {"loop": _LOOP},
+    "autoencoder": {"loop": _LOOP, "val_clips": 2, "gif_clips": 1},
+    "transformer": {"loop": _LOOP, "val_clips": 2},
+    "evaluate": {"samples": 2, "timesteps": [4, 7], "num_frames": 0, "batch_size": 2,
+                 "gif_videos": 1, "fvd": {"frames": 8, "videos": 0, "batch_size": 4}},
+}
 
 
 def env() -> dict:

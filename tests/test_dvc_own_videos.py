@@ -17,23 +17,17 @@ from pathlib import Path
 
 import pytest
 
+import dvc_project
 from dvc_project import copy_project, dvc, ran, set_params, stale
 from own_videos import write_folder
 
 pytestmark = pytest.mark.slow
 
-_LOOP = {"steps": 4, "log_every": 2, "eval_every": 4, "ckpt_every": 4}
 TINY = {
-    "prepare": {"clip_length": 8, "clip_stride": 4, "workers": 1},
-    "positions": {"loop": _LOOP},
-    "sound_vq": {"loop": _LOOP, "griffin_lim_iters": 2},
-    "layout_vq": {"loop": _LOOP},
-    "autoencoder": {"loop": _LOOP, "val_clips": 2, "gif_clips": 1},
-    "transformer": {"loop": _LOOP, "val_clips": 2},
-    "evaluate": {"samples": 2, "timesteps": [4, 7], "num_frames": 0, "batch_size": 2,
-                 "gif_videos": 1, "tasks": ["reconstruction", "prediction", "state", "sound",
-                                            "class", "unconditional"],
-                 "fvd": {"frames": 8, "videos": 0, "batch_size": 4}},
+    **dvc_project.TINY,
+    "evaluate": {**dvc_project.TINY["evaluate"],
+                 "tasks": ["reconstruction", "prediction", "state", "sound", "class",
+                           "unconditional"]},
 }
 
 

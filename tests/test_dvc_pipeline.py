@@ -12,25 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
+import dvc_project
 from dvc_project import copy_project, dvc as _dvc, env as _env, ran, set_params as _set_params
 from dvc_project import stale
 
 pytestmark = pytest.mark.slow
 
-_LOOP = {"steps": 4, "log_every": 2, "eval_every": 4, "ckpt_every": 4}
 TINY = {
+    **dvc_project.TINY,
     "demo": {"num_videos": 6, "num_frames": 12, "annotated_frames": 20, "test_fraction": 0.2,
              "val_fraction": 0.2},
-    "prepare": {"clip_length": 8, "clip_stride": 4, "workers": 1},
-    "positions": {"loop": _LOOP},
-    "sound_vq": {"loop": _LOOP, "griffin_lim_iters": 2},
-    "layout_vq": {"loop": _LOOP},
-    "autoencoder": {"loop": _LOOP, "val_clips": 2, "gif_clips": 1},
-    "transformer": {"loop": _LOOP, "val_clips": 2},
-    "evaluate": {"samples": 2, "timesteps": [4, 7], "num_frames": 0, "batch_size": 2,
-                 "gif_videos": 1, "tasks": ["reconstruction", "prediction", "point_to_point",
-                                            "unconditional"],
-                 "fvd": {"frames": 8, "videos": 0, "batch_size": 4}},
+    "evaluate": {**dvc_project.TINY["evaluate"],
+                 "tasks": ["reconstruction", "prediction", "point_to_point", "unconditional"]},
 }
 
 
