@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from fractions import Fraction
 import json
 import os
 import re
@@ -541,3 +542,23 @@ def test_demo_data_renders_nothing_for_another_source(tmp_path, capsys, monkeypa
     assert sorted(p.name for p in out.iterdir()) == ["README.txt"]
     assert "'folder'" in (out / "README.txt").read_text()
     assert "not rendered" in capsys.readouterr().out
+
+
+def test_annotations_follow_their_source_frame_through_resampling(tmp_path):
+    from own_videos import encode, scene
+
+    video = encode(tmp_path / "v" / "thirty.mp4", scene(30, 32, 64, seed=3), Fraction(30))
+    encode(tmp_path / "v" / "other.mp4", scene(30, 32, 64, seed=4), Fraction(30))
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,split\nv/thirty.mp4,a,train\nv/other.mp4,a,test\n")
+    ann = tmp_path / "ann.csv"  # source frames at 30 fps: 6 is shown at 10 fps (as frame 2), 7 not
+    ann.write_text("video,frame,x,y\nv_thirty,6,10.0,20.0\nv_thirty,7,11.0,21.0\n")
+    data = _data("manifest", tmp_path / "manifest.csv", str(ann))
+    params = _params(audio=False, resolution=32, clip_length=4, clip_stride=4)
+    _, manifest, _, _ = _run(data, params, tmp_path / "out")
+    clip = _all_clips(tmp_path / "out")["v_thirty_0000"]
+    assert clip["meta"]["source_frames"] == [0, 3, 6, 9] and video.exists()
+    pos = clip["positions"]
+    assert np.isnan(pos[[0, 1, 3]]).all() and np.isfinite(pos[2]).all()
+    crop = Crop.center(32, 64, 32)  # 64×32 → centre 32×32 square: x shifts by 16
+    np.testing.assert_allclose(pos[2], crop.points(np.array([[10.0, 20.0]]))[0])
