@@ -567,3 +567,26 @@ def test_annotations_follow_their_source_frame_through_resampling(tmp_path):
     assert np.isnan(pos[[0, 1, 3]]).all() and np.isfinite(pos[2]).all()
     crop = Crop.center(32, 64, 32)  # 64×32 → centre 32×32 square: x shifts by 16
     np.testing.assert_allclose(pos[2], crop.points(np.array([[10.0, 20.0]]))[0])
+
+
+def test_stored_videos_are_read_with_their_own_step_or_picked_at_another_rate():
+    class Stored:  # a StoredVideo that reads its frames in order only; frame i is filled with i
+        calls: list[int] = []
+
+        def iter_frames(self, frame_step, chunk_size):
+            self.calls.append(frame_step)
+            frames = np.arange(30, dtype=np.uint8)[::frame_step, None, None, None]
+            frames = np.broadcast_to(frames, (len(frames), 2, 2, 3))
+            for i in range(0, len(frames), chunk_size):
+                yield frames[i:i + chunk_size]
+
+    stored = Stored()
+    own = np.arange(0, 30, 3)  # the dataset's rate is a multiple of prepare.fps: its own step
+    got = np.concatenate(list(clip_extraction._stored_frames(stored, own, 4)))
+    assert stored.calls == [3] and got[:, 0, 0, 0].tolist() == own.tolist()
+    ticks = clip_extraction.resample_indices(np.arange(30) / 17, 10)  # 17 Hz → 10 fps
+    got = np.concatenate(list(clip_extraction._stored_frames(stored, ticks, 4)))
+    assert stored.calls == [3, 1] and got[:, 0, 0, 0].tolist() == ticks.tolist()
+    doubled = np.repeat(np.arange(5), 2)  # a slower source: every frame shown twice
+    got = np.concatenate(list(clip_extraction._stored_frames(stored, doubled, 3)))
+    assert got[:, 0, 0, 0].tolist() == doubled.tolist()
