@@ -171,7 +171,9 @@ def _screen(listing: Listing, params: PrepareParams) -> tuple[list[VideoSource],
     the demo's and a manifest's given splits go straight to decoding."""
     if all(v.split for v in listing.videos):
         return listing.videos, []
-    screened = [(v, screen_video(v, params)) for v in listing.videos]
+    screened = [(v, screen_video(v, params)) for v in tqdm(
+        listing.videos, desc="prepare: screening", unit="video", file=sys.stderr,
+        disable=len(listing.videos) < 100)]  # containers only: ~10 ms a video
     return [v for v, bad in screened if bad is None], [bad for _, bad in screened if bad]
 
 
