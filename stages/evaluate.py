@@ -171,6 +171,8 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
     if fvd_skipped:
         print(f"evaluate: no FVD: {fvd_skipped}", flush=True)
 
+    null_ids = {kind: int(vocab[kind]["null_id"]) for kind in ("state", "audio", "layout")
+                if isinstance(vocab.get(kind), dict) and "null_id" in vocab[kind]}
     results: dict[str, dict[str, float | None]] = {}
     skipped: dict[str, str] = {}
     starts: dict[str, str] = {}
@@ -179,7 +181,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         task = TASKS[name]
         if task.start_frames:  # the protocol's number of given frames (BAIR 1, Kinetics 5, …)
             task = dataclasses.replace(task, start_frames=m_given)
-        spec, how = resolve_task(task, tr, data)
+        spec, how = resolve_task(task, tr, data, null_ids)
         if spec is None:
             skipped[name] = _why_skipped(how, vocab)
             print(f"evaluate: skipping {name}: {skipped[name]}", flush=True)

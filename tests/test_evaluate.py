@@ -109,6 +109,25 @@ def test_every_task_runs_or_says_why_not(evaluated):
     assert json.loads((out / "evaluate.json").read_text())["inputs"] == CLIPS
 
 
+def test_a_control_no_evaluated_clip_has_skips_its_task_instead_of_scoring_prediction_twice():
+    torch.manual_seed(0)
+    tr = CCVSTransformer(TransformerConfig(**TCFG))
+    null = StateBins.for_frame(16, RES, RES).null_id
+    state = torch.randint(0, 16, (2, N, 2))
+    data = ev.EvalData(["a", "b"], torch.zeros(2, N, 3, RES, RES),
+                       torch.zeros(2, N, GRID, GRID, dtype=torch.long),
+                       torch.zeros(2, GRID, GRID, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                       state, None, None)
+    spec, how = ev.resolve_task(ev.TASKS["state"], tr, data, {"state": null})
+    assert spec is not None and how == "given"
+    state[0] = null  # one clip without positions: the task still runs on the other
+    assert ev.resolve_task(ev.TASKS["state"], tr, data, {"state": null})[0] is not None
+    state[1] = null  # none has any: the "state" task would be prediction under another name
+    spec, how = ev.resolve_task(ev.TASKS["state"], tr, data, {"state": null})
+    assert spec is None and "none of the 2 clips" in how and "annotated position" in how
+    assert ev.resolve_task(ev.TASKS["prediction"], tr, data, {"state": null})[0] is not None
+
+
 def test_fvd_is_never_reported_under_its_name_with_stand_in_weights(evaluated):
     doc, log, _ = evaluated
     assert doc["fvd"]["metric"] == "fvd_untrained_i3d" and doc["fvd"]["pretrained"] is False

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -114,14 +114,28 @@ def transformer_kinds(transformer: CCVSTransformer) -> set[str]:
     return kinds
 
 
-def resolve_task(spec: TaskSpec, transformer: CCVSTransformer, data: EvalData) -> tuple[TaskSpec | None, str]:
-    """The task as it can run with this T and these data, or (None, why it is skipped)."""
+_LACKING = {"state": "no annotated position", "audio": "no audio track", "layout": "no layout"}
+
+
+def resolve_task(spec: TaskSpec, transformer: CCVSTransformer, data: EvalData,
+                 null_ids: Mapping[str, int] | None = None) -> tuple[TaskSpec | None, str]:
+    """The task as it can run with this T and these data, or (None, why it is skipped).
+
+    ``null_ids`` (kind → its null id, from vocab.json): a control every evaluated clip lacks —
+    all its tokens the null id, e.g. test videos without an audio track — would make the task
+    the same as ``prediction`` under another name, so it is skipped too."""
     kinds = transformer_kinds(transformer)
     for kind in spec.controls:
         if kind not in kinds:
             return None, f"the transformer was trained without {kind} tokens"
-        if kind in ("state", "audio", "layout") and getattr(data, kind) is None:
-            return None, f"the token shards have no {kind} tokens"
+        if kind in ("state", "audio", "layout"):
+            tokens = getattr(data, kind)
+            if tokens is None:
+                return None, f"the token shards have no {kind} tokens"
+            null = (null_ids or {}).get(kind)
+            if null is not None and len(data) and bool((tokens == null).all()):
+                return None, (f"none of the {len(data)} clips evaluated has {kind} tokens (all "
+                              f"null ids: {_LACKING[kind]})")
     if spec.start_frames == 0 and not ({"label", "end_frame"} & kinds):
         # no token precedes frame 0's first code: frame 0 must be given
         return dataclasses.replace(spec, start_frames=1), "dataset_first_frame"
