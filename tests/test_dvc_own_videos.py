@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import dvc_project
@@ -60,8 +61,12 @@ def test_repro_runs_every_stage_on_the_folder_and_evaluates(project):
     assert set(vocab["splits"]) == {"train", "val", "test"} and min(vocab["splits"].values()) > 0
     evaluation = json.loads((proj / "metrics/evaluate.json").read_text())
     assert "no annotated frame" in evaluation["skipped"]["state"]  # skipped, saying why
-    assert {"reconstruction", "prediction", "sound", "class", "unconditional"} <= set(
-        evaluation["tasks"])
+    assert {"reconstruction", "prediction", "class", "unconditional"} <= set(evaluation["tasks"])
+    clips = pd.read_parquet(proj / "data/clips/manifest.parquet")
+    if clips[clips["split"] == "test"]["has_audio"].any():
+        assert "sound" in evaluation["tasks"]
+    else:  # no test video has a sound track: "sound" would be "prediction" under another name
+        assert "no audio track" in evaluation["skipped"]["sound"]
     assert "fvd_untrained_i3d" in evaluation["tasks"]["prediction"]
     assert "rank" in evaluation["fvd"]["warning"]  # a handful of test clips
     assert (proj / "samples/evaluate/prediction.gif").stat().st_size > 0
