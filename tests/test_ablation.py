@@ -109,11 +109,13 @@ def test_collect_takes_each_rows_newest_experiment(monkeypatch):
 
 @pytest.mark.slow
 def test_a_table_runs_as_a_dvc_queue_and_lands_in_the_report_and_mlflow(tmp_path, monkeypatch):
-    from dvc_project import copy_project
+    from dvc_project import TINY, copy_project, set_params
     from dvc_project import dvc as run_dvc
     from dvc_project import env as project_env
 
     proj = copy_project(tmp_path / "ccvs")
+    set_params(proj, {**TINY, "demo": {"num_videos": 6, "num_frames": 12, "annotated_frames": 20,
+                                       "test_fraction": 0.2, "val_fraction": 0.2}})
     run_dvc(proj, "repro")
     for cmd in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"]):
         subprocess.run(["git", *cmd], cwd=proj, check=True)

@@ -1,7 +1,8 @@
 """The DAG under real DVC, in a temporary copy of the project with tiny params.
 
-`dvc repro` runs every stage; a second `dvc repro` skips everything; changing a `prepare` param
-reruns `prepare` but never `demo_data`, and leaves every stage after it out of date.
+`dvc repro` runs every stage; a second `dvc repro` reruns only the listing (always changed: it
+stats the inputs) and skips everything else; changing a `prepare` param reruns `prepare` but never
+`demo_data`, and leaves every stage after it out of date.
 """
 
 import json
@@ -10,17 +11,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from dvc_project import copy_project
-from dvc_project import dvc as _dvc
-from dvc_project import env as _env
-from dvc_project import set_params as _set_params
+
+import dvc_project
+from dvc_project import copy_project, dvc as _dvc, env as _env, ran, set_params as _set_params
+from dvc_project import stale
 
 pytestmark = pytest.mark.slow
+
+TINY = {
+    **dvc_project.TINY,
+    "demo": {"num_videos": 6, "num_frames": 12, "annotated_frames": 20, "test_fraction": 0.2,
+             "val_fraction": 0.2},
+    "evaluate": {**dvc_project.TINY["evaluate"],
+                 "tasks": ["reconstruction", "prediction", "point_to_point", "unconditional"]},
+}
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     proj = copy_project(tmp_path_factory.mktemp("dvcproj") / "ccvs")
+    _set_params(proj, TINY)
     _dvc(proj, "repro")
     return proj
 
@@ -38,20 +48,18 @@ def test_repro_builds_every_output(project):
     assert (project / "samples/evaluate/prediction.gif").exists()
 
 
-def test_second_repro_skips_everything(project):
-    status = _dvc(project, "status", "--json")
-    assert json.loads(status.stdout or "{}") == {}
+def test_second_repro_skips_everything_but_the_listing(project):
+    status = json.loads(_dvc(project, "status", "--json").stdout or "{}")
+    assert status == {"listing": ["always changed"]}
     out = _dvc(project, "repro").stdout
-    assert "Running stage" not in out
+    assert ran(out) == ["listing"]  # its file is unchanged: prepare and the rest stay cached
+    assert "Stage 'prepare' didn't change, skipping" in out
 
 
 def test_transformer_param_change_reruns_transformer_and_evaluate_only(project):
     _set_params(project, {"transformer": {"lr": 0.0005}})
-    changed = json.loads(_dvc(project, "status", "--json").stdout)
-    assert set(changed) == {"transformer"}
-    out = _dvc(project, "repro").stdout
-    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["evaluate", "transformer"]
+    assert stale(project) == {"listing", "transformer"}
+    assert ran(_dvc(project, "repro").stdout) == ["evaluate", "listing", "transformer"]
 
 
 def test_prefect_flow_runs_the_same_dag_to_the_same_outputs(project, monkeypatch):
@@ -65,9 +73,9 @@ def test_prefect_flow_runs_the_same_dag_to_the_same_outputs(project, monkeypatch
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as the flow's tasks: the same float rounding
     with prefect_test_harness(server_startup_timeout=300):
         results = ccvs_pipeline(root=str(project))
-    ran = sorted(r["stage"] for r in results if not r["skipped"])
-    assert ran == ["evaluate", "transformer"]
-    assert json.loads(_dvc(project, "status", "--json").stdout or "{}") == {}
+    assert sorted(r["stage"] for r in results if not r["skipped"]) == [
+        "evaluate", "listing", "transformer"]
+    assert stale(project) == {"listing"}
     from pipeline.training.checkpoint import load_model
 
     by_flow = load_model(project / "models/transformer.pt").state
@@ -92,7 +100,7 @@ def test_prefect_flow_runs_the_same_dag_to_the_same_outputs(project, monkeypatch
 
 def test_prepare_param_change_reruns_prepare_not_demo(project):
     _set_params(project, {"prepare": {"clip_stride": 2}})
-    changed = json.loads(_dvc(project, "status", "--json").stdout)
+    changed = stale(project)
     assert "prepare" in changed
     assert "demo_data" not in changed
     # Rerun prepare alone (the stages after it would only retrain on the new clips, which the
@@ -102,5 +110,5 @@ def test_prepare_param_change_reruns_prepare_not_demo(project):
     out = _dvc(project, "repro", "--single-item", "prepare").stdout
     assert "Running stage 'prepare'" in out
     assert "Running stage 'demo_data'" not in out
-    stale = set(json.loads(_dvc(project, "status", "--json").stdout or "{}"))
-    assert stale == {"positions", "sound_vq", "layout_vq", "autoencoder", "tokenize", "evaluate"}
+    assert stale(project) == {"listing", "positions", "sound_vq", "layout_vq", "autoencoder",
+                              "tokenize", "evaluate"}
