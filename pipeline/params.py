@@ -115,6 +115,8 @@ class PrepareParams:
     shard_max_bytes: int  # a shard is closed once it holds this many bytes
     workers: int  # processes decoding files in parallel
     decoder: Literal["auto", "decord", "av"]  # auto: decord, PyAV where decord is missing/fails
+    shards: str = ""  # where the shards go: "" = the output folder; an fsspec URL (s3://bucket/
+    # clips, gs://..., file:///...) = object storage, the output folder then holds shards.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +244,8 @@ class TokenizeParams:
     batch_size: int  # frames per E/Q (and VQ) forward pass
     shard_max_bytes: int  # a token shard is closed once it holds this many bytes
     device: Literal["cpu", "cuda", "auto"]  # where E, Q and the VQs run
+    shards: str = ""  # where the token shards go: "" = the output folder; an fsspec URL = object
+    # storage (the output folder then holds shards.json, pipeline/data/shard_index.py)
 
     def __post_init__(self) -> None:
         if self.state_bins < 1 or self.batch_size < 1 or self.shard_max_bytes < 1:

@@ -18,7 +18,10 @@ of videos (``pipeline.data.sources``: the demo world, a folder/glob, a manifest 
    ``bench/prepare.py``), except with ``decoder: decord`` (decord's ``AudioReader``); the two
    differ by float rounding of the down-mix only (< 1e-6);
 3. write webdataset shards per split (``pipeline.data.shards``), ``manifest.parquet`` (one row per
-   clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``.
+   clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``. With
+   ``prepare.shards`` set to an fsspec URL (``s3://bucket/clips``) each finished shard is uploaded
+   there whole and the output folder gets ``shards.json`` listing them (written last, so a later
+   stage never sees a shard of an unfinished run; ``pipeline.data.storage``).
 
 Videos are decoded by ``workers`` decoders: this process and ``workers − 1`` forked processes
 (so 2 workers is one child, not two children and an idle parent). A decoding process sends back
@@ -52,6 +55,8 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.atomic import write_json
+from pipeline.data import storage
+from pipeline.data.shard_index import INDEX_FILE, write_index
 from pipeline.data.clip_extraction import (
     PrepareError,
 )
@@ -78,13 +83,16 @@ __all__ = [
 # --------------------------------------------------------------------------- outputs
 
 
-def _clean(out_dir: Path) -> None:
-    """Remove what an earlier run wrote (only our own file names)."""
+def _clean(out_dir: Path, remote: str = "") -> None:
+    """Remove what an earlier run wrote (only our own file names, also at ``remote``)."""
     for split in SPLITS:
         for path in (out_dir / split).glob("clips-*.tar*"):
             path.unlink()
         (out_dir / split).mkdir(exist_ok=True)  # an empty split is an empty folder
-    for name in ("manifest.parquet", "rejected.csv", "classes.json"):
+        if remote:
+            for url in storage.list_files(storage.join(remote, split), "clips-*.tar"):
+                storage.remove(url)
+    for name in ("manifest.parquet", "rejected.csv", "classes.json", INDEX_FILE):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -159,9 +167,12 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     out_dir = Path(out_dir)
     listing = list_inputs(data)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _clean(out_dir)
+    remote = params.shards.rstrip("/")
+    _clean(out_dir, remote)
 
-    writers = {split: ShardWriter(out_dir / split, params.shard_max_bytes) for split in SPLITS}
+    writers = {split: ShardWriter(out_dir / split, params.shard_max_bytes,
+                                  publish_to=storage.join(remote, split) if remote else None)
+               for split in SPLITS}
     manifest = _ManifestWriter(out_dir / "manifest.parquet")
     clips = {split: 0 for split in SPLITS}
     frames_decoded = 0
@@ -196,6 +207,8 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     manifest.close()
     write_json(out_dir / "classes.json", listing.classes, indent=1, sort_keys=False,
                ensure_ascii=False)
+    if remote:  # last: the index only ever lists shards published whole
+        write_index(out_dir, remote, {split: w.records for split, w in writers.items()})
 
     seconds = time.perf_counter() - start
     metrics = {

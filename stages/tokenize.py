@@ -28,7 +28,8 @@ annotation is simply absent, and ``vocab.json``'s ``absent`` says why):
 
 Outputs: ``out/{split}/tokens-%05d.tar`` (``ShardWriter``: size-capped, atomic, byte-identical for
 the same inputs), ``out/manifest.parquet`` (one row per sample: key, video_id, split, shard,
-label_id, num_frames, first_frame, missing), ``out/vocab.json``.
+label_id, num_frames, first_frame, missing), ``out/vocab.json``. With ``tokenize.shards`` an fsspec
+URL, the shards are uploaded there whole and ``out/shards.json`` lists them (written last).
 
 Streaming: clips are read in shard order and grouped until they hold ``batch_size`` frames; the
 group goes through E/Q (and the VQs) in chunks of ``batch_size`` frames — E's convolutions are ~3×
@@ -69,6 +70,8 @@ from pipeline.tokens.annotations import (
 )
 from pipeline.tokens.annotations import load_upstream as _load_upstream
 from pipeline.atomic import write_parquet
+from pipeline.data import storage
+from pipeline.data.shard_index import INDEX_FILE, write_index
 from pipeline.data.audio_features import AudioConfigError, AudioError
 from pipeline.params import TokenizeParams
 from pipeline.data.shard_writing import ShardWriter
@@ -172,7 +175,7 @@ def run(
             for s in SPLITS if (positions_dir / f"{s}.parquet").exists())).hexdigest()[:16]
 
     if out_dir.exists():  # a stage output is rewritten whole (DVC removes it first anyway)
-        ours = {*SPLITS, VOCAB_FILE, MANIFEST_FILE}
+        ours = {*SPLITS, VOCAB_FILE, MANIFEST_FILE, INDEX_FILE}
         foreign = sorted(p.name for p in out_dir.iterdir()
                          if p.name not in ours and not p.name.startswith("."))
         if foreign:
@@ -180,6 +183,11 @@ def run(
                                 f"refusing to replace it")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
+    remote = params.shards.rstrip("/")
+    for split in SPLITS if remote else ():  # an earlier run's shards at the URL
+        for url in storage.list_files(storage.join(remote, split), "tokens-*.tar"):
+            storage.remove(url)
+    records: dict[str, list[dict[str, Any]]] = {}
     rows: list[dict[str, Any]] = []
     counts = {f"{s}_clips": 0.0 for s in SPLITS}
     missing_counts = {k: 0.0 for k in ("state", "audio", "layout")}
@@ -189,7 +197,8 @@ def run(
     for split in SPLITS:
         trajectories = read_trajectories(positions_dir, split) if use_state else None
         (out_dir / split).mkdir(parents=True, exist_ok=True)
-        writer = ShardWriter(out_dir / split, params.shard_max_bytes, pattern=TOKEN_PATTERN)
+        writer = ShardWriter(out_dir / split, params.shard_max_bytes, pattern=TOKEN_PATTERN,
+                             publish_to=storage.join(remote, split) if remote else None)
         try:
             def emit(sample: dict[str, Any], codes: np.ndarray, audio: np.ndarray | None,
                      layout: np.ndarray | None) -> None:
@@ -251,6 +260,7 @@ def run(
             writer.abort()
             raise
         writer.close()
+        records[split] = writer.records
 
     if frame_hw is None:
         raise StageError(f"{clips}: no clips in any split")
@@ -273,6 +283,8 @@ def run(
     }
     write_json_atomic(out_dir / VOCAB_FILE, vocab)
     _write_manifest(out_dir / MANIFEST_FILE, rows)
+    if remote:  # last: the index only ever lists shards published whole
+        write_index(out_dir, remote, records)
     for kind, reason in up.absent.items():
         logger.set_tag(f"tokenize.absent.{kind}", reason)
         print(f"tokenize: no {kind} tokens: {reason}", file=sys.stderr)

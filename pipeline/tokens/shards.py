@@ -42,6 +42,7 @@ import numpy as np
 
 from pipeline.atomic import write_json
 
+from pipeline.data.shard_index import INDEX_FILE
 from pipeline.data.shard_writing import Npy
 from pipeline.data.shards import iter_shard, list_shards
 from pipeline.errors import UserError
@@ -166,8 +167,8 @@ def iter_token_samples(root: str | Path, split: str, *, limit: int | None = None
     ["audio"], ["layout"], "meta"}`` with numpy arrays (one sample in memory at a time)."""
     count = 0
     root = Path(root)
-    folder = root / split
-    urls = list_shards(folder) if folder.is_dir() else []
+    has_split = (root / INDEX_FILE).is_file() or (root / split).is_dir()
+    urls = list_shards(root, split) if has_split else []
     for url in urls:
         for sample in iter_shard(url):
             if limit is not None and count >= limit:
