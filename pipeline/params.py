@@ -33,6 +33,7 @@ from ccvs_models.perceptual import VGGConfig
 from ccvs_models.position import PositionEstimatorConfig
 from ccvs_models.vq_autoencoder import VQAutoencoderConfig
 from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.engine.config import EngineParams
 from pipeline.training.config import LoopConfig
 from pipeline.training.transformer import Conditioning, TransformerArch
 from pipeline.errors import UserError
@@ -344,6 +345,7 @@ def section_types() -> dict[str, type]:
     """Every section params.yaml must have, name → dataclass (one place knows the file's shape)."""
     return {
         "tracking": TrackingParams,
+        "engine": EngineParams,
         "training": TrainingDefaults,
         "demo": DemoParams,
         "data": DataParams,

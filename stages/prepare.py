@@ -23,7 +23,9 @@ of videos (``pipeline.data.sources``: the demo world, a folder/glob, a manifest 
    there whole and the output folder gets ``shards.json`` listing them (written last, so a later
    stage never sees a shard of an unfinished run; ``pipeline.data.storage``).
 
-Videos are decoded by ``workers`` decoders: this process and ``workers − 1`` forked processes
+With ``engine.kind: dask`` the videos are decoded by the workers of a Dask cluster instead
+(``pipeline.engine``; same worker function, results written here in input order, so the output is
+byte-identical). Otherwise they are decoded by ``workers`` decoders: this process and ``workers − 1`` forked processes
 (so 2 workers is one child, not two children and an idle parent). A decoding process sends back
 only its clips' sizes and manifest rows; the parent, taking videos in input order, places each
 clip in a shard (``ShardWriter.place``: shard, offset) and sends the placement back; the decoding
@@ -65,6 +67,9 @@ from pipeline.data.prepare_pool import _decode_all
 from pipeline.data.shard_writing import ShardWriter
 from pipeline.data.datasets.catalog import list_inputs
 from pipeline.data.sources import SPLITS
+from pipeline.engine.cluster import engine_params, open_engine
+from pipeline.engine.config import LOCAL, EngineParams
+from pipeline.engine.prepare import decode_on
 from pipeline.stage import stage_main
 
 MANIFEST_COLUMNS = (
@@ -155,7 +160,8 @@ def check_params(p: PrepareParams) -> None:
 # --------------------------------------------------------------------------- stage
 
 
-def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> dict[str, float]:
+def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any,
+        engine: EngineParams = LOCAL) -> dict[str, float]:
     """Decode the videos ``data`` lists into clip shards under ``out_dir``; return metrics.
 
     Writes ``{train,val,test}/clips-%05d.tar``, ``manifest.parquet``, ``rejected.csv`` and
@@ -178,12 +184,15 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     frames_decoded = 0
     rejected_tmp = out_dir / "rejected.csv.tmp"
     try:
-        with open(rejected_tmp, "w", newline="", encoding="utf-8") as handle:
+        with open_engine(engine, "prepare") as runner, \
+                open(rejected_tmp, "w", newline="", encoding="utf-8") as handle:
             rejects = csv.writer(handle, lineterminator="\n")
             rejects.writerow(["source", "reason"])
             rejects.writerows(listing.rejected)
             num_rejected = len(listing.rejected)
-            decoded = contextlib.closing(_decode_all(listing.videos, params, writers))
+            decoded = contextlib.closing(
+                decode_on(runner, listing.videos, params, writers) if runner.kind == "dask"
+                else _decode_all(listing.videos, params, writers))
             progress = tqdm(total=len(listing.videos), desc="prepare", unit="video", file=sys.stderr)
             with decoded as results, progress:  # closing stops the decoding processes at once
                 for summary, placements in results:
@@ -223,6 +232,7 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     }
     logger.log_metrics(metrics)
     logger.set_tag("prepare.out_dir", str(out_dir))
+    logger.set_tag("engine", engine.kind)
     logger.log_artifact(out_dir / "rejected.csv")
     logger.log_artifact(out_dir / "classes.json")
     if not metrics["num_clips"]:
@@ -247,7 +257,8 @@ def summary(metrics: dict[str, float], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     stage_main("prepare", __doc__, PATHS,
-               lambda p, a, log: run(p["data"], p["prepare"], Path(a.out), log),
+               lambda p, a, log: run(p["data"], p["prepare"], Path(a.out), log,
+                                     engine=engine_params(a.params)),
                sections=("data", "prepare"), check=lambda p: check_params(p["prepare"]),
                summary=summary, argv=argv)
 

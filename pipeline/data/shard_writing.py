@@ -365,15 +365,25 @@ class ShardWriter:
         return self.shards
 
     def abort(self) -> None:
-        """Drop the shards being written (their ``.tmp`` files) after an error."""
+        """Drop every shard of this writer after an error: the ones being written (``.tmp``) and
+        the ones it finished (files, published objects), so a failed run leaves nothing a later
+        stage could take for its output. Removing a published object is best effort (the
+        stage's ``shards.json`` is not written after an error, so it is never listed)."""
         for shard in self._live.values():
             try:
                 os.close(shard.fd)
             except OSError:
                 pass
             shard.tmp.unlink(missing_ok=True)
-            if shard.final in self.shards:
-                self.shards.remove(shard.final)
+        for done in self.shards:
+            if isinstance(done, Path):
+                done.unlink(missing_ok=True)
+            else:
+                try:
+                    storage.remove(done)
+                except storage.StorageError:
+                    pass
+        self.shards, self.records = [], []
         self._live.clear()
         self._current = None
 
