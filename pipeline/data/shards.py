@@ -30,7 +30,7 @@ import json
 import random
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -130,9 +130,14 @@ def _open_shard(url: str):
     return storage.open_read(url)
 
 
-def iter_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Decoded samples of one shard, in order (members grouped by key)."""
+def iter_shard(url: str, select: Callable[[int], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard, in order (members grouped by key). With ``select``, only
+    the samples whose index i (0, 1, … in the shard) has ``select(i)`` true are decoded and
+    yielded, each with ``"index": i``; the others are read past (a stream resuming inside a
+    shard, or taking every n-th sample)."""
     stream = _open_shard(url)
+    seen = 0
+    wanted = (lambda i: True) if select is None else select
     try:
         try:
             archive = tarfile.open(fileobj=stream, mode="r|*")
@@ -152,20 +157,50 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
                 name_key, _, field = base.partition(".")
                 name_key = prefix + name_key
                 if key is not None and name_key != key:
-                    yield decode_sample(key, members, url)
+                    if wanted(seen):
+                        yield _decoded(key, members, url, seen, select)
+                    seen += 1
                     members = {}
                 key = name_key
-                members[field] = archive.extractfile(info).read()
+                members[field] = archive.extractfile(info).read() if wanted(seen) else b""
         except tarfile.TarError as err:
             raise ShardError(f"{url}: truncated or corrupt shard ({err})") from None
         except (ShardError, storage.StorageError):
             raise
         except (OSError, ConnectionError, TimeoutError) as err:  # the backend lost the stream
             raise storage.StorageError(f"{url}: read failed ({type(err).__name__}: {err})") from None
-        if key is not None:
-            yield decode_sample(key, members, url)
+        if key is not None and wanted(seen):
+            yield _decoded(key, members, url, seen, select)
     finally:
         stream.close()
+
+
+def count_samples(url: str) -> int:
+    """How many samples shard ``url`` holds, from its tar headers (the data are seeked past)."""
+    stream = _open_shard(url)
+    try:
+        try:
+            archive = tarfile.open(fileobj=stream, mode="r:" if stream.seekable() else "r|*")
+            keys, last = 0, None
+            for info in archive:
+                if info.isfile():
+                    base = info.name.rsplit("/", 1)[-1]
+                    key = info.name[: len(info.name) - len(base)] + base.partition(".")[0]
+                    keys += key != last
+                    last = key
+            return keys
+        except tarfile.TarError as err:
+            raise ShardError(f"{url}: truncated or corrupt shard ({err})") from None
+    finally:
+        stream.close()
+
+
+def _decoded(key: str, members: dict[str, bytes], url: str, index: int,
+             select: Callable[[int], bool] | None) -> dict[str, Any]:
+    sample = decode_sample(key, members, url)
+    if select is not None:
+        sample["index"] = index
+    return sample
 
 
 def iter_clips(
