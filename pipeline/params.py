@@ -64,6 +64,8 @@ class TrainingDefaults:
     bf16: bool  # bf16 autocast of the training steps
     device: Literal["cpu", "cuda", "auto"]  # auto: CUDA when available
     seed: int  # global RNG seed of every training stage
+    shuffle_block: int  # samples per shuffle block of the training shard stream (0: shard order)
+    data_workers: int  # DataLoader processes per rank reading the shards (0: the training process)
 
 
 TRAINING_STAGES = ("sound_vq", "layout_vq", "autoencoder", "positions", "transformer")
