@@ -47,7 +47,7 @@ from ccvs_models.transformer import CCVSTransformer
 from ccvs_models.transformer_config import TransformerConfig
 from pipeline.training.checkpoint import save_model, to_plain
 from pipeline.params import TransformerParams
-from pipeline.data.stream import ShardStream
+from pipeline.data.stream import FixedBatch, ShardStream
 from pipeline.tokens.shards import (
     ANNOTATIONS,
     MANIFEST_FILE,
@@ -64,7 +64,6 @@ from pipeline.training.loop import fit
 from pipeline.training.task import seeded_init
 from pipeline.training.transformer import (
     CodeStats,
-    FixedBatch,
     OptimSettings,
     TokenWindows,
     TransformerTask,

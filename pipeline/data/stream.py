@@ -176,6 +176,16 @@ def reader_batches(urls: Sequence[str], consumer: int, consumers: int, seed: int
 
 
 @dataclasses.dataclass(frozen=True)
+class FixedBatch:
+    """``batch_size`` of a stream whose every step takes the same number of items."""
+
+    size: int
+
+    def __call__(self, step: int) -> int:
+        return self.size
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardStream:
     """``make_batches(start_step, state=None)`` for ``pipeline.training.loop.fit`` over shards.
 

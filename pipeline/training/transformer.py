@@ -229,16 +229,6 @@ class WindowBatches:
                                 layout_codes=stack("layout"))
 
 
-@dataclasses.dataclass(frozen=True)
-class FixedBatch:
-    """``batch_size`` of the stream: the same number of windows every step."""
-
-    size: int
-
-    def __call__(self, step: int) -> int:
-        return self.size
-
-
 class CodeStats:
     """Frame-code statistics of a split gathered clip by clip (the baselines' train side): code
     counts, and how many codes repeat the previous frame's at the same position."""
