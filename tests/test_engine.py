@@ -54,7 +54,7 @@ def videos(tmp_path_factory) -> DataParams:
     with open(root / "videos.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("path", "label", "split"), *rows])
     return DataParams(source="manifest", path=str(root / "videos.csv"), annotations="",
-                      val_fraction=0.2, test_fraction=0.2)
+                      val_fraction=0.2, test_fraction=0.2, fold=1)
 
 
 def _prepare_params(**change) -> PrepareParams:

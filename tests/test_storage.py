@@ -92,7 +92,7 @@ def _videos(root: Path) -> DataParams:
     with open(root / "videos.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("path", "label", "split"), *rows])
     return DataParams(source="manifest", path=str(root / "videos.csv"), annotations="",
-                      val_fraction=0.2, test_fraction=0.2)
+                      val_fraction=0.2, test_fraction=0.2, fold=1)
 
 
 def _params(**change) -> PrepareParams:
