@@ -5,13 +5,13 @@ For every preset of ``pipeline/paper_presets.py`` (the paper's setups at its sca
 - parameters of T, of the autoencoder (E, Q, F, D) and of Δi + Δt;
 - L, the tokens T reads per N-frame window (§3.3);
 - FLOPs of one training step (forward + backward, matmuls and convolutions, counted by
-  ``torch.utils.flop_counter``): T for ``batch_per_gpu`` windows (counted on the meta device, no
-  compute), the autoencoder for one image step + one video step (3 frames) at batch 1, counted on
+  ``torch.utils.flop_counter``): T for ``batch_per_gpu`` windows (one real CPU step at batch 1,
+  scaled by the batch), the autoencoder for one image step + one video step (3 frames) at batch 1, counted on
   a real CPU step;
 - memory per GPU: model states (fp32 weights, gradients and Adam's two moments: 16 bytes per
   parameter, also under bf16 autocast, which keeps fp32 master weights) plus the activations
   saved for the backward pass (``torch.autograd.graph.saved_tensors_hooks``) for the preset's
-  batch, in fp32 and in bf16 (T: measured with the model in bf16 on the meta device; the
+  batch, in fp32 and in bf16 (T: a real bf16-autocast CPU step at batch 1, scaled; the
   autoencoder: a real bf16-autocast CPU step), and for T with activation checkpointing per block
   (every block's input kept, one block's activations recomputed at a time; an estimate from the
   measured one-block figure: this implementation does not checkpoint activations);
@@ -64,29 +64,32 @@ def _tokens(layout, batch: int, device: str) -> torch.Tensor:
 
 
 def transformer_figures(cfg, batch: int) -> dict[str, float]:
-    """T's parameters, FLOPs per step for ``batch`` windows and saved activations (meta device)."""
+    """T's parameters, FLOPs per step for ``batch`` windows and saved activations: one real CPU
+    step at batch 1 (T checks its token ids, so it does not run on the meta device), scaled by
+    ``batch`` (FLOPs and saved activations of a transformer step are linear in the batch)."""
     from ccvs_models.transformer import CCVSTransformer
 
-    with torch.device("meta"):
-        model = CCVSTransformer(cfg)
+    model = CCVSTransformer(cfg)
     params = sum(p.numel() for p in model.parameters())
-    tokens = _tokens(cfg.sequence_layout, batch, "meta")
-    gap = torch.zeros(batch, dtype=torch.long, device="meta") if cfg.end_frame else None
+    tokens = _tokens(cfg.sequence_layout, 1, "cpu")
+    gap = torch.zeros(1, dtype=torch.long) if cfg.end_frame else None
     counter = FlopCounterMode(display=False)
     with counter, SavedBytes() as fp32:
         model(tokens, gap, tokens).loss.backward()
-    model = model.to(torch.bfloat16)
-    with SavedBytes() as bf16:
-        model(tokens, gap, tokens).loss.float().backward()
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", torch.bfloat16), SavedBytes() as bf16:
+        loss = model(tokens, gap, tokens).loss
+    loss.float().backward()
     block = model.blocks[0]  # one block's activations: what checkpointing recomputes at a time
-    x = torch.zeros(batch, cfg.block_size, cfg.n_embd, device="meta", dtype=torch.bfloat16,
-                    requires_grad=True)
-    with SavedBytes() as one:
-        block(x).float().sum().backward()
-    inputs = cfg.n_layer * batch * cfg.block_size * cfg.n_embd * 2  # every block's bf16 input
+    x = torch.zeros(1, cfg.block_size, cfg.n_embd, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16), SavedBytes() as one:
+        out = block(x)
+    out.float().sum().backward()
+    inputs = cfg.n_layer * cfg.block_size * cfg.n_embd * 2  # every block's bf16 input
     rest = bf16.total - cfg.n_layer * one.total  # embeddings, final norm, head, loss
-    return {"params": params, "flops": counter.get_total_flops(), "act_fp32": fp32.total,
-            "act_bf16": bf16.total, "act_ckpt": inputs + one.total + max(rest, 0)}
+    return {"params": params, "flops": batch * counter.get_total_flops(),
+            "act_fp32": batch * fp32.total, "act_bf16": batch * bf16.total,
+            "act_ckpt": batch * (inputs + one.total + max(rest, 0))}
 
 
 def autoencoder_figures(preset) -> dict[str, float]:
