@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -55,12 +56,6 @@ def _quiet(run):
             sys.stderr.close()
             sys.stderr = saved
     return wrapped
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,10 +132,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"|{'-' * 36}|{'-' * 8}|{'-' * 10}|{'-' * 11}|")
         for name in names:
             ident = "-" if name not in same else ("yes" if same[name] else "NO")
-            print(f"| {name:<34} | {min(wall[name]):>6.2f} | {_median(wall[name]):>8.2f} | {ident:>9} |")
+            print(f"| {name:<34} | {min(wall[name]):>6.2f} | {statistics.median(wall[name]):>8.2f} | {ident:>9} |")
 
         def ratio(a: str, b: str) -> float:
-            return _median([x / y for x, y in zip(wall[a], wall[b])])
+            return statistics.median([x / y for x, y in zip(wall[a], wall[b])])
 
         print("\nmedian of same-round ratios (dask / single machine):")
         for a, b in (("prepare, dask cluster running", "prepare, process pool (2 workers)"),
