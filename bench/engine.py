@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _render(root / "raw", args.videos, args.frames, args.size)
         data = DataParams(source="demo", path=str(root / "raw"), annotations="", val_fraction=0.0,
-                          test_fraction=0.0)
+                          test_fraction=0.0, fold=1)
         pp = PrepareParams(resolution=args.resolution, clip_length=16, clip_stride=8,
                            frame_step=1, audio=True, audio_rate=16000, missing_audio="silence",
                            shard_max_bytes=50_000_000, workers=2, decoder="auto")
