@@ -33,6 +33,7 @@ from ccvs_models.perceptual import VGGConfig
 from ccvs_models.position import PositionEstimatorConfig
 from ccvs_models.vq_autoencoder import VQAutoencoderConfig
 from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.engine.config import EngineParams
 from pipeline.training.config import LoopConfig
 from pipeline.training.transformer import Conditioning, TransformerArch
 from pipeline.errors import UserError
@@ -63,6 +64,8 @@ class TrainingDefaults:
     bf16: bool  # bf16 autocast of the training steps
     device: Literal["cpu", "cuda", "auto"]  # auto: CUDA when available
     seed: int  # global RNG seed of every training stage
+    shuffle_block: int  # samples per shuffle block of the training shard stream (0: shard order)
+    data_workers: int  # DataLoader processes per rank reading the shards (0: the training process)
 
 
 TRAINING_STAGES = ("sound_vq", "layout_vq", "autoencoder", "positions", "transformer")
@@ -116,6 +119,8 @@ class PrepareParams:
     shard_max_bytes: int  # a shard is closed once it holds this many bytes
     workers: int  # processes decoding files in parallel
     decoder: Literal["auto", "decord", "av"]  # auto: decord, PyAV where decord is missing/fails
+    shards: str = ""  # where the shards go: "" = the output folder; an fsspec URL (s3://bucket/
+    # clips, gs://..., file:///...) = object storage, the output folder then holds shards.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +248,8 @@ class TokenizeParams:
     batch_size: int  # frames per E/Q (and VQ) forward pass
     shard_max_bytes: int  # a token shard is closed once it holds this many bytes
     device: Literal["cpu", "cuda", "auto"]  # where E, Q and the VQs run
+    shards: str = ""  # where the token shards go: "" = the output folder; an fsspec URL = object
+    # storage (the output folder then holds shards.json, pipeline/data/shard_index.py)
 
     def __post_init__(self) -> None:
         if self.state_bins < 1 or self.batch_size < 1 or self.shard_max_bytes < 1:
@@ -351,6 +358,7 @@ def section_types() -> dict[str, type]:
     """Every section params.yaml must have, name → dataclass (one place knows the file's shape)."""
     return {
         "tracking": TrackingParams,
+        "engine": EngineParams,
         "training": TrainingDefaults,
         "demo": DemoParams,
         "data": DataParams,

@@ -16,17 +16,25 @@ args, logger)``, hands what it returned to ``pipeline.tracking.report_result`` (
 metrics to ``--headline``, the DVC metric ``dvc.yaml`` declares, and to MLflow; the file of the
 ``model`` path, when the stage has one, as an MLflow model) and prints the stage's one-line
 summary. A ``UserError`` (a bad param, a bad input file, a missing
-upstream output) ends the process with ``<stage>: <message>`` and exit status 1, no traceback;
+upstream output) ends the process with ``<stage>: <message>`` (``<stage> (rank r of n)`` under
+torchrun) and exit status 1, no traceback;
 any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.errors import UserError
 from pipeline.params import load_section
+
+
+def _who(stage: str) -> str:
+    """The stage's name, with the rank when ``torchrun`` started several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return f"{stage} (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else stage
 
 
 def stage_main(
@@ -71,7 +79,7 @@ def stage_main(
             report_result(stage, result, logger, model=getattr(args, "model", None),
                           headline_file=args.headline)
     except UserError as err:
-        raise SystemExit(f"{stage}: {err}") from None
+        raise SystemExit(f"{_who(stage)}: {err}") from None
     line = summary(result, args) if (summary is not None and result) else None
     if line:
         print(f"{stage}: {line}", flush=True)

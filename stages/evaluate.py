@@ -74,6 +74,8 @@ from pipeline.evaluation.control_metrics import ControlReference, fit_trajectory
 from pipeline.tokens.shards import StateBins, load_token_split, read_vocab
 from pipeline.training.checkpoint import load_model
 from pipeline.metrics.video import motion_mask
+from pipeline.engine.cluster import engine_params, open_engine
+from pipeline.engine.config import LOCAL, EngineParams
 from pipeline.errors import StageError
 from pipeline.stage import stage_main
 
@@ -177,6 +179,43 @@ def control_reference(data: EvalData, estimator: PositionEstimator | None, clips
     return ControlReference(trajectory, envelope, data.label.numpy(), classifier), why
 
 
+@dataclasses.dataclass
+class SynthesisJob:
+    """What every batch of one task shares (sent once to each engine worker)."""
+
+    spec: Any  # the task (pipeline.evaluation.tasks.TaskSpec)
+    num_frames: int
+    samples: int  # S per input
+    sampler: SamplerConfig
+    context_frames: int
+    seed: int  # sample j of input i draws from seed + i·S + j, whoever computes it
+    device: str  # evaluate.device, resolved where the batch runs
+    threads: int  # torch threads of the run: float sums (so samples) can depend on it
+    progress: Any = None  # a tqdm bar in this process (per frame); None on engine workers
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "progress": None}  # a bar stays in the process that draws it
+
+
+def synthesize_batch(item: tuple[int, EvalData], ae: Any, tr: Any,
+                     job: SynthesisJob) -> tuple[torch.Tensor, int]:
+    """S samples of every input of one batch (inputs ``lo`` …), here or on an engine worker:
+    (frames (B, S, n, 3, H, W) on the CPU, start frames m)."""
+    lo, batch = item
+    if torch.get_num_threads() != job.threads:  # an engine worker: compute as this process would
+        torch.set_num_threads(job.threads)
+    device = device_for(0, job.device)
+    batch = dataclasses.replace(batch, **{
+        f.name: getattr(batch, f.name).to(device)
+        for f in dataclasses.fields(batch) if isinstance(getattr(batch, f.name), torch.Tensor)})
+    s = job.samples
+    seeds = [job.seed + (lo + i) * s + j for i in range(len(batch)) for j in range(s)]
+    bar = job.progress
+    out = run_task(job.spec, ae, tr, batch, job.num_frames, s, job.sampler, job.context_frames,
+                   seeds, on_frame=None if bar is None else (lambda t, b=len(batch): bar.update(b)))
+    return out.frames.cpu(), out.start_frames
+
+
 def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -201,14 +240,28 @@ def _why_skipped(how: str, vocab: dict[str, Any]) -> str:
 def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transformer: str | Path,
         autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
         samples_dir: str | Path, logger: Any, fps: int = 10,
-        positions: str | Path | None = None,
-        fvd_cache: str | Path | None = None) -> dict[str, Any]:
+        positions: str | Path | None = None, fvd_cache: str | Path | None = None,
+        engine: EngineParams = LOCAL) -> dict[str, Any]:
     """Run every task; write metrics, curves, GIFs and sheets; return the metrics document.
 
     ``positions``: the position estimator (``models/position.pt``) the control metrics run on the
     synthesized frames; None or a missing file: those metrics are skipped, with why.
     ``fvd_cache``: folder of the real clips' I3D features, keyed by what determines them (None:
-    computed every run)."""
+    computed every run).
+
+    ``engine``: who synthesizes the input batches (``pipeline.engine``: this process, or the
+    workers of a Dask cluster); sample j of input i is seeded by seed + i·S + j either way, and
+    the metrics and files are computed here from the batches in order, so they are identical."""
+    with open_engine(engine, STAGE) as runner:
+        logger.set_tag("engine", engine.kind)
+        return _run(params, clips, tokens, transformer, autoencoder, metrics_out, plots_dir,
+                    samples_dir, logger, fps, positions, fvd_cache, runner)
+
+
+def _run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transformer: str | Path,
+         autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
+         samples_dir: str | Path, logger: Any, fps: int, positions: str | Path | None,
+         fvd_cache: str | Path | None, runner: Any) -> dict[str, Any]:
     from pipeline.metrics import fvd as fvd_lib
     from pipeline.metrics import fvd_runs
 
@@ -227,7 +280,11 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         raise StageError(f"evaluate.start_frames = {m_given} but the videos have {n_frames} "
                          f"frames (evaluate.num_frames): nothing would be synthesized")
     c = ae.config.context_frames if params.context_frames is None else params.context_frames
-    sampler = SamplerConfig(top_k=params.top_k, temperature=params.temperature, kv_cache=True)
+    # step_threads 0 = torch's own thread setting, not the timed choice of "auto": metrics must not
+    # depend on a timing (auto's thread switches change float rounding, so the engine's workers and
+    # this process would score the same tokens a few ulps apart)
+    sampler = SamplerConfig(top_k=params.top_k, temperature=params.temperature, kv_cache=True,
+                            step_threads=0)
     runs = params.fvd.repeats
     s = max(params.samples, runs)  # run r scores sample r of every input
     samples_dir, plots_dir = Path(samples_dir), Path(plots_dir)
@@ -279,20 +336,18 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         fakes = []
         bar = tqdm(total=len(data) * n_frames, desc=f"evaluate {name}", unit="frame",
                    disable=None)
-        for lo in range(0, len(data), params.batch_size):
-            batch = data.rows(slice(lo, lo + params.batch_size))
-            batch = dataclasses.replace(batch, **{
-                f.name: getattr(batch, f.name).to(device)
-                for f in dataclasses.fields(batch) if isinstance(getattr(batch, f.name), torch.Tensor)})
-            seeds = [params.seed + (lo + i) * s + j for i in range(len(batch)) for j in range(s)]
-            out = run_task(spec, ae, tr, batch, n_frames, s, sampler, c, seeds,
-                           on_frame=lambda t, b=len(batch): bar.update(b))
-            fakes.append(out.frames.cpu())
+        job = SynthesisJob(spec, n_frames, s, sampler, c, params.seed, params.device,
+                           torch.get_num_threads(), bar if runner.kind == "local" else None)
+        batches = ((lo, data.rows(slice(lo, lo + params.batch_size)))
+                   for lo in range(0, len(data), params.batch_size))
+        for (lo, batch), (frames, m) in runner.ordered(
+                synthesize_batch, batches, shared=(ae, tr, job),
+                describe=lambda item, n=name: f"{n} inputs {item[0]}–{item[0] + len(item[1]) - 1}"):
+            fakes.append(frames)
             bar.n = min(lo + len(batch), len(data)) * n_frames
             bar.refresh()
         bar.close()
         fake = torch.cat(fakes)  # (n, S, n_frames, 3, H, W)
-        m = out.start_frames
         ssim_v, psnr_v = frame_scores(fake, real_clips)
         has_ref = how != "sampled"  # an unconditional frame 0 has no real counterpart
         div, div_moving = sample_diversity(fake, moving)
@@ -383,7 +438,8 @@ def main(argv: list[str] | None = None) -> None:
                lambda p, a, log: run(p, a.clips, a.tokens, a.transformer, a.autoencoder,
                                      a.metrics, a.plots, a.samples, log,
                                      positions=a.positions or None,
-                                     fvd_cache=a.fvd_cache or None), argv=argv)
+                                     fvd_cache=a.fvd_cache or None,
+                                     engine=engine_params(a.params)), argv=argv)
 
 
 if __name__ == "__main__":

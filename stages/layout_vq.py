@@ -10,6 +10,10 @@ cross-entropy + λ_q · L_q (Eq. (3)); dead codes are re-seeded as in ``sound_vq
 ``pipeline.training.vq.VQTask``) and training runs in the shared loop (``pipeline.training.loop.fit``,
 checkpoints in ``<ckpt_dir>/<config hash>/``, resume).
 
+The train layouts are written once to local shards under the checkpoint folder and streamed
+from there (``pipeline.training.vq.RowCache``: shuffle blocks, exact resume), never held in
+memory; the val layouts are.
+
 K (``model.in_channels``): 0 = from the data, max label + 1 over the train clips (the demo world:
 0 background, 1 gripper, 2.. objects); it is stored in the model file. Val clips with a label
 ≥ K are skipped with a reason.
@@ -48,7 +52,19 @@ from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model
 from pipeline.params import LayoutVQParams, ParamsError
 from pipeline.training.loop import fit
-from pipeline.training.vq import VQTask, array_batches, codebook_usage, encode_tokens, labelled_rows, predict, report_skipped, split_samples, write_placeholder
+from pipeline.training import distributed
+from pipeline.training.vq import (
+    RowCache,
+    VQTask,
+    code_counts,
+    codebook_usage,
+    labelled_rows,
+    predict,
+    report_skipped,
+    row_stream,
+    split_samples,
+    write_placeholder,
+)
 from pipeline.data.splits import holdout_keys
 from pipeline.data.shards import NO_LAYOUT
 from pipeline.errors import StageError
@@ -66,9 +82,10 @@ class LayoutSplit:
     with_layout: int  # clips that carried a layout
 
 
-def load_layouts(clips: str | Path, split: str) -> LayoutSplit:
+def load_layouts(clips: str | Path, split: str, cache: RowCache | None = None) -> LayoutSplit:
     """Every labelled layout frame of ``split`` (clips without ``layout.npy`` are skipped with a
-    reason; frames whose map is all ``NO_LAYOUT``, 255, are left out)."""
+    reason; frames whose map is all ``NO_LAYOUT``, 255, are left out). With ``cache`` the layouts
+    go there (streamed later), not into the returned split."""
     arrays, keys, frames, skipped = [], [], [], []
     shape = None
     for sample in split_samples(clips, split):
@@ -89,11 +106,24 @@ def load_layouts(clips: str | Path, split: str) -> LayoutSplit:
         if not len(layout):
             skipped.append((key, "no labelled frame"))
             continue
-        arrays.append(layout)
+        if cache is not None:
+            cache.add(key, layout)
+        else:
+            arrays.append(layout)
         keys.append(key)
         frames.append(layout.shape[0])
-    stacked = np.concatenate(arrays) if arrays else np.zeros((0, 1, 1), np.uint8)
-    return LayoutSplit(stacked, keys, frames, skipped, len(arrays))
+    stacked = (np.concatenate(arrays) if arrays else
+               np.zeros((0, *(shape or (1, 1))), np.uint8))
+    return LayoutSplit(stacked, keys, frames, skipped, len(keys))
+
+
+def _held_out(train: LayoutSplit, cache: RowCache, held: set[str]) -> LayoutSplit:
+    """The held-out clips of ``train`` as a val split in memory (their layouts from the cache)."""
+    rows = dict(cache.rows(only=held))
+    keys = [k for k in train.keys if k in held]
+    frames = [len(rows[k]) for k in keys]
+    arr = np.concatenate([rows[k] for k in keys]) if keys else train.layouts[:0]
+    return LayoutSplit(arr, keys, frames, [], len(keys))
 
 
 def _take(split: LayoutSplit, keep: list[bool]) -> LayoutSplit:
@@ -115,10 +145,21 @@ def iou_per_class(true: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[
     return out
 
 
-def majority_layout(layouts: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) most frequent class of each pixel over ``layouts`` (N, H, W)."""
-    counts = np.stack([(layouts == c).sum(axis=0) for c in range(num_classes)])
-    return counts.argmax(axis=0).astype(np.uint8)
+def add_class_counts(counts: dict[int, np.ndarray], layouts: np.ndarray) -> dict[int, np.ndarray]:
+    """Add to ``counts`` (class → (H, W) pixel counts) those of ``layouts`` (N, H, W)."""
+    for c in np.unique(layouts).tolist():
+        counts[c] = counts.get(c, 0) + (layouts == c).sum(axis=0)
+    return counts
+
+
+def majority_layout(layouts: np.ndarray | None, num_classes: int,
+                    counts: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """(H, W) most frequent class of each pixel over ``layouts`` (N, H, W), or of the class
+    counts gathered clip by clip (``add_class_counts``)."""
+    counts = add_class_counts({}, layouts) if counts is None else counts
+    shape = next(iter(counts.values())).shape
+    stacked = np.stack([counts.get(c, np.zeros(shape, np.int64)) for c in range(num_classes)])
+    return stacked.argmax(axis=0).astype(np.uint8)
 
 
 _PALETTE = np.array([[40, 40, 40], [235, 235, 235], [220, 50, 47], [38, 160, 70], [40, 100, 220],
@@ -166,32 +207,51 @@ def run(
     if m.out_channels not in (0, m.in_channels):
         raise ParamsError(f"layout_vq.model.out_channels: must be 0 or equal in_channels "
                           f"({m.in_channels}), got {m.out_channels}")
-    train = load_layouts(clips, "train")
+    cache = RowCache(Path(ckpt_dir) / f"stream-rank{distributed.rank_from_env()}")
+    try:
+        return _train(params, clips, model_out, metrics_out, ckpt_dir, logger, artifacts_dir,
+                      cache, start)
+    finally:
+        cache.remove()
+
+
+def _train(params: LayoutVQParams, clips: str | Path, model_out: Path, metrics_out: Path,
+           ckpt_dir: str | Path, logger: Any, artifacts_dir: str | Path | None,
+           cache: RowCache, start: float) -> dict[str, float]:
+    m = params.model
+    train = load_layouts(clips, "train", cache=cache)
+    cache.close()
     val = load_layouts(clips, "val")
     if train.with_layout == 0:
         report_skipped("layout_vq", [], logger)
         return write_placeholder("layout_vq", "no layouts in the data", model_out, metrics_out, logger,
                             {"clips_without_layout": float(len(train.skipped) + len(val.skipped))})
-    val_source = "val"
+    val_source, held = "val", frozenset()
     if val.with_layout == 0:
-        held = holdout_keys(train.keys, seed=params.loop.seed)
-        val = _take(train, [k in held for k in train.keys])
-        train = _take(train, [k not in held for k in train.keys])
+        held = frozenset(holdout_keys(train.keys, seed=params.loop.seed))
+        val = _held_out(train, cache, set(held))
         val_source = "train_holdout"
         if not val.keys:
             raise StageError(f"{clips}: no val layouts and too few train videos to hold some out")
-    if val.layouts.shape[1:] != train.layouts.shape[1:]:
-        raise StageError(f"{clips}: val layouts are {val.layouts.shape[1:]}, train layouts "
-                         f"{train.layouts.shape[1:]}")
+    # one pass over the cached train layouts: fingerprint, classes, per-pixel class counts
+    digest, counts, train_frames = hashlib.sha1(), {}, 0
+    for _, rows in cache.rows(exclude=held):
+        digest.update(rows.tobytes())
+        add_class_counts(counts, rows)
+        train_frames += len(rows)
     h, w = train.layouts.shape[1:]
+    if val.layouts.shape[1:] != (h, w):
+        raise StageError(f"{clips}: val layouts are {val.layouts.shape[1:]}, train layouts "
+                         f"{(h, w)}")
     if h % m.downsampling or w % m.downsampling:
         raise StageError(f"{clips}: layouts of {h}×{w} cannot be downsampled {len(m.channels)} "
                          f"times (need both divisible by {m.downsampling})")
-    data_classes = int(train.layouts.max()) + 1
+    data_classes = max(counts) + 1
     num_classes = m.in_channels or data_classes
     if data_classes > num_classes:
         raise StageError(f"{clips}: train layouts have label {data_classes - 1} but "
                          f"layout_vq.model.in_channels = {num_classes}")
+    majority = majority_layout(None, num_classes, counts)
     skipped = train.skipped + val.skipped
     keep = []
     starts = np.cumsum([0, *val.frames])
@@ -208,13 +268,13 @@ def run(
     logger.set_tag("layout_vq.val_source", val_source)
     model_cfg = dataclasses.replace(m, in_channels=num_classes, out_channels=num_classes)
 
-    x_train, x_val = train.layouts, val.layouts
+    x_val = val.layouts
     config = {"model": dataclasses.asdict(model_cfg), "batch_size": params.batch_size,
               "lr": params.lr, "q_weight": params.q_weight,
               "dead_code_every": params.dead_code_every, "seed": params.loop.seed,
               "ema_decay": params.loop.ema_decay, "grad_clip": params.loop.grad_clip,
-              "bf16": params.loop.bf16,
-              "data": hashlib.sha1(x_train.tobytes()).hexdigest()[:16]}
+              "bf16": params.loop.bf16, "data": digest.hexdigest()[:16],
+              "stream": [params.loop.shuffle_block, params.loop.data_workers]}
 
     def make_input(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         target = batch.long()
@@ -233,27 +293,26 @@ def run(
     def evaluator(model: VQAutoencoder, device: torch.device) -> dict[str, float]:
         logits, _ = predict(model, x_val, device, make_input=make_input)
         last["pred"] = logits.argmax(1).astype(np.uint8)
-        last["tok_train"] = encode_tokens(model, x_train, device, make_input=make_input)
-        usage = codebook_usage(last["tok_train"], model_cfg.codebook_size)
+        last["train_counts"] = code_counts(model, cache.rows(exclude=held), device,
+                                           model_cfg.codebook_size, make_input=make_input)
+        usage = codebook_usage(None, model_cfg.codebook_size, last["train_counts"])
         return {"val/miou": miou(x_val, last["pred"])[0],
                 "codebook/perplexity": usage["perplexity"], "codebook/dead_codes": usage["dead_codes"]}
 
     task.evaluator = evaluator
-    batch_idx = array_batches(len(x_train), params.batch_size, params.loop.seed)
-    x_train_t = torch.from_numpy(x_train)
     t_fit = time.perf_counter()
-    result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop,
+    result = fit(task, row_stream(cache, held, params.batch_size, params.loop), params.loop,
                  Path(ckpt_dir), logger, resume="auto")
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
 
     # fit's final evaluation ran on the weights we save (EMA when on, else raw)
-    pred, tok_train = last["pred"], last["tok_train"]
+    pred = last["pred"]
     mean_iou, ious = miou(x_val, pred)
-    base = np.broadcast_to(majority_layout(x_train, num_classes), x_val.shape)
+    base = np.broadcast_to(majority, x_val.shape)
     base_miou, _ = miou(x_val, base)
-    usage = codebook_usage(tok_train, model_cfg.codebook_size)
+    usage = codebook_usage(None, model_cfg.codebook_size, last["train_counts"])
     th, tw = h // model_cfg.downsampling, w // model_cfg.downsampling
     metrics = {
         "available": 1.0,
@@ -269,9 +328,9 @@ def run(
         "codebook/reseeded_total": float(task.reseeded_total),
         "codebook_size": float(model_cfg.codebook_size),
         "tokens_per_frame": float(th * tw),
-        "train_clips": float(len(train.keys)),
+        "train_clips": float(len(train.keys) - len(held)),
         "val_clips": float(len(val.keys)),
-        "train_frames": float(len(x_train)),
+        "train_frames": float(train_frames),
         "val_frames": float(len(x_val)),
         "skipped_clips": float(len(skipped)),
         "steps": float(result.step),

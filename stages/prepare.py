@@ -25,13 +25,18 @@ against the ``listing`` stage's file, ``pipeline.data.listing``) into exactly th
    ``bench/prepare.py``), except with ``decoder: decord`` (decord's ``AudioReader``); the two
    differ by float rounding of the down-mix only (< 1e-6);
 3. write webdataset shards per split (``pipeline.data.shards``), ``manifest.parquet`` (one row per
-   clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``.
+   clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``. With
+   ``prepare.shards`` set to an fsspec URL (``s3://bucket/clips``) each finished shard is uploaded
+   there whole and the output folder gets ``shards.json`` listing them (written last, so a later
+   stage never sees a shard of an unfinished run; ``pipeline.data.storage``).
 
 Params that cannot work stop the stage with one line naming them (``check_params``): an ``fps``
 that gives no whole number of audio samples per frame (``audio_rate / fps``), a ``clip_length``
 longer than every video, a split left without clips.
 
-Videos are decoded by ``workers`` decoders: this process and ``workers − 1`` forked processes
+With ``engine.kind: dask`` the videos are decoded by the workers of a Dask cluster instead
+(``pipeline.engine``; same worker function, results written here in input order, so the output is
+byte-identical). Otherwise they are decoded by ``workers`` decoders: this process and ``workers − 1`` forked processes
 (so 2 workers is one child, not two children and an idle parent). A decoding process sends back
 only its clips' sizes and manifest rows; the parent, taking videos in input order, places each
 clip in a shard (``ShardWriter.place``: shard, offset) and sends the placement back; the decoding
@@ -64,6 +69,8 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.atomic import write_json
+from pipeline.data import storage
+from pipeline.data.shard_index import INDEX_FILE, write_index
 from pipeline.data.clip_extraction import PrepareError, VideoResult, VideoSummary, screen_video
 from pipeline.data.frame_rate import is_whole, whole_rates
 from pipeline.data.listing import check_listing
@@ -73,6 +80,9 @@ from pipeline.data.shard_writing import ShardWriter
 from pipeline.data.datasets.catalog import list_inputs
 from pipeline.data.sources import SPLITS, Listing, VideoSource
 from pipeline.data.splits import SplitError, draw_splits
+from pipeline.engine.cluster import engine_params, open_engine
+from pipeline.engine.config import LOCAL, EngineParams
+from pipeline.engine.prepare import decode_on
 from pipeline.stage import stage_main
 
 MANIFEST_COLUMNS = (
@@ -91,13 +101,16 @@ __all__ = [
 # --------------------------------------------------------------------------- outputs
 
 
-def _clean(out_dir: Path) -> None:
-    """Remove what an earlier run wrote (only our own file names)."""
+def _clean(out_dir: Path, remote: str = "") -> None:
+    """Remove what an earlier run wrote (only our own file names, also at ``remote``)."""
     for split in SPLITS:
         for path in (out_dir / split).glob("clips-*.tar*"):
             path.unlink()
         (out_dir / split).mkdir(exist_ok=True)  # an empty split is an empty folder
-    for name in ("manifest.parquet", "rejected.csv", "classes.json"):
+        if remote:
+            for url in storage.list_files(storage.join(remote, split), "clips-*.tar"):
+                storage.remove(url)
+    for name in ("manifest.parquet", "rejected.csv", "classes.json", INDEX_FILE):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -207,7 +220,7 @@ def _no_clip_error(results: list[VideoSummary | VideoResult], total: int, params
 
 
 def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any,
-        listing: Path | None = None) -> dict[str, float]:
+        listing: Path | None = None, engine: EngineParams = LOCAL) -> dict[str, float]:
     """Decode the videos ``data`` lists into clip shards under ``out_dir``; return metrics.
 
     ``listing``: the listing stage's file (``pipeline.data.listing``): the inputs must still be
@@ -224,7 +237,8 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any,
     if listing is not None:  # the inputs DVC filed this run under (the listing stage's file)
         check_listing(listing, found, data)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _clean(out_dir)
+    remote = params.shards.rstrip("/")
+    _clean(out_dir, remote)
     rejected_csv = out_dir / "rejected.csv"
     videos, screened = _screen(found, params)
     try:
@@ -235,7 +249,9 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any,
                            ) from None
     listing_rejects = [*found.rejected, *((r.video.source, r.rejected) for r in screened)]
 
-    writers = {split: ShardWriter(out_dir / split, params.shard_max_bytes) for split in SPLITS}
+    writers = {split: ShardWriter(out_dir / split, params.shard_max_bytes,
+                                  publish_to=storage.join(remote, split) if remote else None)
+               for split in SPLITS}
     manifest = _ManifestWriter(out_dir / "manifest.parquet")
     clips = {split: 0 for split in SPLITS}
     videos_in = {split: 0 for split in SPLITS}
@@ -243,12 +259,15 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any,
     outcomes: list[VideoSummary | VideoResult] = list(screened)
     rejected_tmp = out_dir / "rejected.csv.tmp"
     try:
-        with open(rejected_tmp, "w", newline="", encoding="utf-8") as handle:
+        with open_engine(engine, "prepare") as runner, \
+                open(rejected_tmp, "w", newline="", encoding="utf-8") as handle:
             rejects = csv.writer(handle, lineterminator="\n")
             rejects.writerow(["source", "reason"])
             rejects.writerows(listing_rejects)
             num_rejected = len(listing_rejects)
-            decoded = contextlib.closing(_decode_all(videos, params, writers))
+            decoded = contextlib.closing(
+                decode_on(runner, videos, params, writers) if runner.kind == "dask"
+                else _decode_all(videos, params, writers))
             progress = tqdm(total=len(videos), desc="prepare", unit="video", file=sys.stderr)
             with decoded as results, progress:  # closing stops the decoding processes at once
                 for summary, placements in results:
@@ -274,6 +293,8 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any,
     manifest.close()
     write_json(out_dir / "classes.json", found.classes, indent=1, sort_keys=False,
                ensure_ascii=False)
+    if remote:  # last: the index only ever lists shards published whole
+        write_index(out_dir, remote, {split: w.records for split, w in writers.items()})
 
     seconds = time.perf_counter() - start
     metrics = {
@@ -289,6 +310,7 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any,
     }
     logger.log_metrics(metrics)
     logger.set_tag("prepare.out_dir", str(out_dir))
+    logger.set_tag("engine", engine.kind)
     logger.log_artifact(rejected_csv)
     logger.log_artifact(out_dir / "classes.json")
     if not metrics["num_clips"]:
@@ -331,7 +353,8 @@ def summary(metrics: dict[str, float], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     stage_main("prepare", __doc__, PATHS,
                lambda p, a, log: run(p["data"], p["prepare"], Path(a.out), log,
-                                     listing=Path(a.listing) if a.listing else None),
+                                     listing=Path(a.listing) if a.listing else None,
+                                     engine=engine_params(a.params)),
                sections=("data", "prepare"), check=lambda p: check_params(p["prepare"]),
                summary=summary, argv=argv)
 

@@ -6,6 +6,9 @@ frames (E, Q, D without F), giving tokens used as frame-level annotations by the
 
 1. every train/val clip's audio → per-frame log-mel STFT patches (T, 1, 64, 16) in [−1, 1]
    (``pipeline.data.audio_features``: hop aligned to the frame rate, fixed dB range);
+   The train patches are written once to local shards under the checkpoint folder and streamed
+   from there (``pipeline.training.vq.RowCache``: shuffle blocks, exact resume), never held in
+   memory; the val patches are;
 2. ``ccvs_models.vq_autoencoder.VQAutoencoder`` (3 stride-2 blocks → 8 × 2 = 16 tokens per frame,
    paper; codebook 256 by default instead of the paper's 1024, as the demo has ~1.7k train
    frames) trained with the shared loop (``pipeline.training.loop.fit``: checkpoints in
@@ -60,7 +63,19 @@ from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model
 from pipeline.params import ParamsError, SoundVQParams
 from pipeline.training.loop import fit
-from pipeline.training.vq import VQTask, array_batches, codebook_usage, encode_tokens, labelled_rows, predict, report_skipped, split_samples, write_placeholder
+from pipeline.training import distributed
+from pipeline.training.vq import (
+    RowCache,
+    VQTask,
+    code_counts,
+    codebook_usage,
+    labelled_rows,
+    predict,
+    report_skipped,
+    row_stream,
+    split_samples,
+    write_placeholder,
+)
 from pipeline.data.splits import holdout_keys
 from pipeline.errors import StageError
 from pipeline.stage import stage_main
@@ -82,8 +97,10 @@ class SoundSplit:
     with_audio: int  # clips that carried an audio track (usable or not)
 
 
-def load_sound(clips: str | Path, split: str, cfg: AudioFeatureConfig, keep_audio: int = 0) -> SoundSplit:
-    """Per-frame patches of every clip of ``split``; bad/missing audio skipped with a reason."""
+def load_sound(clips: str | Path, split: str, cfg: AudioFeatureConfig, keep_audio: int = 0,
+               cache: RowCache | None = None) -> SoundSplit:
+    """Per-frame patches of every clip of ``split``; bad/missing audio skipped with a reason.
+    With ``cache`` the patches go there (streamed later), not into the returned split."""
     patches, keys, frames, fps_list, skipped, with_audio = [], [], [], [], [], 0
     audio_kept: dict[str, np.ndarray] = {}
     for sample in split_samples(clips, split):
@@ -110,7 +127,10 @@ def load_sound(clips: str | Path, split: str, cfg: AudioFeatureConfig, keep_audi
         except AudioError as err:
             skipped.append((key, str(err)))
             continue
-        patches.append(p)
+        if cache is not None:
+            cache.add(key, p)
+        else:
+            patches.append(p)
         keys.append(key)
         frames.append(num_frames)
         fps_list.append(float(fps))
@@ -119,14 +139,15 @@ def load_sound(clips: str | Path, split: str, cfg: AudioFeatureConfig, keep_audi
     return SoundSplit(stacked, keys, frames, fps_list, audio_kept, skipped, with_audio)
 
 
-def _take_sound(split: SoundSplit, keep: list[bool]) -> SoundSplit:
-    starts = np.cumsum([0, *split.frames])
-    idx = [i for i, k in enumerate(keep) if k]
-    arr = (np.concatenate([split.patches[starts[i]:starts[i + 1]] for i in idx])
-           if idx else split.patches[:0])
-    keys = [split.keys[i] for i in idx]
-    return SoundSplit(arr, keys, [split.frames[i] for i in idx], [split.fps[i] for i in idx],
-                      {k: v for k, v in split.audio.items() if k in set(keys)}, [], len(idx))
+def _held_out(train: SoundSplit, cache: RowCache, held: set[str]) -> SoundSplit:
+    """The held-out clips of ``train`` as a val split in memory (their patches from the cache)."""
+    rows = dict(cache.rows(only=held))
+    idx = [i for i, k in enumerate(train.keys) if k in held]
+    keys = [train.keys[i] for i in idx]
+    arr = (np.concatenate([rows[k] for k in keys]) if keys
+           else np.zeros((0, 1, *train.patches.shape[2:]), np.float32))
+    return SoundSplit(arr, keys, [train.frames[i] for i in idx], [train.fps[i] for i in idx],
+                      {k: v for k, v in train.audio.items() if k in held}, [], len(idx))
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -212,7 +233,20 @@ def run(
     model_out, metrics_out = Path(model_out), Path(metrics_out)
     model_cfg = _model_config(params)
     feats = params.features
-    train = load_sound(clips, "train", feats)
+    cache = RowCache(Path(ckpt_dir) / f"stream-rank{distributed.rank_from_env()}")
+    try:
+        return _train(params, clips, model_out, metrics_out, ckpt_dir, logger, artifacts_dir,
+                      model_cfg, feats, cache, start)
+    finally:
+        cache.remove()
+
+
+def _train(params: SoundVQParams, clips: str | Path, model_out: Path, metrics_out: Path,
+           ckpt_dir: str | Path, logger: Any, artifacts_dir: str | Path | None,
+           model_cfg: VQAutoencoderConfig, feats: AudioFeatureConfig, cache: RowCache,
+           start: float) -> dict[str, float]:
+    train = load_sound(clips, "train", feats, keep_audio=1, cache=cache)
+    cache.close()
     val = load_sound(clips, "val", feats, keep_audio=1)
     skipped = train.skipped + val.skipped
     report_skipped("sound_vq", skipped, logger)
@@ -226,26 +260,31 @@ def run(
             f"{clips}: all {train.with_audio} train clips with audio were rejected "
             f"(first: {train.skipped[0][0]}: {train.skipped[0][1]})" if train.skipped else
             f"{clips}: no usable train clip")
-    val_source = "val"
+    val_source, held = "val", frozenset()
     if len(val.keys) == 0:
         # no val split: hold out the clips of ~10% of the train videos
-        held = holdout_keys(train.keys, seed=params.loop.seed)
-        train_all = load_sound(clips, "train", feats, keep_audio=len(train.keys))
-        val = _take_sound(train_all, [k in held for k in train_all.keys])
-        train = _take_sound(train_all, [k not in held for k in train_all.keys])
+        held = frozenset(holdout_keys(train.keys, seed=params.loop.seed))
+        val = _held_out(train, cache, set(held))
         val_source = "train_holdout"
         if len(val.keys) == 0:
             raise StageError(f"{clips}: no val clips and too few train videos to hold some out")
     logger.set_tag("sound_vq.val_source", val_source)
 
-    x_train, x_val = train.patches, val.patches
-    data_hash = hashlib.sha1(x_train.tobytes()).hexdigest()[:16]
+    # one pass over the cached train patches: their fingerprint and mean (the baseline)
+    digest, total, train_frames = hashlib.sha1(), None, 0
+    for _, rows in cache.rows(exclude=held):
+        digest.update(rows.tobytes())
+        total = rows.sum(axis=0, dtype=np.float64) if total is None else total + rows.sum(axis=0)
+        train_frames += len(rows)
+    x_val = val.patches
+    data_hash = digest.hexdigest()[:16]
     loss_fn = F.l1_loss if params.loss == "l1" else F.mse_loss
     config = {"model": dataclasses.asdict(model_cfg), "features": dataclasses.asdict(feats),
               "batch_size": params.batch_size, "lr": params.lr, "loss": params.loss,
               "q_weight": params.q_weight, "dead_code_every": params.dead_code_every,
               "seed": params.loop.seed, "ema_decay": params.loop.ema_decay,
-              "grad_clip": params.loop.grad_clip, "bf16": params.loop.bf16, "data": data_hash}
+              "grad_clip": params.loop.grad_clip, "bf16": params.loop.bf16, "data": data_hash,
+              "stream": [params.loop.shuffle_block, params.loop.data_workers]}
     task = VQTask(model_cfg, params.lr, params.q_weight, params.dead_code_every,
                   recon_loss=loss_fn, make_input=lambda b: (b, b), config=config,
                   seed=params.loop.seed)
@@ -255,29 +294,28 @@ def run(
     def evaluator(model: VQAutoencoder, device: torch.device) -> dict[str, float]:
         recon, tok_val = predict(model, x_val, device)
         last["recon"], last["tok_val"] = np.clip(recon, -1, 1), tok_val
-        last["tok_train"] = encode_tokens(model, x_train, device)
+        last["train_counts"] = code_counts(model, cache.rows(exclude=held), device,
+                                           model_cfg.codebook_size)
         m = spectral_metrics(x_val, last["recon"], feats)
-        usage = codebook_usage(last["tok_train"], model_cfg.codebook_size)
+        usage = codebook_usage(None, model_cfg.codebook_size, last["train_counts"])
         return {"val/lsd_db": m["lsd_db"], "val/spectral_convergence": m["spectral_convergence"],
                 "val/l1": float(np.abs(recon - x_val).mean()),
                 "codebook/perplexity": usage["perplexity"], "codebook/dead_codes": usage["dead_codes"]}
 
     task.evaluator = evaluator
-    batch_idx = array_batches(len(x_train), params.batch_size, params.loop.seed)
-    x_train_t = torch.from_numpy(x_train)
     t_fit = time.perf_counter()
-    result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop,
+    result = fit(task, row_stream(cache, held, params.batch_size, params.loop), params.loop,
                  Path(ckpt_dir), logger, resume="auto")
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
 
     # fit's final evaluation ran on the weights we save (EMA when on, else raw)
-    recon, tok_train, tok_val = last["recon"], last["tok_train"], last["tok_val"]
+    recon, tok_val = last["recon"], last["tok_val"]
     ours = spectral_metrics(x_val, recon, feats)
-    mean_patch = x_train.mean(axis=0, keepdims=True)
+    mean_patch = (total / max(train_frames, 1)).astype(np.float32)[None]
     base = spectral_metrics(x_val, np.broadcast_to(mean_patch, x_val.shape), feats)
-    usage = codebook_usage(tok_train, model_cfg.codebook_size)
+    usage = codebook_usage(None, model_cfg.codebook_size, last["train_counts"])
     usage_val = codebook_usage(tok_val, model_cfg.codebook_size)
     h, w = feats.freq_bins // model_cfg.downsampling, feats.time_bins // model_cfg.downsampling
     metrics = {
@@ -295,10 +333,10 @@ def run(
         "codebook/reseeded_total": float(task.reseeded_total),
         "codebook_size": float(model_cfg.codebook_size),
         "tokens_per_frame": float(h * w),
-        "train_frames": float(len(x_train)),
+        "train_frames": float(train_frames),
         "val_frames": float(len(x_val)),
         **counts,
-        "train_clips": float(len(train.keys)),
+        "train_clips": float(len(train.keys) - len(held)),
         "val_clips": float(len(val.keys)),
         "steps": float(result.step),
         "resumed_from": float(result.resumed_from if result.resumed_from is not None else -1),

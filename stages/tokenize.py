@@ -28,7 +28,8 @@ annotation is simply absent, and ``vocab.json``'s ``absent`` says why):
 
 Outputs: ``out/{split}/tokens-%05d.tar`` (``ShardWriter``: size-capped, atomic, byte-identical for
 the same inputs), ``out/manifest.parquet`` (one row per sample: key, video_id, split, shard,
-label_id, num_frames, first_frame, missing), ``out/vocab.json``.
+label_id, num_frames, first_frame, missing), ``out/vocab.json``. With ``tokenize.shards`` an fsspec
+URL, the shards are uploaded there whole and ``out/shards.json`` lists them (written last).
 
 Streaming: clips are read in shard order and grouped until they hold ``batch_size`` frames; the
 group goes through E/Q (and the VQs) in chunks of ``batch_size`` frames — E's convolutions are ~3×
@@ -41,14 +42,14 @@ only on the clip order, so a rerun gives byte-identical shards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import itertools
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -69,6 +70,8 @@ from pipeline.tokens.annotations import (
 )
 from pipeline.tokens.annotations import load_upstream as _load_upstream
 from pipeline.atomic import write_parquet
+from pipeline.data import storage
+from pipeline.data.shard_index import INDEX_FILE, write_index
 from pipeline.data.audio_features import AudioConfigError, AudioError
 from pipeline.params import TokenizeParams
 from pipeline.data.shard_writing import ShardWriter
@@ -82,6 +85,8 @@ from pipeline.tokens.shards import (
     encode_token_sample,
     write_json_atomic,
 )
+from pipeline.engine.cluster import engine_params, open_engine
+from pipeline.engine.config import LOCAL, EngineParams
 from pipeline.errors import StageError
 from pipeline.stage import stage_main
 
@@ -157,8 +162,19 @@ def run(
     sound_vq: str | Path | None = None,
     layout_vq: str | Path | None = None,
     positions: str | Path | None = None,
+    engine: EngineParams = LOCAL,
 ) -> dict[str, float]:
-    """Tokenize every clip of every split; write shards, manifest and vocab; return metrics."""
+    """Tokenize every clip of every split; write shards, manifest and vocab; return metrics.
+
+    ``engine``: who encodes the clip groups (``pipeline.engine``: this process by default, or
+    the workers of a Dask cluster); the shards are written here in clip order either way."""
+    with contextlib.ExitStack() as stack:
+        return _run(params, clips, autoencoder, out_dir, logger, sound_vq, layout_vq, positions,
+                    engine, stack)
+
+
+def _run(params, clips, autoencoder, out_dir, logger, sound_vq, layout_vq, positions, engine,
+         stack: contextlib.ExitStack) -> dict[str, float]:
     start = time.perf_counter()
     clips, out_dir = Path(clips), Path(out_dir)
     device = distributed.device_for(0, params.device)
@@ -182,8 +198,9 @@ def run(
             file_hash(positions_dir / f"{s}.parquet").encode()
             for s in SPLITS if (positions_dir / f"{s}.parquet").exists())).hexdigest()[:16]
 
+    runner = stack.enter_context(open_engine(engine, "tokenize"))
     if out_dir.exists():  # a stage output is rewritten whole (DVC removes it first anyway)
-        ours = {*SPLITS, VOCAB_FILE, MANIFEST_FILE}
+        ours = {*SPLITS, VOCAB_FILE, MANIFEST_FILE, INDEX_FILE}
         foreign = sorted(p.name for p in out_dir.iterdir()
                          if p.name not in ours and not p.name.startswith("."))
         if foreign:
@@ -191,6 +208,11 @@ def run(
                                 f"refusing to replace it")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
+    remote = params.shards.rstrip("/")
+    for split in SPLITS if remote else ():  # an earlier run's shards at the URL
+        for url in storage.list_files(storage.join(remote, split), "tokens-*.tar"):
+            storage.remove(url)
+    records: dict[str, list[dict[str, Any]]] = {}
     rows: list[dict[str, Any]] = []
     counts = {f"{s}_clips": 0.0 for s in SPLITS}
     missing_counts = {k: 0.0 for k in ("state", "audio", "layout")}
@@ -200,7 +222,8 @@ def run(
     for split in SPLITS:
         trajectories = read_trajectories(positions_dir, split) if use_state else None
         (out_dir / split).mkdir(parents=True, exist_ok=True)
-        writer = ShardWriter(out_dir / split, params.shard_max_bytes, pattern=TOKEN_PATTERN)
+        writer = ShardWriter(out_dir / split, params.shard_max_bytes, pattern=TOKEN_PATTERN,
+                             publish_to=storage.join(remote, split) if remote else None)
         try:
             def emit(sample: dict[str, Any], codes: np.ndarray, audio: np.ndarray | None,
                      layout: np.ndarray | None) -> None:
@@ -243,25 +266,21 @@ def run(
                              "missing": ",".join(missing)})
                 counts[f"{split}_clips"] += 1
 
-            pending: list[dict[str, Any]] = []
             source = iter_clips(clips, split) if (clips / split).is_dir() else iter(())
-            for sample in itertools.chain(source, [None]):
-                if sample is not None:
-                    pending.append(sample)
-                    if sum(int(s["frames"].shape[0]) for s in pending) < params.batch_size:
-                        continue
-                if not pending:
-                    continue
-                for item in zip(pending, *encode_group(up, pending, params.batch_size, device)):
+            for group, codes in runner.ordered(encode_task, clip_groups(source, params.batch_size),
+                                               describe=_describe_group,
+                                               shared=(up, params.batch_size, params.device,
+                                                       torch.get_num_threads())):
+                for item in zip(group, *codes):
                     frame_hw = frame_hw or item[1].shape[1:]
                     audio_tpf = audio_tpf or (item[2].shape[1] if item[2] is not None else 0)
                     layout_tpf = layout_tpf or (item[3].shape[1] if item[3] is not None else 0)
                     emit(*item)
-                pending = []
         except BaseException:
             writer.abort()
             raise
         writer.close()
+        records[split] = writer.records
 
     if frame_hw is None:
         raise StageError(f"{clips}: no clips in any split")
@@ -284,6 +303,8 @@ def run(
     }
     write_json_atomic(out_dir / VOCAB_FILE, vocab)
     _write_manifest(out_dir / MANIFEST_FILE, rows)
+    if remote:  # last: the index only ever lists shards published whole
+        write_index(out_dir, remote, records)
     for kind, reason in up.absent.items():
         logger.set_tag(f"tokenize.absent.{kind}", reason)
         print(f"tokenize: no {kind} tokens: {reason}", file=sys.stderr)
@@ -291,7 +312,35 @@ def run(
                "tokens_per_frame": float(frame_hw[0] * frame_hw[1]),
                "seconds": time.perf_counter() - start}
     logger.log_metrics(metrics)
+    logger.set_tag("engine", engine.kind)
     return metrics
+
+
+def clip_groups(samples: Iterator[dict[str, Any]], batch: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive clips grouped until they hold ``batch`` frames (the last group may hold
+    fewer): the grouping depends on the clip order only, so the output does too."""
+    pending: list[dict[str, Any]] = []
+    frames = 0
+    for sample in samples:
+        pending.append(sample)
+        frames += int(sample["frames"].shape[0])
+        if frames >= batch:
+            yield pending
+            pending, frames = [], 0
+    if pending:
+        yield pending
+
+
+def _describe_group(group: list[dict[str, Any]]) -> str:
+    return f"clips {group[0]['key']} … {group[-1]['key']}"
+
+
+def encode_task(group: list[dict[str, Any]], up: Upstream, batch: int, device: str, threads: int):
+    """The work of one group, in this process or on an engine worker (``encode_group``), with
+    this run's torch threads (float sums, so an argmin's ties, can depend on them)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return encode_group(up, group, batch, distributed.device_for(0, device))
 
 
 def _audio_patches(up: Upstream, sample: dict[str, Any]) -> np.ndarray | None:
@@ -375,7 +424,8 @@ PATHS = {
 def main(argv: list[str] | None = None) -> None:
     stage_main("tokenize", __doc__, PATHS,
                lambda p, a, log: run(p, a.clips, a.autoencoder, a.out, log, sound_vq=a.sound_vq,
-                                     layout_vq=a.layout_vq, positions=a.positions), argv=argv)
+                                     layout_vq=a.layout_vq, positions=a.positions,
+                                     engine=engine_params(a.params)), argv=argv)
 
 
 if __name__ == "__main__":

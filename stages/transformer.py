@@ -9,9 +9,11 @@ embedding encodes its gap to the window (point-to-point synthesis). The model is
 
 1. Reads ``data/tokens`` (``pipeline.tokens.shards``): ``vocab.json`` fixes the sequence (codebook
    sizes, tokens per frame, which annotations exist); ``transformer.conditioning`` picks which of
-   them T reads. Train windows: N frames at a random start in a random train clip, end_gap = clip
-   end − window start. Validation: every val clip's first window (no val split: the clips of the
-   last ~10% of train videos by id are held out).
+   them T reads. Train windows are streamed from the train shards (``pipeline.data.stream``:
+   shuffle blocks of ``training.shuffle_block`` clips, split over ranks and
+   ``training.data_workers``, exact resume): each clip once per epoch, N frames at a random
+   start, end_gap = clip end − window start. Validation (held in memory, ``val_clips``): every
+   val clip's first window (no val split: the clips of ~10% of the train videos are held out).
 2. Trains with the shared loop (``pipeline.training.loop.fit``: checkpoints in ``ckpt_dir``,
    ``resume="auto"``, bf16 option, DDP under torchrun): AdamW, linear warm-up + cosine decay,
    gradient clipping, conditioning dropout per annotation kind.
@@ -40,30 +42,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ccvs_models.transformer import CCVSTransformer
 from ccvs_models.transformer_config import TransformerConfig
 from pipeline.training.checkpoint import save_model, to_plain
 from pipeline.params import TransformerParams
+from pipeline.data.stream import FixedBatch, ShardStream
 from pipeline.tokens.shards import (
+    ANNOTATIONS,
     MANIFEST_FILE,
     VOCAB_FILE,
-    TokenSplit,
+    iter_token_samples,
     load_token_split,
     read_vocab,
+    split_keys,
+    token_shards,
     write_json_atomic,
 )
 from pipeline.training.curves import CurveLogger
 from pipeline.training.loop import fit
 from pipeline.training.task import seeded_init
 from pipeline.training.transformer import (
+    CodeStats,
     OptimSettings,
+    TokenWindows,
     TransformerTask,
+    WindowBatches,
+    copy_baseline,
     fixed_windows,
     model_config,
-    random_windows,
-    copy_baseline,
     unigram_baseline,
 )
 from pipeline.data.splits import holdout_keys
@@ -81,15 +88,6 @@ def _data_fingerprint(tokens: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def holdout(train: TokenSplit, seed: int) -> tuple[TokenSplit, TokenSplit]:
-    """(train, val): the clips of whole train videos held out (``pipeline.data.splits``)."""
-    held = holdout_keys(train.keys, seed=seed)
-    if not held:
-        raise StageError("no val clips and fewer than 2 train videos to hold one out")
-    is_val = np.array([k in held for k in train.keys])
-    return train.take(np.flatnonzero(~is_val)), train.take(np.flatnonzero(is_val))
-
-
 def run(
     params: TransformerParams,
     tokens: str | Path,
@@ -103,26 +101,30 @@ def run(
     start = time.perf_counter()
     tokens = Path(tokens)
     vocab = read_vocab(tokens)
-    train = load_token_split(tokens, "train", vocab)
-    val = load_token_split(tokens, "val", vocab)
-    if len(train) == 0:
+    loop = params.loop
+    train_keys = split_keys(tokens, "train")
+    if not train_keys:
         raise StageError(f"{tokens}: no train token samples")
-    val_source = "val"
-    if len(val) == 0:
-        train, val = holdout(train, params.loop.seed)
+    val_source, held = "val", frozenset()
+    val = load_token_split(tokens, "val", vocab, limit=params.val_clips or None)
+    if len(val) == 0:  # the clips of whole train videos held out (pipeline.data.splits)
+        held = frozenset(holdout_keys(train_keys, seed=loop.seed))
+        if not held:
+            raise StageError("no val clips and fewer than 2 train videos to hold one out")
+        val = load_token_split(tokens, "train", vocab, keys=set(held),
+                               limit=params.val_clips or None)
         val_source = "train_holdout"
-    clip_len = train.frames.shape[1]
+    urls = token_shards(tokens, "train")
+    first = next(iter_token_samples(tokens, "train", limit=1))
+    clip_len = int(first["frames"].shape[0])
     if val.frames.shape[1] != clip_len:
         raise StageError(f"{tokens}: val clips have {val.frames.shape[1]} frames, "
-                                    f"train clips {clip_len}")
+                         f"train clips {clip_len}")
     try:
         cfg = model_config(params.model, params.conditioning, vocab, clip_len)
     except ValueError as err:
         raise StageError(str(err)) from None
-    if params.val_clips:
-        val = val.take(np.arange(min(params.val_clips, len(val))))
     layout = cfg.sequence_layout
-    loop = params.loop
     optim = OptimSettings(params.lr, params.min_lr, params.warmup_steps, params.weight_decay,
                           tuple(params.betas), loop.steps)  # type: ignore[arg-type]
     config = {"model": dataclasses.asdict(cfg), "params": to_plain(params),
@@ -135,19 +137,31 @@ def run(
                                fixed_windows(val, layout, params.batch_size), config)
     logger.set_tags({"transformer.val_source": val_source,
                      "transformer.sequence_length": str(layout.length),
-                     "transformer.parameters": str(task.model.num_parameters())})
+                     "transformer.parameters": str(task.model.num_parameters()),
+                     "transformer.train_shards": str(len(urls))})
     curves = CurveLogger(logger, plots_dir, {"train": ("loss", "accuracy", "lr"),
                                              "val": ("val/perplexity", "val/loss", "val/accuracy")})
+    kinds = tuple(k for k in ANNOTATIONS if vocab.get(k))
+    stream = ShardStream(tuple(urls), TokenWindows(layout.num_frames, clip_len,
+                                                   tuple(first["frames"].shape[1:]), kinds,
+                                                   str(tokens), held),
+                         WindowBatches(layout, clip_len), FixedBatch(params.batch_size),
+                         seed=loop.seed, shuffle=loop.shuffle_block, workers=loop.data_workers)
     t_fit = time.perf_counter()
-    result = fit(task, random_windows(train, layout, params.batch_size, loop.seed), loop,
-                 Path(ckpt_dir), curves, resume="auto")
+    result = fit(task, stream, loop, Path(ckpt_dir), curves, resume="auto")
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
     curves.finish()
 
-    base = unigram_baseline(train.frames, val.frames, cfg.frame_vocab)
-    copy = copy_baseline(train.frames, val.frames, cfg.frame_vocab, layout.num_frames)
+    stats = CodeStats(cfg.frame_vocab)  # the baselines' train side, one clip at a time
+    train_clips = 0
+    for sample in iter_token_samples(tokens, "train"):
+        if sample["key"] not in held:
+            stats.add(sample["frames"])
+            train_clips += 1
+    base = unigram_baseline(stats, val.frames, cfg.frame_vocab)
+    copy = copy_baseline(stats, val.frames, cfg.frame_vocab, layout.num_frames)
     ev = result.eval_metrics
     steps_run = result.step - (result.resumed_from or 0)
     metrics = {
@@ -164,7 +178,7 @@ def run(
         "codebook/used_codes": base["used_codes"],
         "train/loss": result.metrics.get("loss", float("nan")),
         "train/accuracy": result.metrics.get("accuracy", float("nan")),
-        "train_clips": float(len(train)),
+        "train_clips": float(train_clips),
         "val_clips": float(len(val)),
         "sequence_length": float(layout.length),
         "parameters": float(task.model.num_parameters()),
@@ -172,6 +186,7 @@ def run(
         "resumed_from": float(result.resumed_from if result.resumed_from is not None else -1),
         "fit_seconds": fit_s,
         "train_tokens_per_s": steps_run * params.batch_size * layout.length / max(fit_s, 1e-9),
+        "train_samples_per_s": steps_run * params.batch_size / max(fit_s, 1e-9),
     }
     save_model(model_out, cfg, result.state["transformer"], step=result.step,
                weights="ema" if loop.ema_decay > 0 else "raw", val_source=val_source,

@@ -47,7 +47,11 @@ def _clip(i: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("evalworld")
+    return make_world(tmp_path_factory.mktemp("evalworld"))
+
+
+def make_world(root: Path) -> dict[str, Path]:
+    """Random tiny AE and T, CLIPS test clips and their tokens under ``root``."""
     torch.manual_seed(0)
     ae_cfg = AutoencoderConfig(**AE)
     ae = CCVSAutoencoder(ae_cfg).eval()
@@ -92,20 +96,25 @@ def _params(**over) -> EvaluateParams:
 
 @pytest.fixture(scope="module")
 def evaluated(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evalout")
+    log = RecordingLogger()
+    return evaluate_to(world, out, log), log, out
+
+
+def evaluate_to(world: dict[str, Path], out: Path, log, params: EvaluateParams | None = None,
+                **run_kwargs) -> dict:
+    """``stage.run`` on ``world`` into ``out`` with the stand-in I3D shrunk to 64 px (speed)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("CCVS_OFFLINE", "1")
     real_compute, real_feats = fvd_lib.compute_fvd, fvd_lib.i3d_features
     mp.setattr(fvd_lib, "compute_fvd", lambda *a, **k: real_compute(*a, **{**k, "resolution": 64}))
     mp.setattr(fvd_lib, "i3d_features", lambda *a, **k: real_feats(*a, **{**k, "resolution": 64}))
-    out = tmp_path_factory.mktemp("evalout")
-    log = RecordingLogger()
     try:
-        doc = stage.run(_params(), world["clips"], world["tokens"], world["transformer"],
-                        world["autoencoder"], out / "evaluate.json", out / "plots", out / "samples",
-                        log, positions=world["positions"])
+        return stage.run(params or _params(), world["clips"], world["tokens"], world["transformer"],
+                         world["autoencoder"], out / "evaluate.json", out / "plots",
+                         out / "samples", log, **{"positions": world["positions"], **run_kwargs})
     finally:
         mp.undo()
-    return doc, log, out
 
 
 def test_every_task_runs_or_says_why_not(evaluated):

@@ -39,12 +39,12 @@ VOCAB = {"frame": {"vocab": Q, "height": H, "width": W, "dtype": "int16"}, "end_
          "label": {"num_classes": 2, "classes": ["a", "b"]}, "absent": {"layout": "none"}}
 
 
-def make_tokens(root: Path) -> Path:
+def make_tokens(root: Path, max_bytes: int = 10_000) -> Path:
     """Token shards of a predictable world: frame t's codes are (t + offset) mod q."""
     rng = np.random.default_rng(0)
     (root / "vocab.json").write_text(json.dumps(VOCAB))
     for split, n in (("train", 10), ("val", 3)):
-        with ShardWriter(root / split, 10_000, pattern=TOKEN_PATTERN) as writer:
+        with ShardWriter(root / split, max_bytes, pattern=TOKEN_PATTERN) as writer:
             for i in range(n):
                 off = rng.integers(0, Q, (H, W))
                 frames = (np.arange(T)[:, None, None] + off[None]) % Q

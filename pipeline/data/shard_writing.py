@@ -15,6 +15,7 @@ in place while the shard layout stays the one sequential writing gives.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence, Union
 
 import numpy as np
+from pipeline.data import storage
 from pipeline.errors import UserError
 
 SHARD_PATTERN = "clips-%05d.tar"
@@ -252,6 +254,14 @@ class _Shard:
         self.sealed = False  # no more samples go here; finished once the last one is written
 
 
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class ShardWriter:
     """Size-capped webdataset shards for one split: ``folder/clips-00000.tar``, ``-00001``...
 
@@ -264,13 +274,16 @@ class ShardWriter:
     process) then :meth:`done` for each placement.
     """
 
-    def __init__(self, folder: str | Path, max_bytes: int, pattern: str = SHARD_PATTERN):
+    def __init__(self, folder: str | Path, max_bytes: int, pattern: str = SHARD_PATTERN,
+                 publish_to: str | None = None):
         if max_bytes <= 0:
             raise ValueError(f"shard max_bytes must be positive, got {max_bytes}")
         self.folder = Path(folder)
         self.max_bytes = max_bytes
         self.pattern = pattern
-        self.shards: list[Path] = []  # shards started, in order (all finished after close)
+        self.publish_to = publish_to  # an fsspec URL: finished shards are uploaded there
+        self.shards: list[Path | str] = []  # shards started, in order (all finished after close)
+        self.records: list[dict[str, Any]] = []  # finished shards: name, bytes, samples, sha1
         self.samples = 0
         self._index = 0  # number of the shard being filled
         self._current: _Shard | None = None
@@ -294,7 +307,17 @@ class ShardWriter:
             write_at(shard.fd, [bytes(tail)], shard.end)
         finally:
             os.close(shard.fd)
-        os.replace(shard.tmp, shard.final)
+        name = f"{self.folder.name}/{shard.final.name}"
+        record = {"name": name, "bytes": shard.end + tail, "samples": shard.count}
+        if self.publish_to is None:
+            os.replace(shard.tmp, shard.final)
+        else:  # uploaded whole (one PUT), then the local copy goes
+            record["sha1"] = _sha1(shard.tmp)
+            url = storage.join(self.publish_to, shard.final.name)
+            storage.publish(shard.tmp, url)
+            shard.tmp.unlink()
+            self.shards[self.shards.index(shard.final)] = url
+        self.records.append(record)
         del self._live[shard.index]
 
     def place(self, size: int) -> Placement:
@@ -333,7 +356,7 @@ class ShardWriter:
         self.done(placement)
         return placement.shard
 
-    def close(self) -> list[Path]:
+    def close(self) -> list[Path | str]:
         """Finish the open shard; return every shard written."""
         self._seal()
         if self._live:
@@ -342,15 +365,25 @@ class ShardWriter:
         return self.shards
 
     def abort(self) -> None:
-        """Drop the shards being written (their ``.tmp`` files) after an error."""
+        """Drop every shard of this writer after an error: the ones being written (``.tmp``) and
+        the ones it finished (files, published objects), so a failed run leaves nothing a later
+        stage could take for its output. Removing a published object is best effort (the
+        stage's ``shards.json`` is not written after an error, so it is never listed)."""
         for shard in self._live.values():
             try:
                 os.close(shard.fd)
             except OSError:
                 pass
             shard.tmp.unlink(missing_ok=True)
-            if shard.final in self.shards:
-                self.shards.remove(shard.final)
+        for done in self.shards:
+            if isinstance(done, Path):
+                done.unlink(missing_ok=True)
+            else:
+                try:
+                    storage.remove(done)
+                except storage.StorageError:
+                    pass
+        self.shards, self.records = [], []
         self._live.clear()
         self._current = None
 

@@ -14,8 +14,13 @@ their clips in place (:func:`write_placed`).
 Reading (this module): :func:`clip_dataset` is a ``torch.utils.data.IterableDataset`` that splits
 the shards over distributed ranks (``torch.distributed``) and DataLoader workers (by shard when
 there are enough shards, by sample otherwise, so no worker idles on a one-shard split), with
-optional shuffling; :func:`iter_clips` is the plain sequential reader for evaluation code. Shards
-are opened with webdataset's ``gopen``, so URLs (``http://``, ``pipe:``, brace patterns) work too.
+optional shuffling; :func:`iter_clips` is the plain sequential reader for evaluation code.
+Training stages read through :mod:`pipeline.data.stream` (shuffle blocks, exact resume).
+
+Where shards are: a local folder, any fsspec URL (``s3://``, ``gs://``, ``file://``, ``http://``;
+:mod:`pipeline.data.storage`), a ``pipe:`` command (webdataset's ``gopen``), a brace pattern, or a
+stage output folder whose ``shards.json`` (:mod:`pipeline.data.shard_index`) points to a URL.
+An unreachable URL or a truncated shard stops the reader with one line naming the URL.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import json
 import random
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.data import storage
+from pipeline.data.shard_index import index_urls, read_index
 from pipeline.data.shard_writing import (
     ShardError,
 )
@@ -76,12 +83,13 @@ def decode_sample(key: str, members: dict[str, bytes], where: str = "") -> dict[
 
 
 def _is_url(text: str) -> bool:
-    return "://" in text or text.startswith("pipe:")
+    return storage.is_url(text) or text.startswith("pipe:")
 
 
 def list_shards(root_or_urls: str | Path | Sequence[str | Path], split: str | None = None) -> list[str]:
-    """Shard URLs/paths: a dataset root (``root/split/clips-*.tar``), a split folder, a single
-    shard, a brace pattern (``clips-{00000..00009}.tar``) or a list of any of these."""
+    """Shard URLs/paths: a dataset root (``root/split/clips-*.tar``, or the URLs its
+    ``shards.json`` lists), a split folder, a single shard, a folder URL (``s3://b/clips``: its
+    ``split/*.tar``), a brace pattern (``clips-{00000..00009}.tar``) or a list of any of these."""
     if isinstance(root_or_urls, (list, tuple)):
         return [u for item in root_or_urls for u in list_shards(item, split)]
     text = str(root_or_urls)
@@ -89,10 +97,20 @@ def list_shards(root_or_urls: str | Path | Sequence[str | Path], split: str | No
         import braceexpand
 
         return list(braceexpand.braceexpand(text))
-    if _is_url(text):
-        return [text]
-    path = Path(text)
+    if text.startswith("pipe:") or text.endswith((".tar", ".tar.gz", ".tgz")):
+        if storage.is_url(text) or text.startswith("pipe:"):
+            return [text]
+    elif storage.is_url(text) and not storage.is_local(text):  # a folder in object storage
+        folder = storage.join(text, split) if split else text
+        found = storage.list_files(folder)
+        if not found and split and not storage.list_files(text):
+            raise ShardError(f"{text}: no shards (expected {folder}/*.tar)")
+        return found
+    path = storage.local_path(text)
     if path.is_dir():
+        index = read_index(path)
+        if index is not None:
+            return index_urls(index, split)
         folder = path / split if split and (path / split).is_dir() else path
         if split and folder == path and path.name != split:
             if (path / "manifest.parquet").exists():  # a prepare output with an empty split
@@ -105,21 +123,30 @@ def list_shards(root_or_urls: str | Path | Sequence[str | Path], split: str | No
 
 
 def _open_shard(url: str):
-    if _is_url(url):
+    if url.startswith("pipe:"):
         from webdataset.gopen import gopen
 
         return gopen(url, "rb")
-    return open(url, "rb")
+    return storage.open_read(url)
 
 
-def iter_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Decoded samples of one shard, in order (members grouped by key)."""
+def iter_shard(url: str, select: Callable[[int], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard, in order (members grouped by key). With ``select``, only
+    the samples whose index i (0, 1, … in the shard) has ``select(i)`` true are decoded and
+    yielded, each with ``"index": i``; the others are read past (a stream resuming inside a
+    shard, or taking every n-th sample)."""
     stream = _open_shard(url)
+    seen = 0
+    wanted = (lambda i: True) if select is None else select
     try:
         try:
             archive = tarfile.open(fileobj=stream, mode="r|*")
         except tarfile.TarError as err:
             raise ShardError(f"{url}: not a tar shard ({err})") from None
+        except storage.StorageError:
+            raise
+        except Exception as err:  # a connection lost while reading the first block
+            raise storage.StorageError(f"{url}: read failed ({type(err).__name__}: {err})") from None
         key, members = None, {}
         try:
             for info in archive:
@@ -130,16 +157,50 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
                 name_key, _, field = base.partition(".")
                 name_key = prefix + name_key
                 if key is not None and name_key != key:
-                    yield decode_sample(key, members, url)
+                    if wanted(seen):
+                        yield _decoded(key, members, url, seen, select)
+                    seen += 1
                     members = {}
                 key = name_key
-                members[field] = archive.extractfile(info).read()
+                members[field] = archive.extractfile(info).read() if wanted(seen) else b""
         except tarfile.TarError as err:
             raise ShardError(f"{url}: truncated or corrupt shard ({err})") from None
-        if key is not None:
-            yield decode_sample(key, members, url)
+        except (ShardError, storage.StorageError):
+            raise
+        except (OSError, ConnectionError, TimeoutError) as err:  # the backend lost the stream
+            raise storage.StorageError(f"{url}: read failed ({type(err).__name__}: {err})") from None
+        if key is not None and wanted(seen):
+            yield _decoded(key, members, url, seen, select)
     finally:
         stream.close()
+
+
+def count_samples(url: str) -> int:
+    """How many samples shard ``url`` holds, from its tar headers (the data are seeked past)."""
+    stream = _open_shard(url)
+    try:
+        try:
+            archive = tarfile.open(fileobj=stream, mode="r:" if stream.seekable() else "r|*")
+            keys, last = 0, None
+            for info in archive:
+                if info.isfile():
+                    base = info.name.rsplit("/", 1)[-1]
+                    key = info.name[: len(info.name) - len(base)] + base.partition(".")[0]
+                    keys += key != last
+                    last = key
+            return keys
+        except tarfile.TarError as err:
+            raise ShardError(f"{url}: truncated or corrupt shard ({err})") from None
+    finally:
+        stream.close()
+
+
+def _decoded(key: str, members: dict[str, bytes], url: str, index: int,
+             select: Callable[[int], bool] | None) -> dict[str, Any]:
+    sample = decode_sample(key, members, url)
+    if select is not None:
+        sample["index"] = index
+    return sample
 
 
 def iter_clips(

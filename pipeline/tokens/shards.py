@@ -42,6 +42,7 @@ import numpy as np
 
 from pipeline.atomic import write_json
 
+from pipeline.data.shard_index import INDEX_FILE
 from pipeline.data.shard_writing import Npy
 from pipeline.data.shards import iter_shard, list_shards
 from pipeline.errors import UserError
@@ -160,15 +161,31 @@ def encode_token_sample(
     return sample
 
 
+def token_shards(root: str | Path, split: str) -> list[str]:
+    """The shard URLs of ``split`` of a tokenize output (none when it has no such split)."""
+    root = Path(root)
+    has_split = (root / INDEX_FILE).is_file() or (root / split).is_dir()
+    return list_shards(root, split) if has_split else []
+
+
+def split_keys(root: str | Path, split: str) -> list[str]:
+    """The keys of ``split``'s samples in shard order: from ``manifest.parquet`` when there is
+    one (no shard is read), else by reading the samples one at a time."""
+    path = Path(root) / MANIFEST_FILE
+    if path.is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["key", "split"]).to_pydict()
+        return [k for k, s in zip(table["key"], table["split"]) if s == split]
+    return [sample["key"] for sample in iter_token_samples(root, split)]
+
+
 def iter_token_samples(root: str | Path, split: str, *, limit: int | None = None
                        ) -> Iterator[dict[str, Any]]:
     """Every token sample of ``split`` in shard order: ``{"key", "frames", "end_frame", ["state"],
     ["audio"], ["layout"], "meta"}`` with numpy arrays (one sample in memory at a time)."""
     count = 0
-    root = Path(root)
-    folder = root / split
-    urls = list_shards(folder) if folder.is_dir() else []
-    for url in urls:
+    for url in token_shards(root, split):
         for sample in iter_shard(url):
             if limit is not None and count >= limit:
                 return
@@ -180,8 +197,8 @@ def iter_token_samples(root: str | Path, split: str, *, limit: int | None = None
 
 @dataclasses.dataclass
 class TokenSplit:
-    """One split's token samples stacked (tokens are small: 2 bytes each, so T's training keeps
-    them in memory). n clips of T frames; annotation arrays are None when absent from the data."""
+    """Token samples stacked (a validation set, evaluation inputs; T's training streams its split
+    instead). n clips of T frames; annotation arrays are None when absent from the data."""
 
     keys: list[str]
     frames: np.ndarray  # (n, T, h, w) int
@@ -201,16 +218,22 @@ class TokenSplit:
                           self.label[idx], pick(self.state), pick(self.audio), pick(self.layout))
 
 
-def load_token_split(root: str | Path, split: str, vocab: dict[str, Any]) -> TokenSplit:
-    """Stack every sample of ``split``; a clip whose frame count differs from the split's first
-    clip is an error naming it (``prepare`` cuts clips of one length). An unlabelled clip (label
+def load_token_split(root: str | Path, split: str, vocab: dict[str, Any], *,
+                     keys: set[str] | None = None, limit: int | None = None) -> TokenSplit:
+    """Stack the samples of ``split`` (those in ``keys`` when given; the first ``limit``); a clip
+    whose frame count differs from the split's first clip is an error naming it (``prepare`` cuts
+    clips of one length). For validation sets: training streams its split instead. An unlabelled clip (label
     id −1: a video at the top of a folder source) gets the label's null id, ``num_classes``."""
     h, w = vocab["frame"]["height"], vocab["frame"]["width"]
     null_label = int(vocab.get("label", {}).get("num_classes", 0))
     kinds = [k for k in ANNOTATIONS if vocab.get(k)]
-    keys, frames, ends, labels = [], [], [], []
+    keys_, frames, ends, labels = [], [], [], []
     ann: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     for s in iter_token_samples(root, split):
+        if keys is not None and s["key"] not in keys:
+            continue
+        if limit is not None and len(keys_) >= limit:
+            break
         if frames and s["frames"].shape != frames[0].shape:
             raise TokenShardError(f"{root}/{split}: sample {s['key']} has frames "
                                   f"{s['frames'].shape}, the split's first has {frames[0].shape}")
@@ -222,18 +245,18 @@ def load_token_split(root: str | Path, split: str, vocab: dict[str, Any]) -> Tok
                 raise TokenShardError(f"{root}/{split}: sample {s['key']} lacks {k}.npy, which "
                                       f"vocab.json lists")
             ann[k].append(s[k])
-        keys.append(s["key"])
+        keys_.append(s["key"])
         frames.append(s["frames"])
         ends.append(s["end_frame"])
         label = int(s["meta"].get("label_id", 0))
         labels.append(label if label >= 0 else null_label)
-    if not keys:
+    if not keys_:
         empty = np.zeros((0, 1, h, w), np.int16)
         return TokenSplit([], empty, empty[:, 0], np.zeros(0, np.int64),
                           *(np.zeros((0, 1, 2 if k == "state" else vocab[k]["tokens_per_frame"]),
                                      np.int16) if vocab.get(k) else None for k in ANNOTATIONS))
     stack = {k: np.stack(v) for k, v in ann.items()}
-    return TokenSplit(keys, np.stack(frames), np.stack(ends), np.asarray(labels, np.int64),
+    return TokenSplit(keys_, np.stack(frames), np.stack(ends), np.asarray(labels, np.int64),
                       stack.get("state"), stack.get("audio"), stack.get("layout"))
 
 
@@ -269,6 +292,8 @@ __all__ = [
     "encode_token_sample",
     "iter_token_samples",
     "load_token_split",
+    "split_keys",
+    "token_shards",
     "read_vocab",
     "write_json_atomic",
     "code_dtype",

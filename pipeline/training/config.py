@@ -1,4 +1,5 @@
-"""How a stage trains: the ``loop`` block of each training stage's params section.
+"""How a stage trains: the ``loop`` block of each training stage's params section (with how it
+reads its shards: ``pipeline.data.stream``).
 
 A leaf module (no project imports), so ``pipeline.params``, the loop and the tasks share it
 without importing each other.
@@ -24,6 +25,8 @@ class LoopConfig:
     device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: CUDA when available
     seed: int = 0  # global RNG seed (each rank derives its own: distributed.rank_seed)
     grad_clip: float = 0.0  # max global grad norm per optimizer step (0: off)
+    shuffle_block: int = 64  # the shard stream's shuffle block, in samples (0: shard order)
+    data_workers: int = 0  # DataLoader processes per rank reading the shards (0: in the loop's)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -37,5 +40,8 @@ class LoopConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.shuffle_block < 0 or self.data_workers < 0:
+            raise ValueError(f"shuffle_block and data_workers must be >= 0, got "
+                             f"{self.shuffle_block}, {self.data_workers}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")

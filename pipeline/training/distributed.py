@@ -76,6 +76,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def rank_from_env() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), before the group exists."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group torchrun describes in the environment (no-op for one process).
 

@@ -19,7 +19,9 @@ Data position: ``batches`` is a callable ``make_batches(start_step) -> iterator`
 batch of step ``start_step``, then the next...; it must be deterministic (a seed, the rank, the
 step) and endless (``epoch_batches`` helps). A resumed run calls it with the checkpoint's step,
 so the resumed run sees the same batches as an uninterrupted one. A plain iterable is accepted
-too; on resume its first ``start_step`` items are skipped.
+too; on resume its first ``start_step`` items are skipped. A stream with a position of its own
+(``pipeline.data.stream.ShardStream``: ``takes_state``, its iterator's ``state_dict()``) is
+checkpointed per rank and called back as ``make_batches(start_step, state)`` on resume.
 
 Stopping: the first Ctrl-C / SIGTERM (torchrun forwards it to every worker and waits before
 killing them) finishes the current step, writes a checkpoint and raises ``KeyboardInterrupt``;
@@ -199,8 +201,10 @@ def _to_float(name: str, value: Any) -> float:
         raise TypeError(f"train_step metric {name!r} is not a number: {value!r}") from None
 
 
-def _batch_iterator(batches: Any, start: int) -> Iterator[Any]:
+def _batch_iterator(batches: Any, start: int, state: Any = None) -> Iterator[Any]:
     if callable(batches):
+        if state is not None and getattr(batches, "takes_state", False):
+            return iter(batches(start, state))
         return iter(batches(start))
     it = iter(batches)
     for _ in itertools.islice(it, start):
@@ -261,6 +265,7 @@ def fit(
     distributed.barrier()
 
     window = _Window()
+    stream_state = None  # this rank's data-stream position in the checkpoint, if any
     start, resumed_from = 0, None
     ckpt_path = latest_checkpoint(ckpt_dir) if resume else None
     payload = load_checkpoint(ckpt_path) if ckpt_path is not None else None
@@ -288,10 +293,13 @@ def fit(
         task.load_extra_state(extra.get("task", {}))
         per_rank = payload.get("rng", {}).get("per_rank", [])
         windows = extra.get("window", {}).get("per_rank", [])
+        streams = extra.get("stream", {}).get("per_rank", [])
         if len(per_rank) == info.world_size:
             set_rng_state(per_rank[info.rank])
             if len(windows) == info.world_size:
                 window.load(windows[info.rank])
+            if len(streams) == info.world_size:
+                stream_state = streams[info.rank]
         else:  # another world size: per-rank streams cannot continue exactly
             log.warning("%s: saved by %d ranks, running %d: RNG reseeded from (seed, step)",
                         ckpt_path, len(per_rank), info.world_size)
@@ -309,7 +317,9 @@ def fit(
                       ema={n: e.module for n, e in emas.items()}, optimizers=optimizers)
 
     def save(step: int) -> Path:
-        ranks = distributed.all_gather_object({"rng": rng_state(), "window": window.state()})
+        position = it.state_dict() if hasattr(it, "state_dict") else None
+        ranks = distributed.all_gather_object({"rng": rng_state(), "window": window.state(),
+                                               "stream": position})
         distributed.check_replicas_equal(raw)
         path = checkpoint_path(ckpt_dir, step)
         if main:
@@ -322,6 +332,7 @@ def fit(
                 "step": step,
                 "rng": {"per_rank": [r["rng"] for r in ranks]},
                 "extra": {"window": {"per_rank": [r["window"] for r in ranks]},
+                          "stream": {"per_rank": [r["stream"] for r in ranks]},
                           "task": task.extra_state(),
                           "loop": dataclasses.asdict(loop)},
             })
@@ -356,7 +367,7 @@ def fit(
     last_eval: int | None = None
     metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
-    it = _batch_iterator(batches, start)
+    it = _batch_iterator(batches, start, stream_state)
     bar = tqdm(total=loop.steps, initial=min(start, loop.steps), disable=not main,
                dynamic_ncols=True, mininterval=1.0, desc="train")
     try:

@@ -6,9 +6,12 @@ What the ``transformer`` stage composes (``stages/transformer.py``):
   ``ccvs_models.transformer.TransformerConfig``; the sequence half (q, h, w, B, l_a, q_a, l_l, q_l,
   classes) comes from the data's ``vocab.json`` (:func:`model_config`), so params never restate a
   codebook size.
-- :func:`window_batch`: N-frame windows of token clips → the §3.3 sequence
-  (``SequenceLayout.assemble``) and ``end_gap`` = (clip's last frame) − (window's first frame),
-  the App. E gap the end frame's positional embedding encodes.
+- :func:`window_batch` / :func:`assemble_windows`: N-frame windows of token clips → the §3.3
+  sequence (``SequenceLayout.assemble``) and ``end_gap`` = (clip's last frame) − (window's first
+  frame), the App. E gap the end frame's positional embedding encodes.
+- :class:`TokenWindows`, :class:`WindowBatches`: the training stream's items and batches
+  (``pipeline.data.stream.ShardStream``: one random window per clip per epoch, shuffle blocks,
+  exact resume) — the token shards are streamed, never loaded whole.
 - :func:`conditioning_dropout`: per annotation kind, replace that kind's tokens by its null id in
   a random subset of the batch (``SequenceLayout.drop``), so one T serves unconditional and
   conditioned synthesis (prediction, state-, audio-, class-, end-frame-conditioned).
@@ -16,7 +19,7 @@ What the ``transformer`` stage composes (``stages/transformer.py``):
   embeddings, none on biases/LayerNorm), linear warm-up then cosine decay of the learning rate as a
   function of the step (resuming needs no scheduler state), Eq. (8) loss, frame-token accuracy;
   evaluation = validation perplexity exp(mean CE over frame tokens) and accuracy.
-- :func:`unigram_baseline`: the codebook-usage entropy baseline, exp(H) of the train-set unigram
+- :class:`CodeStats`, :func:`unigram_baseline`: the codebook-usage entropy baseline, exp(H) of the train-set unigram
   distribution of frame codes (what a model that ignores context achieves).
 - :func:`copy_baseline`: the temporal baseline, "each code repeats the previous frame's code at its
   position" (what a model must beat before its samples hold a scene still).
@@ -25,9 +28,8 @@ What the ``transformer`` stage composes (``stages/transformer.py``):
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-from typing import Any, Callable, Iterator, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -36,8 +38,7 @@ from torch import nn
 from ccvs_models.sequence_layout import IGNORE_INDEX, SequenceLayout, TokenKind
 from ccvs_models.transformer import CCVSTransformer, frame_token_accuracy, frame_token_targets
 from ccvs_models.transformer_config import TransformerConfig
-from pipeline.training import distributed
-from pipeline.tokens.shards import TokenSplit
+from pipeline.tokens.shards import TokenShardError, TokenSplit
 from pipeline.training.schedule import set_lr, warmup_cosine
 from pipeline.training.task import StepContext, TrainTask
 
@@ -142,22 +143,115 @@ def window_batch(split: TokenSplit, layout: SequenceLayout, clip_idx: np.ndarray
     n = layout.num_frames
     idx = np.asarray(clip_idx, np.int64)
     t = np.asarray(starts, np.int64)[:, None] + np.arange(n)[None]  # (B, N)
-    pick = (lambda a: torch.from_numpy(a[idx[:, None], t].astype(np.int64)))  # noqa: E731
+    pick = (lambda a: None if a is None else a[idx[:, None], t])  # noqa: E731
+    return assemble_windows(layout, pick(split.frames), split.end_frame[idx], split.label[idx],
+                            np.asarray(starts, np.int64), split.frames.shape[1],
+                            state=pick(split.state), audio=pick(split.audio),
+                            layout_codes=pick(split.layout))
+
+
+def assemble_windows(layout: SequenceLayout, frames: np.ndarray, end_frame: np.ndarray,
+                     label: np.ndarray, starts: np.ndarray, clip_frames: int, *,
+                     state: np.ndarray | None = None, audio: np.ndarray | None = None,
+                     layout_codes: np.ndarray | None = None) -> TokenBatch:
+    """The §3.3 sequences of B windows: frames (B, N, h, w) codes, end_frame (B, h, w), label
+    (B,), starts (B,) (the windows' first frame in their clips of ``clip_frames``), annotation
+    windows (B, N, ·); the annotations ``layout`` does not read are ignored."""
+    long = (lambda a: torch.from_numpy(np.ascontiguousarray(a).astype(np.int64)))  # noqa: E731
     kwargs: dict[str, torch.Tensor] = {}
     if layout.state_tokens:
-        kwargs["state"] = pick(split.state)
+        kwargs["state"] = long(state)
     if layout.audio_tokens:
-        kwargs["audio"] = pick(split.audio)
+        kwargs["audio"] = long(audio)
     if layout.layout_tokens:
-        kwargs["layout"] = pick(split.layout)
+        kwargs["layout"] = long(layout_codes)
     if layout.num_classes:
-        kwargs["label"] = torch.from_numpy(split.label[idx].astype(np.int64))
+        kwargs["label"] = long(label)
     gap = None
     if layout.end_frame:
-        kwargs["end_frame"] = torch.from_numpy(split.end_frame[idx].astype(np.int64))
-        gap = torch.from_numpy(split.frames.shape[1] - 1 - np.asarray(starts, np.int64))
-    seq = layout.assemble(pick(split.frames), **kwargs)
+        kwargs["end_frame"] = long(end_frame)
+        gap = torch.from_numpy(clip_frames - 1 - np.asarray(starts, np.int64))
+    seq = layout.assemble(long(frames), **kwargs)
     return TokenBatch(seq.tokens, gap)
+
+
+# --------------------------------------------------------------------------- streamed windows
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenWindows:
+    """``to_items`` of the training stream (``pipeline.data.stream.ShardStream``): a token clip →
+    one N-frame window at a random start (drawn from the sample's own generator, so a resumed
+    or re-read stream draws the same). Clips in ``exclude`` (held out for validation) give none.
+    A clip that does not match vocab.json stops the stage naming it."""
+
+    num_frames: int  # N
+    clip_frames: int  # T of every clip
+    grid: tuple[int, int]  # (h, w) tokens per frame
+    kinds: tuple[str, ...]  # the annotation arrays vocab.json lists (each sample must have them)
+    where: str  # the token folder, for errors
+    exclude: frozenset[str] = frozenset()
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
+        key = sample["key"]
+        if key in self.exclude:
+            return []
+        frames = sample["frames"]
+        if frames.shape != (self.clip_frames, *self.grid) or "end_frame" not in sample:
+            raise TokenShardError(f"{self.where}: sample {key} has frames {frames.shape}"
+                                  f"{'' if 'end_frame' in sample else ' and no end_frame.npy'}, "
+                                  f"expected {(self.clip_frames, *self.grid)}")
+        start = int(rng.integers(0, self.clip_frames - self.num_frames + 1))
+        t = slice(start, start + self.num_frames)
+        item = {"frames": frames[t], "end_frame": sample["end_frame"], "start": start,
+                "label": int(sample["meta"].get("label_id", 0))}
+        for kind in self.kinds:
+            if kind not in sample:
+                raise TokenShardError(f"{self.where}: sample {key} lacks {kind}.npy, which "
+                                      f"vocab.json lists")
+            item[kind] = sample[kind][t]
+        return [item]
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowBatches:
+    """``make_batch`` of the training stream: window items → a ``TokenBatch``."""
+
+    layout: SequenceLayout
+    clip_frames: int
+
+    def __call__(self, items: list[dict[str, Any]], step: int) -> TokenBatch:
+        stack = (lambda k: np.stack([i[k] for i in items]) if k in items[0] else None)  # noqa: E731
+        return assemble_windows(self.layout, stack("frames"), stack("end_frame"),
+                                np.asarray([i["label"] for i in items]),
+                                np.asarray([i["start"] for i in items]), self.clip_frames,
+                                state=stack("state"), audio=stack("audio"),
+                                layout_codes=stack("layout"))
+
+
+class CodeStats:
+    """Frame-code statistics of a split gathered clip by clip (the baselines' train side): code
+    counts, and how many codes repeat the previous frame's at the same position."""
+
+    def __init__(self, vocab: int):
+        self.counts = np.zeros(vocab, np.int64)
+        self.same = self.pairs = 0
+
+    @classmethod
+    def of(cls, frames: np.ndarray, vocab: int) -> CodeStats:
+        """Stats of (n, T, h, w) codes at once."""
+        stats = cls(vocab)
+        for clip in frames:
+            stats.add(clip)
+        return stats
+
+    def add(self, clip: np.ndarray) -> None:
+        """One clip's (T, h, w) codes."""
+        codes = np.asarray(clip, np.int64)
+        self.counts += np.bincount(codes.reshape(-1), minlength=len(self.counts))
+        if len(codes) > 1:
+            self.same += int((codes[1:] == codes[:-1]).sum())
+            self.pairs += codes[1:].size
 
 
 def conditioning_dropout(tokens: torch.Tensor, layout: SequenceLayout,
@@ -177,11 +271,13 @@ def conditioning_dropout(tokens: torch.Tensor, layout: SequenceLayout,
     return out
 
 
-def unigram_baseline(train_frames: np.ndarray, val_frames: np.ndarray,
+def unigram_baseline(train_frames: np.ndarray | CodeStats, val_frames: np.ndarray,
                      vocab: int) -> dict[str, float]:
     """Codebook-usage baseline: exp(H) of the train unigram of frame codes, and the perplexity of
-    val frame codes under that unigram (add-½ smoothing, so unseen codes have finite cost)."""
-    counts = np.bincount(train_frames.reshape(-1).astype(np.int64), minlength=vocab).astype(np.float64)
+    val frame codes under that unigram (add-½ smoothing, so unseen codes have finite cost).
+    ``train_frames``: codes (any shape), or their ``CodeStats`` gathered from a stream."""
+    counts = (train_frames.counts if isinstance(train_frames, CodeStats) else np.bincount(
+        train_frames.reshape(-1).astype(np.int64), minlength=vocab)).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
     smooth = (counts + 0.5) / (counts.sum() + 0.5 * vocab)
@@ -191,7 +287,7 @@ def unigram_baseline(train_frames: np.ndarray, val_frames: np.ndarray,
             "used_codes": float((counts > 0).sum())}
 
 
-def copy_baseline(train_frames: np.ndarray, val_frames: np.ndarray, vocab: int,
+def copy_baseline(train_frames: np.ndarray | CodeStats, val_frames: np.ndarray, vocab: int,
                   window: int) -> dict[str, float]:
     """The temporal baseline T has to beat before its samples can hold a scene still: "each code
     repeats the code at the same position of the previous frame".
@@ -201,12 +297,14 @@ def copy_baseline(train_frames: np.ndarray, val_frames: np.ndarray, vocab: int,
     unigram (add-½ smoothed). A window's first frame has no previous frame in T's window, so it
     is scored by u alone, and the val loss weights frames as T's ``window``-frame windows do
     (1 first frame per ``window``). Returns ``copy_rate``, ``copy_val_accuracy`` (previous code
-    for frames ≥ 1, the most frequent code for a first frame) and ``copy_val_perplexity``."""
-    train = train_frames.astype(np.int64)
+    for frames ≥ 1, the most frequent code for a first frame) and ``copy_val_perplexity``.
+    ``train_frames``: (n, T, h, w) codes, or their ``CodeStats``."""
+    stats = (train_frames if isinstance(train_frames, CodeStats)
+             else CodeStats.of(train_frames, vocab))
     val = val_frames.astype(np.int64)
-    counts = np.bincount(train.reshape(-1), minlength=vocab).astype(np.float64)
+    counts = stats.counts.astype(np.float64)
     u = (counts + 0.5) / (counts.sum() + 0.5 * vocab)
-    c = float((train[:, 1:] == train[:, :-1]).mean()) if train.shape[1] > 1 else 0.0
+    c = stats.same / stats.pairs if stats.pairs else 0.0
     nan = float("nan")
     if val.size == 0 or val.shape[1] < 2:
         return {"copy_rate": c, "copy_val_accuracy": nan, "copy_val_perplexity": nan}
@@ -332,24 +430,6 @@ def evaluate_batches(model: CCVSTransformer, batches: list[TokenBatch], device: 
     loss = total / max(count, 1)
     return {"val/loss": loss, "val/perplexity": math.exp(min(loss, 700.0)),
             "val/accuracy": hits / max(count, 1)}
-
-
-def random_windows(split: TokenSplit, layout: SequenceLayout, batch_size: int,
-                   seed: int) -> Callable[[int], Iterator[TokenBatch]]:
-    """``make_batches(start)`` for ``fit``: the batch of step s draws clips and window starts from
-    a generator seeded by (seed, s, rank) — deterministic, endless, exact on resume."""
-    clip_len = split.frames.shape[1]
-    max_start = clip_len - layout.num_frames
-
-    def make_batches(start: int) -> Iterator[TokenBatch]:
-        rank = distributed.rank()
-        for step in itertools.count(start):
-            rng = np.random.default_rng([seed, step, rank])
-            idx = rng.integers(0, len(split), size=batch_size)
-            starts = rng.integers(0, max_start + 1, size=batch_size)
-            yield window_batch(split, layout, idx, starts)
-
-    return make_batches
 
 
 def fixed_windows(split: TokenSplit, layout: SequenceLayout, batch_size: int) -> list[TokenBatch]:

@@ -9,8 +9,11 @@ their data and reconstruction loss; what they share lives here:
 
 * ``VQTask`` — the ``pipeline.training.task.TrainTask`` of one VQ autoencoder, with dead-code
   re-seeding (not in the paper; keeps the codebook alive on small data);
-* ``array_batches``, ``predict``, ``encode_tokens``, ``codebook_usage`` — batching over an
-  in-memory array, reconstructions / tokens in batches, codebook perplexity and dead codes;
+* ``RowCache``, ``row_stream``, ``code_counts`` — the train split's rows (patches, layout frames)
+  computed once per run into local shards and streamed (``pipeline.data.stream``: shuffle
+  blocks, exact resume), never the whole split in memory; codebook usage over that stream;
+* ``predict``, ``encode_tokens``, ``codebook_usage`` — reconstructions / tokens in batches,
+  codebook perplexity and dead codes;
 * ``split_samples``, ``holdout_videos`` — a split's clips, and a whole-video val hold-out when a
   dataset has no val split;
 * ``fingerprint``, ``report_skipped``, ``write_placeholder``, ``labelled_rows`` — checkpoint
@@ -21,6 +24,8 @@ their data and reconstruction loss; what they share lives here:
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,8 +38,9 @@ from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
 from pipeline.training import distributed
 from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model
-from pipeline.data.shards import iter_clips
-from pipeline.training.loop import epoch_batches
+from pipeline.data.shard_writing import Npy, ShardWriter
+from pipeline.data.shards import iter_clips, iter_shard
+from pipeline.data.stream import FixedBatch, ShardStream
 from pipeline.training.task import StepContext, TrainTask, seeded_init
 
 
@@ -132,20 +138,74 @@ class VQTask(TrainTask):
             self.reseeded_total = int(state.get("reseeded_total", 0))
 
 
-def array_batches(n: int, batch_size: int, seed: int) -> Callable[[int], Any]:
-    """``make_batches(start)`` for ``fit``: endless shuffled index batches over ``n`` items.
+class RowCache:
+    """A split's training rows (sound patches, layout frames: one row per video frame) written
+    once per run as local shards, one sample per clip, to be streamed (``pipeline.data.stream``)
+    instead of held in memory. The rows are computed from the clips once (an STFT per clip, a
+    layout check), not once per epoch. ``folder`` is the stage's own (under its checkpoints; one
+    per rank), emptied first."""
 
-    Epoch e is a permutation seeded by (seed, e, rank); the last partial batch is dropped (a batch
-    of all items when there are fewer than ``batch_size``).
-    """
-    size = min(batch_size, n)
+    def __init__(self, folder: Path):
+        shutil.rmtree(folder, ignore_errors=True)
+        self.folder = folder
+        self.writer = ShardWriter(folder / "train", 50_000_000, pattern="rows-%05d.tar")
+        self.keys: list[str] = []
+        self.urls: list[str] = []
 
-    def make_epoch(epoch: int) -> list[np.ndarray]:
-        # the rank is read here, inside fit (which sets up the process group), not at creation
-        perm = np.random.default_rng([seed, epoch, distributed.rank()]).permutation(n)
-        return [perm[i : i + size] for i in range(0, n - size + 1, size)]
+    def add(self, key: str, rows: np.ndarray) -> None:
+        self.writer.write({"__key__": key, "frames.npy": Npy.of(rows), "json": b"{}"})
+        self.keys.append(key)
 
-    return lambda start: epoch_batches(make_epoch, start)
+    def close(self) -> list[str]:
+        self.urls = [str(p) for p in self.writer.close()]
+        return self.urls
+
+    def rows(self, exclude: frozenset[str] = frozenset(),
+             only: set[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, rows) of the cached clips, in order (one clip in memory at a time)."""
+        for url in self.urls:
+            for sample in iter_shard(url):
+                key = sample["key"]
+                if key not in exclude and (only is None or key in only):
+                    yield key, sample["frames"]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedRows:
+    """``to_items`` of a VQ stream: a cached clip → its rows (none for a held-out clip)."""
+
+    exclude: frozenset[str] = frozenset()
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> list[np.ndarray]:
+        return [] if sample["key"] in self.exclude else list(sample["frames"])
+
+
+def stack_rows(items: list[np.ndarray], step: int) -> torch.Tensor:
+    """``make_batch`` of a VQ stream: rows → one tensor."""
+    return torch.from_numpy(np.stack(items))
+
+
+def row_stream(cache: RowCache, exclude: frozenset[str], batch_size: int, loop: Any) -> ShardStream:
+    """``fit``'s batches: ``batch_size`` rows per step, streamed from ``cache`` in shuffle blocks."""
+    return ShardStream(tuple(cache.urls), CachedRows(exclude), stack_rows, FixedBatch(batch_size),
+                       seed=loop.seed, shuffle=loop.shuffle_block, workers=loop.data_workers)
+
+
+@torch.no_grad()
+def code_counts(model: VQAutoencoder, rows: Iterator[tuple[str, np.ndarray]], device: torch.device,
+                codebook_size: int,
+                make_input: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                ) -> np.ndarray:
+    """How often each code is used by Q(E(x)) over streamed rows (codebook usage on a split
+    that is not held in memory)."""
+    counts = np.zeros(codebook_size, np.int64)
+    for _, x in rows:
+        counts += np.bincount(encode_tokens(model, x, device, make_input=make_input).reshape(-1),
+                              minlength=codebook_size)
+    return counts
 
 
 @torch.no_grad()
@@ -178,9 +238,13 @@ def encode_tokens(model: VQAutoencoder, x: np.ndarray, device: torch.device, bat
     return np.concatenate(tokens)
 
 
-def codebook_usage(tokens: np.ndarray, codebook_size: int) -> dict[str, float]:
-    """Perplexity (exp entropy of the token histogram) and dead codes (never used) of ``tokens``."""
-    counts = np.bincount(tokens.reshape(-1), minlength=codebook_size).astype(np.float64)
+def codebook_usage(tokens: np.ndarray, codebook_size: int, counts: np.ndarray | None = None
+                   ) -> dict[str, float]:
+    """Perplexity (exp entropy of the token histogram) and dead codes (never used) of ``tokens``
+    (or of a histogram ``counts`` gathered already, ``tokens`` then ignored)."""
+    if counts is None:
+        counts = np.bincount(tokens.reshape(-1), minlength=codebook_size)
+    counts = counts.astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     entropy = -(p[p > 0] * np.log(p[p > 0])).sum()
     return {"perplexity": float(np.exp(entropy)), "dead_codes": float((counts == 0).sum()),
