@@ -83,7 +83,8 @@ class LoopConfig:
     ckpt_every: int = 500  # checkpoint every N steps (0: only at the end and on interrupt)
     keep_checkpoints: int = 2  # newest checkpoints kept in ckpt_dir (0: keep all)
     ema_decay: float = 0.0  # EMA of the weights, §4 "Training details" / [83] (0: off)
-    bf16: bool = False  # ctx.autocast() = torch.autocast(device, dtype=bfloat16)
+    bf16: bool | Literal["auto"] = False  # ctx.autocast() = torch.autocast(device, bfloat16);
+    # "auto": on where the device has bf16 matrix units (``resolve_bf16``), off elsewhere
     device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: CUDA when available
     seed: int = 0  # global RNG seed (each rank derives its own: distributed.rank_seed)
     grad_clip: float = 0.0  # max global grad norm per optimizer step (0: off)
@@ -100,6 +101,8 @@ class LoopConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f"bf16 must be true, false or auto, got {self.bf16!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
 
@@ -139,6 +142,28 @@ def epoch_batches(make_epoch: Callable[[int], Iterable[T]], start_step: int = 0)
             seen += 1
         if n == 0:
             raise ValueError(f"make_epoch({epoch}) yielded no batches")
+
+
+def cpu_has_bf16_units(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has bf16 matrix units: the ``amx_bf16`` or ``avx512_bf16`` flag of
+    /proc/cpuinfo (False where the file cannot be read, e.g. not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
+    """``loop.bf16`` → on/off for ``device``: true / false as given; "auto" = on for CUDA devices
+    that support bf16 and for CPUs with AMX-BF16 / AVX-512-BF16 (where bf16 convs and matmuls
+    measured faster than fp32: BENCHMARKS.md), off elsewhere."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_has_bf16_units()
 
 
 # --------------------------------------------------------------------------- internals
@@ -250,6 +275,10 @@ def fit(
     info = distributed.init_from_env(loop.device)
     device, main = info.device, info.is_main
     logger = logger if (main and logger is not None) else NullLogger()
+    if loop.bf16 == "auto":
+        loop = dataclasses.replace(loop, bf16=resolve_bf16(loop.bf16, device))
+        if hasattr(logger, "set_tag"):
+            logger.set_tag("train_loop.bf16", str(loop.bf16).lower())
     ckpt_dir = Path(ckpt_dir)
 
     raw = dict(task.modules())
