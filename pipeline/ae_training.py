@@ -86,6 +86,7 @@ from torch import nn
 
 from ccvs_models.augment import SelfSupervision, make_context
 from ccvs_models.autoencoder import CCVSAutoencoder
+from ccvs_models.blocks import channels_last_
 from ccvs_models.discriminators import ImageDiscriminator, TemporalDiscriminator, adversarial_loss
 from ccvs_models.perceptual import VGGFeatures
 from pipeline import distributed
@@ -97,6 +98,7 @@ from pipeline.ae_forward import (
     ImageOutput,
     ReconstructionEval,
     VideoInputs,
+    copy_first_scores,
     VideoOutput,
     decode_recursively,
     reconstruct_clips,
@@ -117,7 +119,8 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
     """``TrainTask`` of the autoencoder stage: modules "ae" (E, Q, F, D), "disc_i", "disc_t".
 
     vgg: the frozen ImageNet VGG of Eq. (4), or None (the VGG term is then off; the stage says so).
-    val_clips: uint8 (N, T, H, W, 3) clips for the periodic evaluation (None: no evaluation).
+    val_clips: uint8 (N, T, H, W, 3) clips for the periodic evaluation (None: no evaluation);
+    val_layouts: their uint8 (N, T, H, W) layouts, for the object-region scores (None: absent).
     ``config`` is what a resumed checkpoint must match (the stage adds a data fingerprint).
     """
 
@@ -127,14 +130,19 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         vgg: VGGFeatures | None = None,
         val_clips: np.ndarray | None = None,
         config: dict[str, Any] | None = None,
+        val_layouts: np.ndarray | None = None,
     ) -> None:
         self.params = params
         self.model = CCVSAutoencoder(params.model)
         self.ae = AutoencoderForward(self.model)
         self.disc_i = ImageDiscriminator(params.image_disc) if params.use_image_disc else None
         self.disc_t = TemporalDiscriminator(params.temporal_disc) if params.use_temporal_disc else None
+        for module in (self.model, self.disc_i, self.disc_t):  # convs channels-last (speed)
+            if module is not None:
+                channels_last_(module)
         self.vgg = vgg if params.use_vgg else None
         self.val_clips = val_clips
+        self.val_layouts = val_layouts  # (N, T, H, W) ground-truth layouts: object-region scores
         self._config = config if config is not None else dataclasses.asdict(params)
         if params.context_warmup < 0:
             raise ValueError(f"context_warmup must be >= 0, got {params.context_warmup}")
@@ -363,7 +371,7 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         if self.val_clips is None or len(self.val_clips) == 0:
             return {}
         model = ctx.eval_module("ae").model
-        result = reconstruct_clips(model, self.val_clips, ctx.device)
+        result = reconstruct_clips(model, self.val_clips, ctx.device, layouts=self.val_layouts)
         self.last_eval = result
         metrics = summarize(result, self.params.model.codebook_size)
         row = {"step": float(step), **{k.split("/", 1)[1]: v for k, v in metrics.items()}}
@@ -383,6 +391,7 @@ __all__ = [
     "VideoBatch",
     "VideoInputs",
     "VideoOutput",
+    "copy_first_scores",
     "decode_recursively",
     "frozen",
     "is_video_step",

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,17 +37,24 @@ import numpy as np
 import torch
 
 from ccvs_models.autoencoder import CCVSAutoencoder
-from pipeline.ae_training import AutoencoderTask, make_batch_stream, reconstruct_clips, side_by_side
+from pipeline.ae_training import (
+    AutoencoderTask,
+    copy_first_scores,
+    make_batch_stream,
+    reconstruct_clips,
+    side_by_side,
+)
 from pipeline.atomic import write_json
 from pipeline.checkpoint import save_model, to_plain
 from pipeline.media_write import write_gif
 from pipeline.params import AutoencoderParams, ParamsError, load_section
-from pipeline.shards import ShardError, iter_clips
+from pipeline.shards import ShardError, iter_shard, list_shards
 from pipeline.train_loop import fit
 from pipeline.weights import WeightsError, load_vgg
 
 STAGE = "autoencoder"
 CURVE_COLUMNS = ("step", "psnr", "ssim", "psnr_last", "ssim_last", "perplexity", "usage")
+OBJECT_COLUMNS = ("psnr_objects", "ssim_objects", "edge_ratio_objects")  # with layouts only
 
 
 class StageError(RuntimeError):
@@ -60,33 +68,65 @@ class StageError(RuntimeError):
 class ClipSet:
     frames: np.ndarray  # uint8 (N, T, H, W, 3)
     keys: list[str]
+    layouts: np.ndarray | None = None  # uint8 (N, T, H, W) when every clip has one (demo data)
+
+
+DEMO_VIDEO = re.compile(r"demo_\d+$")  # the demo world's video ids: its clips always carry layouts
 
 
 def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
                num_frames: int = 0) -> ClipSet:
-    """The clips of ``split`` stacked in memory; a clip of another shape stops the stage."""
-    frames, keys = [], []
-    for sample in iter_clips(clips_dir, split, limit=limit):
-        f = sample["frames"]
-        if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
-            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}): frames must be uint8 "
-                             f"T×H×W×3, got {f.dtype} {f.shape}")
-        if frames and f.shape[1:] != frames[0].shape[1:]:
-            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has frames "
-                             f"{f.shape[1:3]}, others {frames[0].shape[1:3]}")
-        if num_frames:
-            if len(f) < num_frames:
+    """The clips of ``split`` stacked in memory; a clip of another shape stops the stage.
+
+    Layouts (the object-region metrics' masks) are kept when every clip has one; clips without
+    any give ``layouts = None`` (the metrics are then absent). A demo clip without its layout,
+    or some clips with and some without, stop the stage with the shard named.
+    """
+    frames, keys, layouts, missing = [], [], [], []
+    count = 0
+    for shard in list_shards(clips_dir, split):
+        for sample in iter_shard(shard):
+            if limit is not None and count >= limit:
+                break
+            count += 1
+            f = sample["frames"]
+            if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
+                raise StageError(f"{clips_dir}: clip {sample['key']} ({split}): frames must be "
+                                 f"uint8 T×H×W×3, got {f.dtype} {f.shape}")
+            if frames and f.shape[1:] != frames[0].shape[1:]:
+                raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has frames "
+                                 f"{f.shape[1:3]}, others {frames[0].shape[1:3]}")
+            if num_frames:
+                if len(f) < num_frames:
+                    raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} "
+                                     f"frames, {num_frames} needed (autoencoder.val_frames)")
+                f = f[:num_frames]
+            if frames and len(f) != len(frames[0]):
                 raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} "
-                                 f"frames, {num_frames} needed (autoencoder.val_frames)")
-            f = f[:num_frames]
-        if frames and len(f) != len(frames[0]):
-            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} frames, "
-                             f"others {len(frames[0])} (prepare writes clips of one length)")
-        frames.append(f)
-        keys.append(sample["key"])
+                                 f"frames, others {len(frames[0])} (prepare writes clips of one "
+                                 "length)")
+            lay = sample.get("layout")
+            video = str(sample.get("meta", {}).get("video_id", sample["key"].rsplit("_", 1)[0]))
+            if lay is None:
+                missing.append((shard, sample["key"], bool(DEMO_VIDEO.match(video))))
+            else:
+                if lay.shape[:3] != (sample["frames"].shape[:3]):
+                    raise StageError(f"{shard}: clip {sample['key']}: layout {lay.shape} does not "
+                                     f"match its frames {sample['frames'].shape[:3]}; re-run prepare")
+                layouts.append(lay[: len(f)])
+            frames.append(f)
+            keys.append(sample["key"])
+        if limit is not None and count >= limit:
+            break
     if not frames:
         return ClipSet(np.zeros((0, 0, 0, 0, 3), np.uint8), [])
-    return ClipSet(np.stack(frames), keys)
+    demo = [m for m in missing if m[2]]
+    if demo or (missing and layouts):
+        shard, key, _ = (demo or missing)[0]
+        raise StageError(f"{shard}: clip {key} has no layout.npy, which the object-region "
+                         "metrics need on demo data; re-run `dvc repro prepare` (demo_data writes "
+                         "layouts/<video>.npz for every video)")
+    return ClipSet(np.stack(frames), keys, np.stack(layouts) if layouts else None)
 
 
 def holdout(train: ClipSet, fraction: float = 0.1) -> tuple[ClipSet, ClipSet]:
@@ -95,7 +135,8 @@ def holdout(train: ClipSet, fraction: float = 0.1) -> tuple[ClipSet, ClipSet]:
     n_val = max(1, int(round(len(videos) * fraction))) if len(videos) > 1 else 0
     val_videos = set(videos[len(videos) - n_val:])
     is_val = np.array([k.rsplit("_", 1)[0] in val_videos for k in train.keys], bool)
-    pick = lambda mask: ClipSet(train.frames[mask], [k for k, m in zip(train.keys, mask) if m])  # noqa: E731
+    pick = lambda mask: ClipSet(train.frames[mask], [k for k, m in zip(train.keys, mask) if m],  # noqa: E731
+                                None if train.layouts is None else train.layouts[mask])
     return pick(~is_val), pick(is_val)
 
 
@@ -128,9 +169,10 @@ def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CURVE_COLUMNS)
+        columns = CURVE_COLUMNS + tuple(c for c in OBJECT_COLUMNS if rows and c in rows[-1])
+        writer.writerow(columns)
         for r in rows:
-            writer.writerow([int(r["step"])] + [f"{r[c]:.6g}" for c in CURVE_COLUMNS[1:]])
+            writer.writerow([int(r["step"])] + [f"{r.get(c, float('nan')):.6g}" for c in columns[1:]])
     os.replace(tmp, path)
 
 
@@ -169,7 +211,9 @@ def run(
         if len(val.keys) == 0 or len(train.keys) == 0:
             raise StageError(f"{clips_dir}: no val clips and too few train videos to hold some out")
         val = ClipSet(val.frames[: params.val_clips, : params.val_frames or None],
-                      val.keys[: params.val_clips])
+                      val.keys[: params.val_clips],
+                      None if val.layouts is None
+                      else val.layouts[: params.val_clips, : params.val_frames or None])
         print(f"{STAGE}: no val clips in {clips_dir}: evaluating on {len(val.keys)} held-out "
               f"clips of the train videos (not trained on)", file=sys.stderr)
     logger.set_tag(f"{STAGE}.val_source", val_source)
@@ -199,7 +243,7 @@ def run(
         "data": data_hash,
         "vgg": vgg_info,
     }
-    task = AutoencoderTask(params, vgg, val.frames, config=config)
+    task = AutoencoderTask(params, vgg, val.frames, config=config, val_layouts=val.layouts)
     ckpt = Path(ckpt_dir) / fingerprint(config)
     curve_file = ckpt / "val_curve.json"  # survives a resume (the checkpoint precedes its eval)
     if resume and curve_file.exists():
@@ -225,7 +269,7 @@ def run(
     if evaluation is None:  # no evaluation ran in this process: do it now on the saved weights
         model = CCVSAutoencoder(params.model)
         model.load_state_dict(state)
-        evaluation = reconstruct_clips(model, val.frames, "cpu")
+        evaluation = reconstruct_clips(model, val.frames, "cpu", layouts=val.layouts)
     val_metrics = {k: v for k, v in result.eval_metrics.items()}
     times = {k: v for k, v in result.metrics.items() if k.startswith("time/")}
     metrics: dict[str, float] = {
@@ -240,6 +284,7 @@ def run(
         "resumed_from": float(result.resumed_from if result.resumed_from is not None else -1),
         "fit_seconds": fit_s,
         **times,
+        **copy_first_scores(val.frames, val.layouts),  # the no-model reference
     }
     save_model(out_model, dataclasses.asdict(params.model), state, step=result.step,
                weights="ema" if loop.ema_decay > 0 else "raw", val_metrics=val_metrics,
