@@ -313,10 +313,8 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
             if step_out.x_free is not None:  # L_r of D(z_q) without context, × λ_free (logged so)
                 rec.update({f"free_{k}": self.params.lambda_free * v
                             for k, v in self.recovery_loss(x, step_out.x_free).items()})
-            adv = {}
-            if self.disc_i is not None:
-                with frozen(self.disc_i):
-                    adv["adv_i"] = adversarial_loss(self.disc_i(out.x_hat).float())
+            with frozen(self.disc_i):
+                adv = self.adversarial_terms(out.x_hat, x)
             lc = self.contextual(out.decoder, views)
             loss = self._generator_total(out.quant.loss, rec, adv, lc)
         _check_finite(loss, step, "image")
@@ -343,10 +341,8 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
             fake = out.frames.flatten(0, 1)
             fake_clip = torch.cat([out.first[:, None].to(clip.dtype), out.frames.to(clip.dtype)], 1)
             rec = self.recovery_loss(real, fake)
-            adv = {}
             with frozen(self.disc_i, self.disc_t):
-                if self.disc_i is not None:
-                    adv["adv_i"] = adversarial_loss(self.disc_i(fake).float())
+                adv = self.adversarial_terms(fake, real)
                 if self.disc_t is not None:
                     adv["adv_t"] = adversarial_loss(self.disc_t(fake_clip).float())
             loss = self._generator_total(out.quant.loss, rec, adv, None)
