@@ -123,6 +123,27 @@ class AutoencoderConfig:
         levels = range(1, self.num_levels + 1) if self.flow_levels is None else self.flow_levels
         return tuple(sorted(set(levels)))
 
+    def context_problem(self, context_frames: int) -> str | None:
+        """Why a model of this config cannot decode with ``context_frames`` c' (None: it can).
+
+        c' = 0 always works (tokens alone). A model without F cannot use any context; a model
+        trained with an anchor a needs c' > a, so one slot still holds the latest frame (with
+        x_0 alone F copies stale content where things moved).
+        """
+        c = context_frames
+        if c < 0:
+            return f"context_frames must be ≥ 0, got {c}"
+        if c > 0 and self.context_frames == 0:
+            return (f"this autoencoder has no F (trained with autoencoder.model.context_frames: "
+                    f"0), it cannot decode with {c} context frames: ask for null or 0 context "
+                    f"frames, or retrain it with context_frames ≥ 1")
+        if 0 < c <= self.context_anchor:
+            return (f"this autoencoder keeps its first {self.context_anchor} frame(s) in the "
+                    f"context (context_anchor) and needs c > {self.context_anchor} to also read "
+                    f"the latest frame; got {c}: ask for null (its own c = "
+                    f"{self.context_frames}) or a c in {self.context_anchor + 1}…16")
+        return None
+
     def _per_flow_level(self, values: tuple[int, ...], level: int) -> int:
         i = self.active_flow_levels.index(level)
         return values[min(i, len(values) - 1)]

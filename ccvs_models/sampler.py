@@ -356,8 +356,9 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
     if samples < 1:
         raise ValueError(f"synthesize: samples must be ≥ 1, got {samples}")
     c = autoencoder.config.context_frames if context_frames is None else context_frames
-    if c < 0:
-        raise ValueError(f"synthesize: context_frames must be ≥ 0, got {c}")
+    problem = autoencoder.config.context_problem(c)
+    if problem:
+        raise ValueError(f"synthesize: {problem}")
     use_context = autoencoder.has_flow and c > 0
     b, m = start_frames.shape[:2]
     rows = b * samples

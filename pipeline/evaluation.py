@@ -148,6 +148,9 @@ def decode_video(autoencoder: CCVSAutoencoder, codes: torch.Tensor, given: torch
     with ``context_anchor`` the first frames kept plus the latest), each frame encoded at most
     once; frame 0 without context when m = 0.
     """
+    problem = autoencoder.config.context_problem(context_frames)
+    if problem:
+        raise ValueError(f"decode_video: {problem}")
     b, n = codes.shape[:2]
     m = 0 if given is None else given.shape[1]
     out: list[torch.Tensor] = []

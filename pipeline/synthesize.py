@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     for note in notes:
         print(f"note: {note}")
 
+    c = args.context_frames
+    if c is not None and (problem := models.autoencoder.config.context_problem(c)) is not None:
+        raise SynthesisInputError(f"{args.autoencoder}: {problem} (--context-frames)")
     config = SamplerConfig(top_k=args.top_k, temperature=args.temperature,
                            kv_cache=not args.no_kv_cache, weights=args.weights)
     seeds = [args.seed + s for s in range(args.samples)]

@@ -120,6 +120,8 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         raise EvaluateError(f"evaluate.num_frames = {n_frames} but the {params.split} clips have "
                             f"{data.frames.shape[1]} frames")
     c = ae.config.context_frames if params.context_frames is None else params.context_frames
+    if (problem := ae.config.context_problem(c)) is not None:  # e.g. c ≥ 1 for a model without F
+        raise EvaluateError(f"{autoencoder}: {problem} (evaluate.context_frames)")
     sampler = SamplerConfig(top_k=params.top_k, temperature=params.temperature, kv_cache=True)
     s = params.samples
     samples_dir, plots_dir = Path(samples_dir), Path(plots_dir)

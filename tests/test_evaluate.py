@@ -170,6 +170,22 @@ def test_decode_video_keeps_at_most_c_context_frames(world):
     assert seen == [None, 1, 2, 2, 2]  # frame 0 without context, then up to c = 2 frames
 
 
+def test_a_context_size_the_autoencoder_cannot_use_names_the_file(world, tmp_path):
+    # the world's autoencoder is anchor-free with F; one without F asked for context stops
+    from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
+    from pipeline.checkpoint import load_model, save_model
+
+    config, state, _ = load_model(world["autoencoder"])
+    no_f = CCVSAutoencoder(AutoencoderConfig(**{**config, "context_frames": 0}))
+    no_f.load_state_dict({k: v for k, v in state.items() if ".flow." not in k})
+    path = tmp_path / "ae_no_f.pt"
+    save_model(path, dataclasses.asdict(no_f.config), no_f.state_dict(), step=0)
+    with pytest.raises(stage.EvaluateError, match=r"ae_no_f\.pt: this autoencoder has no F"):
+        stage.run(_params(context_frames=2), world["clips"], world["tokens"], world["transformer"],
+                  path, tmp_path / "e.json", tmp_path / "plots", tmp_path / "samples",
+                  RecordingLogger())
+
+
 def test_bad_params_and_missing_clips_are_one_line_errors(world, tmp_path):
     with pytest.raises(ParamsError, match="tasks: unknown"):
         build(EvaluateParams, {**dataclasses.asdict(_params()), "tasks": ["dance"]}, "evaluate")

@@ -4,6 +4,8 @@ the end-frame gap of App. E, and synthesize()'s D·S·E·F loop (start frames, S
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -305,6 +307,17 @@ def test_synthesize_rejects_mismatched_models_and_frames():
         synthesize(ae, bare, torch.zeros(1, 0, 3, 8, 12), 4)
     with pytest.raises(ValueError, match="codebook"):
         synthesize(ae, make(config(frame_vocab=Q + 1)), start_frames(1, 1), 4)
+
+
+def test_an_incompatible_context_size_is_a_clear_error():
+    model = make()
+    with pytest.raises(ValueError, match="has no F"):  # a model trained with c = 0
+        synthesize(autoencoder(context_frames=0), model, start_frames(1, 1), 3, context_frames=2)
+    anchored = CCVSAutoencoder(dataclasses.replace(autoencoder().config, context_anchor=1)).eval()
+    with pytest.raises(ValueError, match="needs c > 1"):  # x_0 alone: no slot for the latest frame
+        synthesize(anchored, model, start_frames(1, 1), 3, context_frames=1)
+    out = synthesize(anchored, model, start_frames(1, 1), 3, context_frames=0)  # tokens alone: fine
+    assert torch.isfinite(out.frames).all()
 
 
 def test_unconditional_synthesis_samples_and_decodes_frame_zero_without_context():
