@@ -93,6 +93,11 @@ def score(model, clips, layouts) -> dict:
     return out, result.recon
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def one(args, overrides: list[str], name: str) -> dict:
     import torch
 
@@ -112,14 +117,14 @@ def one(args, overrides: list[str], name: str) -> dict:
                                    ckpt_every=0)
         params = dataclasses.replace(params, loop=loop)
         log = RecordingLogger()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         metrics = run(params, args.clips, tmp / "ae.pt", tmp / "m.json", tmp / "plots",
                       tmp / "ckpt", log, resume=False)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         loaded = load_model(tmp / "ae.pt")
     model = CCVSAutoencoder(AutoencoderConfig(**loaded.config)).eval()
     model.load_state_dict(loaded.state)
-    data = load_clips(args.clips, args.split, limit=args.eval_clips or None)
+    data = load_clips(args.eval_dir or args.clips, args.split, limit=args.eval_clips or None)
     scores, recon = score(model, data.frames, data.layouts)
     if args.png_dir:
         from pipeline.media_write import write_png
@@ -135,6 +140,7 @@ def one(args, overrides: list[str], name: str) -> dict:
     return {
         "name": name, "overrides": overrides, "steps": args.steps, "split": args.split,
         "clips": len(data.keys), "train_seconds": seconds, "fit_seconds": metrics["fit_seconds"],
+        "train_cpu_seconds": cpu,  # user + system: with --threads 1, the wall time of an idle core
         "image_step_s": mean("time/image_step_s"), "video_step_s": mean("time/video_step_s"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "bf16": bool(getattr(params.loop, "bf16", False)), "val": {k: v for k, v in metrics.items()
@@ -147,7 +153,7 @@ def copy_first(args) -> dict:
     from pipeline.ae_forward import copy_first_scores
     from stages.autoencoder import load_clips
 
-    data = load_clips(args.clips, args.split, limit=args.eval_clips or None)
+    data = load_clips(args.eval_dir or args.clips, args.split, limit=args.eval_clips or None)
     return {k.split("/", 2)[2]: v for k, v in copy_first_scores(data.frames, data.layouts).items()}
 
 
@@ -195,6 +201,8 @@ def main() -> None:
     ap.add_argument("--clips", required=True, help="a prepare output folder (demo data: layouts)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--split", default="test")
+    ap.add_argument("--eval-dir", default="", help="score on this prepare output's --split "
+                    "instead of --clips' (e.g. clips of videos no variant trained on)")
     ap.add_argument("--eval-clips", type=int, default=0, help="0 = every clip of the split")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...")
@@ -222,7 +230,8 @@ def main() -> None:
     rows = []
     for v in variants:
         cmd = [sys.executable, __file__, "--params", args.params, "--clips", args.clips,
-               "--steps", str(args.steps), "--split", args.split, "--eval-clips",
+               "--steps", str(args.steps), "--split", args.split, "--eval-dir", args.eval_dir,
+               "--eval-clips",
                str(args.eval_clips), "--threads", str(args.threads), "--png-dir", args.png_dir,
                "--png-clips", str(args.png_clips), "--png-scale", str(args.png_scale),
                *[x for s in args.set for x in ("--set", s)], "--one", v]
