@@ -7,7 +7,7 @@ the ``--split`` clips (default: the demo's test split) with Table 1's "Reconstru
 the real frame 0 given, every later frame decoded from its true tokens with the previously
 *decoded* frames as F's context (the model's context rule). Reported per variant: whole-frame
 PSNR / SSIM (mean over frames 1–15 and at t = 1, 8, 15), the same inside the moving-object masks
-(``pipeline.object_metrics``: ``psnr_objects``, ``ssim_objects``, ``edge_ratio_objects`` — the
+(``pipeline.metrics.objects``: ``psnr_objects``, ``ssim_objects``, ``edge_ratio_objects`` — the
 sharpness measure, 1 = as much edge energy as the real frames), the tokens-only PSNR (no
 context), the training wall time, mean image / video step times and peak RSS. The no-model
 reference "copy the real frame 0" is printed first.
@@ -79,7 +79,7 @@ def score(model, clips, layouts) -> dict:
     """Whole-frame and object-region scores of the recursion, and tokens-only PSNR."""
     import numpy as np
 
-    from pipeline.ae_forward import reconstruct_clips, summarize
+    from pipeline.training.autoencoder.forward import reconstruct_clips, summarize
 
     result = reconstruct_clips(model, clips, "cpu", layouts=layouts)
     out = {k.split("/", 1)[1]: v for k, v in summarize(result, model.config.codebook_size).items()}
@@ -104,7 +104,7 @@ def one(args, overrides: list[str], name: str) -> dict:
     torch.set_num_threads(args.threads)
     from bench.autoencoder_ablation import with_overrides
     from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-    from pipeline.checkpoint import load_model
+    from pipeline.training.checkpoint import load_model
     from pipeline.params import load_section
     from pipeline.tracking import RecordingLogger
     from stages.autoencoder import load_clips, run
@@ -127,7 +127,7 @@ def one(args, overrides: list[str], name: str) -> dict:
     data = load_clips(args.eval_dir or args.clips, args.split, limit=args.eval_clips or None)
     scores, recon = score(model, data.frames, data.layouts)
     if args.png_dir:
-        from pipeline.media_write import write_png
+        from pipeline.data.media_write import write_png
 
         Path(args.png_dir).mkdir(parents=True, exist_ok=True)
         write_png(Path(args.png_dir) / f"{name}.png",
@@ -150,7 +150,7 @@ def one(args, overrides: list[str], name: str) -> dict:
 
 
 def copy_first(args) -> dict:
-    from pipeline.ae_forward import copy_first_scores
+    from pipeline.training.autoencoder.forward import copy_first_scores
     from stages.autoencoder import load_clips
 
     data = load_clips(args.eval_dir or args.clips, args.split, limit=args.eval_clips or None)

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 def build(params, bf16: bool):
     import torch
 
-    from pipeline.ae_training import AutoencoderTask
-    from pipeline.ema import EMA
-    from pipeline.train_task import NullLogger, StepContext
+    from pipeline.training.autoencoder.task import AutoencoderTask
+    from pipeline.training.ema import EMA
+    from pipeline.training.task import NullLogger, StepContext
 
     torch.manual_seed(params.loop.seed)
     task = AutoencoderTask(params, None, None)
@@ -58,9 +58,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from bench.autoencoder_ablation import with_overrides
-    from pipeline.ae_training import VideoBatch, make_batch_stream
+    from pipeline.training.autoencoder.batches import VideoBatch, make_batch_stream
     from pipeline.params import load_section
-    from pipeline.train_loop import cpu_has_bf16_units
+    from pipeline.training.loop import cpu_has_bf16_units
     from stages.autoencoder import load_clips
 
     with tempfile.TemporaryDirectory() as tmp:

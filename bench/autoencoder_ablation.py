@@ -127,7 +127,7 @@ def one(params_path: str, clips: str, context: int, steps: int, threads: int) ->
 def saved_model_and_val(model_path: Path, clips: str, params):
     """The saved (EMA) model, in eval mode, and the validation clips uint8 (N, T, H, W, 3)."""
     from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-    from pipeline.checkpoint import load_model
+    from pipeline.training.checkpoint import load_model
     from stages.autoencoder import load_clips
 
     loaded = load_model(model_path)
@@ -140,7 +140,7 @@ def saved_model_and_val(model_path: Path, clips: str, params):
 def frame_psnr(model, frames) -> tuple[list[float], list[float]]:
     """Mean validation PSNR per decoded frame: Table 1 protocol, and the same frames decoded
     from their tokens alone (no context: how much the tokens carry)."""
-    from pipeline.ae_training import reconstruct_clips
+    from pipeline.training.autoencoder.forward import reconstruct_clips
 
     with_context = reconstruct_clips(model, frames, "cpu").psnr.mean(0)
     alone = reconstruct_clips(model, frames, "cpu", num_context=0).psnr.mean(0)
@@ -154,7 +154,7 @@ def wide_context_psnr(model, frames, num_context: int = WIDE) -> float:
     """Mean validation PSNR of the Table 1 protocol when D fuses up to ``num_context`` earlier
     frames (App. D, Eq. 9) whatever c the model trained with: the real x_0 then stays in every
     frame's context. NaN for a model without F."""
-    from pipeline.ae_training import reconstruct_clips
+    from pipeline.training.autoencoder.forward import reconstruct_clips
 
     if not model.has_flow:
         return float("nan")
@@ -168,8 +168,8 @@ def real_context_psnr(model, frames) -> float:
     import numpy as np
     import torch
 
-    from pipeline.ae_training import to_model_range
-    from pipeline.image_metrics import psnr
+    from pipeline.training.autoencoder.forward import to_model_range
+    from pipeline.metrics.image import psnr
 
     if not model.has_flow:
         return float("nan")

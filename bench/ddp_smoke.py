@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 bench/ddp_smoke.py --steps 50 --device cpu  # DDP over gloo
     torchrun --nproc_per_node 4 bench/ddp_smoke.py --device cuda --bf16     # DDP over NCCL
 
-Trains a small conv autoencoder on random images through ``pipeline.train_loop.fit`` (DDP,
+Trains a small conv autoencoder on random images through ``pipeline.training.loop.fit`` (DDP,
 checkpoints, EMA, optional bf16) and prints the step time on rank 0. ``fit`` checks at every
 checkpoint that the replicas agree, so a clean exit means gradients were synchronised.
 """
@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import distributed
-from pipeline.train_loop import LoopConfig, TrainTask, fit
+from pipeline.training import distributed
+from pipeline.training.config import LoopConfig
+from pipeline.training.loop import fit
+from pipeline.training.task import TrainTask
 
 
 class ConvAE(nn.Module):

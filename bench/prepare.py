@@ -1,6 +1,6 @@
 """Benchmark of the ``prepare`` stage: decode+shard throughput against raw decord decoding.
 
-Writes a set of textured videos (H.264 + AAC, ``pipeline.media_write``), then, on the same files
+Writes a set of textured videos (H.264 + AAC, ``pipeline.data.media_write``), then, on the same files
 and in one run:
 
 - raw decord: ``VideoReader(num_threads=1).get_batch(all frames)`` per file (frames only), and the
@@ -89,7 +89,7 @@ def _render(folder: Path, videos: int, frames: int, size: int) -> None:
     a tone whose pitch varies per video; numpy + write_mp4, a few seconds in all."""
     import numpy as np
 
-    from pipeline.media_write import write_mp4
+    from pipeline.data.media_write import write_mp4
 
     (folder / "videos").mkdir(parents=True, exist_ok=True)
     rows = ["path,label,split"]
@@ -130,7 +130,7 @@ def _raw_decord_parallel(paths: list[Path], processes: int) -> tuple[int, float]
     decoders, whatever else it runs (the reference for prepare's 2-vs-1-worker ratio)."""
     import multiprocessing
 
-    from stages.prepare import _start_method
+    from pipeline.data.prepare_pool import _start_method
 
     context = multiprocessing.get_context(_start_method())
     start = time.perf_counter()
@@ -144,7 +144,8 @@ def _prepare(demo: Path, out: Path, workers: int, resolution: int, size: int) ->
     from pipeline.params import DataParams, PrepareParams
     from stages import prepare
 
-    data = DataParams(source="demo", path=str(demo), annotations="", val_fraction=0.0, test_fraction=0.0)
+    data = DataParams(source="demo", path=str(demo), annotations="", val_fraction=0.0, test_fraction=0.0,
+                      fold=1)
     params = PrepareParams(
         resolution=resolution, clip_length=16, clip_stride=8, frame_step=1, audio=True,
         audio_rate=16000, missing_audio="silence", shard_max_bytes=50_000_000, workers=workers,

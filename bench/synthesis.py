@@ -52,9 +52,10 @@ import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
 from ccvs_models.sampler import SamplerConfig, TokenControls, sample_tokens, synthesize
-from ccvs_models.transformer import CCVSTransformer, TransformerConfig
+from ccvs_models.transformer import CCVSTransformer
+from ccvs_models.transformer_config import TransformerConfig
 from pipeline.params import build, load_section, read_yaml
-from pipeline.transformer_training import model_config
+from pipeline.training.transformer import model_config
 
 DEMO_VOCAB = {  # the demo world's token shards (tokenize → vocab.json)
     "frame": {"vocab": 512, "height": 8, "width": 8}, "end_frame": True,

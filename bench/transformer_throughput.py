@@ -25,7 +25,7 @@ import torch
 from ccvs_models.sequence_layout import TokenKind
 from ccvs_models.transformer import CCVSTransformer
 from pipeline.params import load_section
-from pipeline.transformer_training import adamw, conditioning_dropout, model_config
+from pipeline.training.transformer import adamw, conditioning_dropout, model_config
 
 DEMO_VOCAB = {
     "frame": {"vocab": 512, "height": 8, "width": 8}, "end_frame": True,

@@ -44,7 +44,9 @@ from torch import nn
 class DiscriminatorConfig:
     """Δi / Δt sizes (the paper only says "similar to StyleGAN2"; these suit 64×64 frames)."""
 
-    resolution: int = 64  # H = W of the inputs; blocks = log2(resolution / final_resolution)
+    # H = W of the inputs; blocks = log2(resolution / final_resolution). Set from the frames by
+    # the stage, not a param ("from_data": pipeline.params does not read it from params.yaml).
+    resolution: int = dataclasses.field(default=64, metadata={"from_data": "the frames' size"})
     channels: int = 32  # channels at the input resolution, doubled after each block
     max_channels: int = 256  # cap on the channels of any block
     final_resolution: int = 4  # spatial size H = W after the last block (StyleGAN2: 4)

@@ -23,7 +23,7 @@ Mixed_5c over a 2 × 7 × 7 window (stride 1), applies the 1×1×1 logits conv a
 over the remaining time steps (as the FVD conversion's forward does). For inputs smaller than
 224 × 224 × 16 the pooling window is clipped to the feature map, so tiny test clips still run;
 at the FVD protocol size the computation is the conversion's. Loading weights is
-``pipeline.fvd``'s job: this module starts from random init and holds no weight source.
+``pipeline.metrics.fvd``'s job: this module starts from random init and holds no weight source.
 """
 
 from __future__ import annotations

@@ -15,15 +15,13 @@ predicted frames". Both modes add a learned embedding of ``end_gap`` = (timestep
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ccvs_models.sequence_layout import TokenKind
 
-if TYPE_CHECKING:  # only for annotations (ccvs_models.transformer imports this module)
-    from ccvs_models.transformer import TransformerConfig
+from ccvs_models.transformer_config import TransformerConfig
 
 
 class PositionalEmbedding(nn.Module):

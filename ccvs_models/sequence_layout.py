@@ -5,19 +5,17 @@ sits and which vocabulary it uses.
 
 l_v video-level tokens first (class label, end frame), then for each frame its l_f frame-level
 annotation tokens (state x, y; audio; layout) followed by its h·w frame codes. Pure python/torch,
-no parameters; ``ccvs_models.transformer`` builds T on it (``TransformerConfig.sequence_layout``).
+no parameters; ``ccvs_models.transformer`` builds T on it (``TransformerConfig.sequence_layout``, ``ccvs_models.transformer_config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-if TYPE_CHECKING:  # only for from_config's annotation (transformer imports this module)
-    from ccvs_models.transformer import TransformerConfig
 
 IGNORE_INDEX = -100  # cross-entropy target of positions that are not predicted (annotations)
 
@@ -60,16 +58,6 @@ class SequenceLayout:
     layout_vocab: int = 0  # q_l
     num_classes: int = 0  # 0 = no label token
     end_frame: bool = False  # the end frame's h·w tokens (App. E)
-
-    @classmethod
-    def from_config(cls, cfg: TransformerConfig) -> SequenceLayout:
-        return cls(
-            num_frames=cfg.num_frames, frame_height=cfg.frame_height, frame_width=cfg.frame_width,
-            frame_vocab=cfg.frame_vocab, state_bins=cfg.state_bins if cfg.state else 0,
-            audio_tokens=cfg.audio_tokens_per_frame, audio_vocab=cfg.audio_vocab,
-            layout_tokens=cfg.layout_tokens_per_frame, layout_vocab=cfg.layout_vocab,
-            num_classes=cfg.num_classes, end_frame=cfg.end_frame,
-        )
 
     # --- sizes
     @property

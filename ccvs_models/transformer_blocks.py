@@ -10,14 +10,12 @@ same outputs. ``KVCache.crop(n)`` rolls it back. The cache is for inference (``t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # only for annotations (ccvs_models.transformer imports this module)
-    from ccvs_models.transformer import TransformerConfig
+from ccvs_models.transformer_config import TransformerConfig
 
 
 # ----------------------------------------------------------------------------- KV cache

@@ -8,6 +8,11 @@ silently falls back to a default.
 Stages receive the one section they read (DVC tracks exactly those keys, see ``dvc.yaml``).
 Model hyper-parameters live in ``ccvs_models`` config dataclasses; a stage section nests
 them (``autoencoder.model``) and this loader builds them with the same strictness.
+
+Written once: the ``training`` section holds the ``loop`` keys every training stage shares
+(device, seed, precision, checkpoints kept); a stage's ``loop`` block gives the rest and may
+override any of them. A config field whose metadata says ``from_data`` (the discriminators'
+input resolution) is set by the stage from its data and is not a param.
 """
 
 from __future__ import annotations
@@ -27,14 +32,15 @@ from ccvs_models.discriminators import DiscriminatorConfig
 from ccvs_models.perceptual import VGGConfig
 from ccvs_models.position import PositionEstimatorConfig
 from ccvs_models.vq_autoencoder import VQAutoencoderConfig
-from pipeline.audio_features import AudioFeatureConfig
-from pipeline.train_loop import LoopConfig
-from pipeline.transformer_training import Conditioning, TransformerArch
+from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.training.config import LoopConfig
+from pipeline.training.transformer import Conditioning, TransformerArch
+from pipeline.errors import UserError
 
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A problem in params.yaml, with the dotted key it concerns."""
 
 
@@ -47,6 +53,19 @@ class TrackingParams:
 
     uri: str  # MLflow tracking URI; the MLFLOW_TRACKING_URI env var overrides it
     experiment: str  # MLflow experiment name
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingDefaults:
+    """``loop`` keys shared by every training stage (a stage's ``loop`` block may override them)."""
+
+    keep_checkpoints: int  # newest checkpoints kept per stage
+    bf16: bool  # bf16 autocast of the training steps
+    device: Literal["cpu", "cuda", "auto"]  # auto: CUDA when available
+    seed: int  # global RNG seed of every training stage
+
+
+TRAINING_STAGES = ("sound_vq", "layout_vq", "autoencoder", "positions", "transformer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +89,16 @@ class DemoParams:
 class DataParams:
     """Which videos ``prepare`` reads."""
 
-    source: Literal["demo", "folder", "manifest"]
+    source: Literal["demo", "folder", "manifest", "bair", "kinetics600", "ucf101",
+                    "audioset_drums", "cityscapes", "weizmann"]
     # demo: the demo_data stage's output; folder: a glob of video files (label = parent folder
-    # name, split drawn by hash); manifest: a CSV with columns path,label,split.
+    # name, split drawn by hash); manifest: a CSV with columns path,label,split; the others: the
+    # paper's datasets in their released layout (pipeline/data/datasets/, README "Datasets").
     path: str
     annotations: str  # optional CSV video,frame,x,y of annotated gripper positions ("" = none)
     val_fraction: float  # folder source: share of videos hashed into val
     test_fraction: float  # folder source: share of videos hashed into test
+    fold: int  # ucf101: official split 1-3; weizmann: held-out subject 1-9 (sorted names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +121,7 @@ class PrepareParams:
 class SoundVQParams:
     """The sound VQ autoencoder over per-frame STFT patches (``sound_vq`` stage, App. A)."""
 
-    features: AudioFeatureConfig  # audio → (T, 1, 64, 16) patches (pipeline/audio_features.py)
+    features: AudioFeatureConfig  # audio → (T, 1, 64, 16) patches (pipeline/data/audio_features.py)
     model: VQAutoencoderConfig  # E/Q/D; in/out_channels 0 = 1 (one patch channel)
     batch_size: int  # patches per step
     lr: float  # Adam learning rate
@@ -107,7 +129,7 @@ class SoundVQParams:
     q_weight: float  # λ_q, weight of L_q (Eq. (2)/(3))
     dead_code_every: int  # re-seed codes unused over this many steps (0: never)
     griffin_lim_iters: int  # Griffin-Lim iterations for the listening artifact
-    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/train_loop.py)
+    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/training/loop.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +141,7 @@ class LayoutVQParams:
     lr: float  # Adam learning rate
     q_weight: float  # λ_q, weight of L_q (Eq. (2)/(3))
     dead_code_every: int  # re-seed codes unused over this many steps (0: never)
-    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/train_loop.py)
+    loop: LoopConfig  # steps, logging, checkpoints, EMA, device (pipeline/training/loop.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +149,7 @@ class AutoencoderParams:
     """E, Q, F, D and their training (the ``autoencoder`` stage; §3.2, App. A, C, D, F, Table 1).
 
     The ``use_*`` switches and ``self_supervision`` are Table 1's columns; its "F" / "Ctxt."
-    columns are ``model.context_frames`` (0 = no F). See ``pipeline/ae_training.py``.
+    columns are ``model.context_frames`` (0 = no F). See ``pipeline/training/autoencoder/task.py``.
     """
 
     model: AutoencoderConfig  # E/Q/F/D sizes; context_frames = c (0: no F at all)
@@ -195,7 +217,7 @@ class PositionsParams:
     """The position estimator (the ``positions`` stage; §4, App. A "Position estimator")."""
 
     model: PositionEstimatorConfig  # the estimator's sizes and head (ccvs_models/position.py)
-    loop: LoopConfig  # steps, checkpoints, EMA, device, seed (pipeline/train_loop.py)
+    loop: LoopConfig  # steps, checkpoints, EMA, device, seed (pipeline/training/loop.py)
     batch_size: int  # annotated frames per step
     lr: float  # Adam peak learning rate (linear warm-up, then cosine decay to 0)
     warmup_steps: int  # steps of linear learning-rate warm-up
@@ -234,7 +256,7 @@ class TransformerParams:
     """The controllable transformer T and its training (``transformer`` stage; §3.3, App. A, E).
 
     The sequence fields of ``TransformerConfig`` (codebook sizes, tokens per frame, classes) come
-    from ``data/tokens/vocab.json``; ``model`` holds the rest (pipeline/transformer_training.py).
+    from ``data/tokens/vocab.json``; ``model`` holds the rest (pipeline/training/transformer.py).
     """
 
     model: TransformerArch  # N, layers, heads, width, positions (Table 2)
@@ -246,7 +268,7 @@ class TransformerParams:
     weight_decay: float  # AdamW weight decay (matrices and embeddings only)
     betas: tuple[float, float]  # AdamW (β1, β2)
     val_clips: int  # validation clips for the perplexity (0: all)
-    loop: LoopConfig  # steps, logging, eval, checkpoints, bf16, device (pipeline/train_loop.py)
+    loop: LoopConfig  # steps, logging, eval, checkpoints, bf16, device (pipeline/training/loop.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or self.min_lr < 0 or self.warmup_steps < 0:
@@ -321,6 +343,7 @@ def section_types() -> dict[str, type]:
     """Every section params.yaml must have, name → dataclass (one place knows the file's shape)."""
     return {
         "tracking": TrackingParams,
+        "training": TrainingDefaults,
         "demo": DemoParams,
         "data": DataParams,
         "prepare": PrepareParams,
@@ -413,13 +436,19 @@ def build(cls: type[T], raw: dict[str, Any], where: str = "") -> T:
     prefix = f"{where}." if where else ""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    from_data = {n for n, f in fields.items() if f.metadata.get("from_data")}
     for key in raw:
+        if key in from_data:
+            raise ParamsError(f"{prefix}{key}: not a param, set from the data "
+                              f"({fields[key].metadata['from_data']}); remove it")
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ParamsError(f"{prefix}{key}: unknown key{hint}")
     kwargs = {}
     for name, field in fields.items():
+        if name in from_data:
+            continue
         if name not in raw:
             raise ParamsError(f"{prefix}{name}: missing key")
         kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}")
@@ -452,7 +481,19 @@ def load_section(name: str, path: str | Path = "params.yaml", cls: type[T] | Non
         raise ParamsError(f"{name}: missing section in {path}")
     if not isinstance(raw[name], dict):
         raise ParamsError(f"{name}: expected a mapping, got {_describe(raw[name])}")
-    return build(cls, raw[name], name)
+    return build(cls, with_training_defaults(raw, name), name)
+
+
+def with_training_defaults(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """Section ``name`` of ``raw`` with the ``training`` keys filled into its ``loop`` block
+    (keys the block gives win); other sections unchanged."""
+    section = raw[name]
+    if name not in TRAINING_STAGES or not isinstance(section.get("loop"), dict):
+        return section
+    defaults = raw.get("training")
+    if not isinstance(defaults, dict):
+        raise ParamsError("training: missing section (the loop keys every training stage shares)")
+    return {**section, "loop": {**defaults, **section["loop"]}}
 
 
 def load_all(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -467,9 +508,8 @@ def load_all(path: str | Path = "params.yaml") -> dict[str, Any]:
             close = difflib.get_close_matches(str(name), list(types_), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ParamsError(f"{name}: unknown section{hint}")
-        out[name] = build(types_[name], value, name) if isinstance(value, dict) else _coerce(
-            value, types_[name], name
-        )
+        out[name] = build(types_[name], with_training_defaults(raw, name), name) if isinstance(
+            value, dict) else _coerce(value, types_[name], name)
     for name in types_:
         if name not in raw:
             raise ParamsError(f"{name}: missing section in {path}")

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import torch
 
 from ccvs_models.perceptual import VGGConfig, VGGFeatures, layer_names
+from pipeline.errors import UserError
 
 # torchvision's ImageNet weights (the hash prefix in the file name is checked on download).
 VGG_URLS = {
@@ -37,7 +38,7 @@ VGG_URLS = {
 OFFLINE_ENV = "CCVS_OFFLINE"
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file that exists but cannot be used (corrupt, or another architecture)."""
 
 

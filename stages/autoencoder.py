@@ -6,10 +6,10 @@
 2. loads the VGG of Eq. (4) (``pipeline.weights.load_vgg``: ``vgg_weights`` path, the torch hub
    cache, then ``vgg_url``). Without weights it prints one line, sets the MLflow tag
    ``vgg_weights = unavailable: <reason>`` and trains without the term — never silently;
-3. trains with the shared loop (``pipeline.train_loop.fit``) the task of ``pipeline.ae_training``:
+3. trains with the shared loop (``pipeline.training.loop.fit``) the task of ``pipeline.training.autoencoder.task``:
    image steps (self-supervised context, L_c) alternating with recursive video steps (Δt);
-   checkpoints in ``<ckpt_dir>/<config fingerprint>/`` so a changed param starts afresh while the
-   same params resume; evaluation every ``loop.eval_every`` steps with the Table 1
+   checkpoints in ``<ckpt_dir>``, resumed when they were written by the same config and data
+   (``fit(resume="auto")``: a changed param starts afresh); evaluation every ``loop.eval_every`` steps with the Table 1
    "Reconstruction" protocol (PSNR / SSIM, codebook perplexity and usage);
 4. writes ``models/autoencoder.pt`` (the EMA weights of E, Q, F, D with their
    ``AutoencoderConfig``; meta: step, val metrics, which VGG weights), ``metrics/autoencoder.json``,
@@ -22,10 +22,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import sys
@@ -37,28 +35,27 @@ import numpy as np
 import torch
 
 from ccvs_models.autoencoder import CCVSAutoencoder
-from pipeline.ae_training import (
-    AutoencoderTask,
-    copy_first_scores,
-    make_batch_stream,
-    reconstruct_clips,
-    side_by_side,
-)
+from pipeline.training.autoencoder.task import AutoencoderTask
+from pipeline.training.autoencoder.batches import make_batch_stream
+from pipeline.training.autoencoder.forward import copy_first_scores, reconstruct_clips, side_by_side
 from pipeline.atomic import write_json
-from pipeline.checkpoint import save_model, to_plain
-from pipeline.media_write import write_gif
-from pipeline.params import AutoencoderParams, ParamsError, load_section
-from pipeline.shards import ShardError, iter_shard, list_shards
-from pipeline.train_loop import fit
+from pipeline.training.checkpoint import save_model, to_plain
+from pipeline.data.media_write import write_gif
+from pipeline.params import AutoencoderParams
+from pipeline.data.shards import iter_clips
+from pipeline.training.curves import CurveLogger
+from pipeline.training.loop import fit
 from pipeline.weights import WeightsError, load_vgg
+from pipeline.data.splits import holdout_keys
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 STAGE = "autoencoder"
-CURVE_COLUMNS = ("step", "psnr", "ssim", "psnr_last", "ssim_last", "perplexity", "usage")
-OBJECT_COLUMNS = ("psnr_objects", "ssim_objects", "edge_ratio_objects")  # with layouts only
+# the validation curve (plots/autoencoder/val.csv, for dvc plots): step, then these metrics
+VAL_CURVE = ("val/psnr", "val/ssim", "val/psnr_last", "val/ssim_last", "codebook/perplexity",
+             "codebook/usage")
+OBJECT_CURVE = ("val/psnr_objects", "val/ssim_objects", "val/edge_ratio_objects")  # with layouts
 
-
-class StageError(RuntimeError):
-    """The stage cannot go on (no data, clips that do not fit the model); one line."""
 
 
 # --------------------------------------------------------------------------- data
@@ -80,100 +77,81 @@ def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
 
     Layouts (the object-region metrics' masks) are kept when every clip has one; clips without
     any give ``layouts = None`` (the metrics are then absent). A demo clip without its layout,
-    or some clips with and some without, stop the stage with the shard named.
+    or some clips with and some without, stop the stage with the clip named.
     """
     frames, keys, layouts, missing = [], [], [], []
-    count = 0
-    for shard in list_shards(clips_dir, split):
-        for sample in iter_shard(shard):
-            if limit is not None and count >= limit:
-                break
-            count += 1
-            f = sample["frames"]
-            if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
-                raise StageError(f"{clips_dir}: clip {sample['key']} ({split}): frames must be "
-                                 f"uint8 T×H×W×3, got {f.dtype} {f.shape}")
-            if frames and f.shape[1:] != frames[0].shape[1:]:
-                raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has frames "
-                                 f"{f.shape[1:3]}, others {frames[0].shape[1:3]}")
-            if num_frames:
-                if len(f) < num_frames:
-                    raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} "
-                                     f"frames, {num_frames} needed (autoencoder.val_frames)")
-                f = f[:num_frames]
-            if frames and len(f) != len(frames[0]):
+    for sample in iter_clips(clips_dir, split, limit=limit):
+        f = sample["frames"]
+        if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
+            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}): frames must be uint8 "
+                             f"T×H×W×3, got {f.dtype} {f.shape}")
+        if frames and f.shape[1:] != frames[0].shape[1:]:
+            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has frames "
+                             f"{f.shape[1:3]}, others {frames[0].shape[1:3]}")
+        if num_frames:
+            if len(f) < num_frames:
                 raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} "
-                                 f"frames, others {len(frames[0])} (prepare writes clips of one "
-                                 "length)")
-            lay = sample.get("layout")
-            video = str(sample.get("meta", {}).get("video_id", sample["key"].rsplit("_", 1)[0]))
-            if lay is None:
-                missing.append((shard, sample["key"], bool(DEMO_VIDEO.match(video))))
-            else:
-                if lay.shape[:3] != (sample["frames"].shape[:3]):
-                    raise StageError(f"{shard}: clip {sample['key']}: layout {lay.shape} does not "
-                                     f"match its frames {sample['frames'].shape[:3]}; re-run prepare")
-                layouts.append(lay[: len(f)])
-            frames.append(f)
-            keys.append(sample["key"])
-        if limit is not None and count >= limit:
-            break
+                                 f"frames, {num_frames} needed (autoencoder.val_frames)")
+            f = f[:num_frames]
+        if frames and len(f) != len(frames[0]):
+            raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} frames, "
+                             f"others {len(frames[0])} (prepare writes clips of one length)")
+        lay = sample.get("layout")
+        video = str(sample.get("meta", {}).get("video_id", sample["key"].rsplit("_", 1)[0]))
+        if lay is None:
+            missing.append((sample["key"], bool(DEMO_VIDEO.match(video))))
+        else:
+            if lay.shape[:3] != sample["frames"].shape[:3]:
+                raise StageError(f"{clips_dir}: clip {sample['key']} ({split}): layout {lay.shape} "
+                                 f"does not match its frames {sample['frames'].shape[:3]}; "
+                                 "re-run prepare")
+            layouts.append(lay[: len(f)])
+        frames.append(f)
+        keys.append(sample["key"])
     if not frames:
         return ClipSet(np.zeros((0, 0, 0, 0, 3), np.uint8), [])
-    demo = [m for m in missing if m[2]]
+    demo = [m for m in missing if m[1]]
     if demo or (missing and layouts):
-        shard, key, _ = (demo or missing)[0]
-        raise StageError(f"{shard}: clip {key} has no layout.npy, which the object-region "
-                         "metrics need on demo data; re-run `dvc repro prepare` (demo_data writes "
-                         "layouts/<video>.npz for every video)")
+        key, _ = (demo or missing)[0]
+        raise StageError(f"{clips_dir}: clip {key} ({split}) has no layout.npy, which the "
+                         "object-region metrics need on demo data; re-run `dvc repro prepare` "
+                         "(demo_data writes layouts/<video>.npz for every video)")
     return ClipSet(np.stack(frames), keys, np.stack(layouts) if layouts else None)
 
 
-def holdout(train: ClipSet, fraction: float = 0.1) -> tuple[ClipSet, ClipSet]:
-    """Split off the clips of the last ``fraction`` of train videos (sorted ids) as validation."""
-    videos = sorted({k.rsplit("_", 1)[0] for k in train.keys})
-    n_val = max(1, int(round(len(videos) * fraction))) if len(videos) > 1 else 0
-    val_videos = set(videos[len(videos) - n_val:])
-    is_val = np.array([k.rsplit("_", 1)[0] in val_videos for k in train.keys], bool)
+def holdout(train: ClipSet, seed: int) -> tuple[ClipSet, ClipSet]:
+    """(train, val): the clips of whole train videos held out (``pipeline.data.splits``)."""
+    held = holdout_keys(train.keys, seed=seed)
+    is_val = np.array([k in held for k in train.keys], bool)
     pick = lambda mask: ClipSet(train.frames[mask], [k for k, m in zip(train.keys, mask) if m],  # noqa: E731
                                 None if train.layouts is None else train.layouts[mask])
     return pick(~is_val), pick(is_val)
 
 
-def check_fits(params: AutoencoderParams, frames: np.ndarray) -> None:
-    """Stop with a message naming the param when the clips do not fit the model."""
+def fit_to_data(params: AutoencoderParams, frames: np.ndarray) -> AutoencoderParams:
+    """``params`` with the discriminators' input size set to the frames' size; stops with a
+    message naming the param when the clips do not fit the model."""
     _, t, h, w, _ = frames.shape
     d = params.model.downsampling
     if h % d or w % d:
         raise StageError(f"frames of {h}×{w} are not divisible by 2^K = {d} "
                          f"(autoencoder.model.num_levels)")
-    for name, use in (("image_disc", params.use_image_disc), ("temporal_disc", params.use_temporal_disc)):
-        res = getattr(params, name).resolution
-        if use and (h != res or w != res):
-            raise StageError(f"autoencoder.{name}.resolution is {res} but the frames are {h}×{w}")
+    if (params.use_image_disc or params.use_temporal_disc) and h != w:
+        raise StageError(f"frames of {h}×{w}: the discriminators need square frames "
+                         f"(prepare.resolution crops them square)")
+    try:
+        params = dataclasses.replace(
+            params, image_disc=dataclasses.replace(params.image_disc, resolution=h),
+            temporal_disc=dataclasses.replace(params.temporal_disc, resolution=h))
+    except ValueError as err:
+        raise StageError(f"autoencoder.image_disc / temporal_disc: {err}") from None
     if params.video_every and params.video_warmup + params.video_frames > t:
         raise StageError(f"autoencoder.video_warmup + video_frames = "
                          f"{params.video_warmup} + {params.video_frames} but clips have {t} frames")
+    return params
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def fingerprint(config: dict[str, Any]) -> str:
-    text = json.dumps(to_plain(config), sort_keys=True, default=str)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-
-
-def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        columns = CURVE_COLUMNS + tuple(c for c in OBJECT_COLUMNS if rows and c in rows[-1])
-        writer.writerow(columns)
-        for r in rows:
-            writer.writerow([int(r["step"])] + [f"{r.get(c, float('nan')):.6g}" for c in columns[1:]])
-    os.replace(tmp, path)
 
 
 def ema_model_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -192,7 +170,7 @@ def run(
     plots_dir: str | Path,
     ckpt_dir: str | Path,
     logger: Any,
-    resume: bool = True,
+    resume: bool | str = "auto",
 ) -> dict[str, float]:
     """Train on ``clips_dir`` (prepare's output); write model, metrics, curve and GIF; return metrics."""
     start = time.perf_counter()
@@ -200,13 +178,13 @@ def run(
     train = load_clips(clips_dir, "train")
     if len(train.keys) == 0:
         raise StageError(f"{clips_dir}: no train clips (run the prepare stage first)")
-    check_fits(params, train.frames)
+    params = fit_to_data(params, train.frames)
     val_source = "val"
     no_val_folder = Path(clips_dir).is_dir() and not (Path(clips_dir) / "val").is_dir()
     val = ClipSet(train.frames[:0], []) if no_val_folder else load_clips(
         clips_dir, "val", limit=params.val_clips, num_frames=params.val_frames)
     if len(val.keys) == 0:
-        train, val = holdout(train)
+        train, val = holdout(train, params.loop.seed)
         val_source = "train_holdout"
         if len(val.keys) == 0 or len(train.keys) == 0:
             raise StageError(f"{clips_dir}: no val clips and too few train videos to hold some out")
@@ -244,25 +222,15 @@ def run(
         "vgg": vgg_info,
     }
     task = AutoencoderTask(params, vgg, val.frames, config=config, val_layouts=val.layouts)
-    ckpt = Path(ckpt_dir) / fingerprint(config)
-    curve_file = ckpt / "val_curve.json"  # survives a resume (the checkpoint precedes its eval)
-    if resume and curve_file.exists():
-        task.curve = json.loads(curve_file.read_text(encoding="utf-8"))
-    evaluate = task.evaluate
-
-    def evaluate_and_keep(step: int, ctx: Any) -> dict[str, float]:
-        metrics = evaluate(step, ctx)
-        if ctx.is_main:
-            write_json(curve_file, task.curve)
-        return metrics
-
-    task.evaluate = evaluate_and_keep  # type: ignore[method-assign]
+    curves = CurveLogger(logger, plots_dir,
+                         {"val": VAL_CURVE + (OBJECT_CURVE if val.layouts is not None else ())})
     t_fit = time.perf_counter()
-    result = fit(task, make_batch_stream(train.frames, params, loop.seed), loop, ckpt, logger,
-                 resume=resume)
+    result = fit(task, make_batch_stream(train.frames, params, loop.seed), loop, Path(ckpt_dir),
+                 curves, resume=resume)
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
+    curves.finish()
 
     state = ema_model_state(result.state["ae"])
     evaluation = task.last_eval
@@ -289,7 +257,6 @@ def run(
     save_model(out_model, dataclasses.asdict(params.model), state, step=result.step,
                weights="ema" if loop.ema_decay > 0 else "raw", val_metrics=val_metrics,
                val_source=val_source, vgg_weights=vgg_info)
-    write_curve(plots_dir / "val.csv", task.curve)
     n = min(params.gif_clips, len(val.keys))
     gif = plots_dir / "reconstruction.gif"
     if n > 0:
@@ -302,32 +269,27 @@ def run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section autoencoder)")
-    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
-    parser.add_argument("--model", default="models/autoencoder.pt", help="output model file")
-    parser.add_argument("--metrics", default="metrics/autoencoder.json", help="output metrics")
-    parser.add_argument("--plots", default="plots/autoencoder", help="folder of val.csv and the GIF")
-    parser.add_argument("--ckpt", default="checkpoints/autoencoder", help="checkpoint folder")
-    args = parser.parse_args(argv)
-    try:
-        params = load_section(STAGE, args.params)
-    except ParamsError as err:
-        raise SystemExit(f"{STAGE}: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "prepare's output folder"),
+    "model": ("models/autoencoder.pt", "output model file"),
+    "metrics": ("metrics/autoencoder.json", "output metrics"),
+    "plots": ("plots/autoencoder", "folder of val.csv and the GIF"),
+    "ckpt": ("checkpoints/autoencoder", "checkpoint folder"),
+}
 
-    with stage_run(STAGE, params, params_path=args.params) as logger:
-        try:
-            metrics = run(params, args.clips, args.model, args.metrics, args.plots, args.ckpt, logger)
-        except (ParamsError, StageError, ShardError) as err:
-            raise SystemExit(f"{STAGE}: {err}") from None
-    if metrics:
-        print(f"{STAGE}: val PSNR {metrics.get('val/psnr', float('nan')):.2f} dB, SSIM "
-              f"{metrics.get('val/ssim', float('nan')):.3f} (last frame "
-              f"{metrics.get('val/psnr_last', float('nan')):.2f} dB), codebook perplexity "
-              f"{metrics.get('codebook/perplexity', float('nan')):.1f}, {metrics['steps']:.0f} steps "
-              f"in {metrics['seconds']:.0f}s → {args.model}")
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str:
+    return (f"val PSNR {metrics.get('val/psnr', float('nan')):.2f} dB, SSIM "
+            f"{metrics.get('val/ssim', float('nan')):.3f} (last frame "
+            f"{metrics.get('val/psnr_last', float('nan')):.2f} dB), codebook perplexity "
+            f"{metrics.get('codebook/perplexity', float('nan')):.1f}, {metrics['steps']:.0f} steps "
+            f"in {metrics['seconds']:.0f}s → {args.model}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main(STAGE, __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.model, a.metrics, a.plots, a.ckpt, log),
+               summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

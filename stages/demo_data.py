@@ -1,6 +1,6 @@
 """Stage ``demo_data``: render the embedded demo dataset (the procedural robot-pushing world).
 
-A stand-in for BAIR robot pushing (paper §4) that needs no download: ``pipeline.demo_world``
+A stand-in for BAIR robot pushing (paper §4) that needs no download: ``pipeline.data.demo_world``
 renders each video with its sound, ground-truth gripper positions, layouts and class label. This
 stage writes them in the raw-demo layout of docs/CONTRACTS.md::
 
@@ -33,9 +33,11 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.demo_world import CLASSES, DemoVideo, WorldConfig, render_video
-from pipeline.media_write import write_gif, write_mp4
-from pipeline.params import DemoParams, ParamsError, load_section
+from pipeline.data.demo_scene import CLASSES, DemoVideo, WorldConfig
+from pipeline.data.demo_world import render_video
+from pipeline.data.media_write import write_gif, write_mp4
+from pipeline.params import DemoParams, ParamsError
+from pipeline.stage import stage_main
 
 SPLITS = ("train", "val", "test")
 
@@ -222,27 +224,20 @@ def run(params: DemoParams, out_dir: Path, logger: Any) -> dict[str, float]:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section 'demo')")
-    parser.add_argument("--out", default="data/raw/demo", help="output folder")
-    args = parser.parse_args(argv)
-    try:
-        params = load_section("demo", args.params)
-    except ParamsError as err:
-        raise SystemExit(f"demo_data: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "out": ("data/raw/demo", "output folder"),
+}
 
-    with stage_run("demo_data", params, params_path=args.params) as logger:
-        try:
-            metrics = run(params, Path(args.out), logger)
-        except ParamsError as err:
-            raise SystemExit(f"demo_data: {err}") from None
-    print(
-        f"demo_data: {int(metrics['num_videos'])} videos "
-        f"({int(metrics['num_train'])} train / {int(metrics['num_val'])} val / "
-        f"{int(metrics['num_test'])} test) in {metrics['seconds']:.1f}s → {args.out}"
-    )
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str:
+    return (f"{int(metrics['num_videos'])} videos ({int(metrics['num_train'])} train / "
+            f"{int(metrics['num_val'])} val / {int(metrics['num_test'])} test) in "
+            f"{metrics['seconds']:.1f}s → {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("demo_data", __doc__, PATHS, lambda p, a, log: run(p, Path(a.out), log),
+               sections=("demo",), summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Stage ``evaluate``: every synthesis task on held-out clips → SSIM, PSNR, DIV, FVD (paper §4).
 
 Paper §4 "Metrics" (SSIM [77], PSNR, FVD [66]), Tables 1–6 / D2–D4, Fig. 6 (DIV). The tasks and
-the per-task maths are in ``pipeline.evaluation``; FVD (I3D features, Fréchet distance) in
-``pipeline.fvd``; the sampler in ``ccvs_models.sampler``.
+the per-task maths are in ``pipeline.evaluation.tasks``; FVD (I3D features, Fréchet distance) in
+``pipeline.metrics.fvd``; the sampler in ``ccvs_models.sampler``.
 
 1. Reads ``evaluate.split`` clips (``data/clips``: the real frames) and their tokens
    (``data/tokens``: frame codes, end frame, state, sound, class), matched by clip key.
@@ -21,11 +21,9 @@ computed with a randomly initialised I3D and reported as ``fvd_untrained_i3d``, 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,9 +34,8 @@ from tqdm import tqdm
 
 from ccvs_models.sampler import SamplerConfig
 from pipeline.atomic import write_json
-from pipeline.checkpoint import CheckpointError
-from pipeline.distributed import device_for
-from pipeline.evaluation import (
+from pipeline.training.distributed import device_for
+from pipeline.evaluation.tasks import (
     TASKS,
     EvalData,
     comparison_grid,
@@ -51,18 +48,18 @@ from pipeline.evaluation import (
     sample_diversity,
     summarize,
 )
-from pipeline.media_write import write_gif, write_png
-from pipeline.params import EvaluateParams, ParamsError, load_section
-from pipeline.shards import ShardError, iter_clips
-from pipeline.synthesis_io import SynthesisInputError, contact_sheet, load_models, to_uint8
-from pipeline.token_shards import TokenShardError, load_token_split, read_vocab
-from pipeline.video_metrics import motion_mask
+from pipeline.data.media_write import write_gif, write_png
+from pipeline.params import EvaluateParams
+from pipeline.data.shards import iter_clips
+from pipeline.synthesis.writers import contact_sheet, to_uint8
+from pipeline.synthesis.models import load_models
+from pipeline.tokens.shards import load_token_split, read_vocab
+from pipeline.metrics.video import motion_mask
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 STAGE = "evaluate"
 
-
-class EvaluateError(RuntimeError):
-    """The stage cannot go on (no clips, tokens that do not match the clips); one line."""
 
 
 def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int,
@@ -70,7 +67,7 @@ def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int
     """The split's token samples and, matched by key, their real frames (first ``limit``)."""
     tok = load_token_split(tokens, split, vocab)
     if len(tok) == 0:
-        raise EvaluateError(f"{tokens}: no {split} token samples to evaluate")
+        raise StageError(f"{tokens}: no {split} token samples to evaluate")
     n = len(tok) if limit == 0 else min(limit, len(tok))
     tok = tok.take(np.arange(n))
     wanted = set(tok.keys)
@@ -80,11 +77,11 @@ def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int
             real[sample["key"]] = sample["frames"]
     missing = [k for k in tok.keys if k not in real]
     if missing:
-        raise EvaluateError(f"{clips}: {len(missing)} {split} clips of {tokens} are missing "
+        raise StageError(f"{clips}: {len(missing)} {split} clips of {tokens} are missing "
                             f"(e.g. {missing[0]}); rerun tokenize after prepare")
     frames = np.stack([real[k] for k in tok.keys])  # (n, T, H, W, 3) uint8
     if frames.shape[1] != tok.frames.shape[1]:
-        raise EvaluateError(f"{clips}: clips have {frames.shape[1]} frames, their tokens "
+        raise StageError(f"{clips}: clips have {frames.shape[1]} frames, their tokens "
                             f"{tok.frames.shape[1]}")
     video = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
     as_long = (lambda a: None if a is None else torch.from_numpy(a.astype(np.int64)))  # noqa: E731
@@ -107,7 +104,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
         samples_dir: str | Path, logger: Any, fps: int = 10) -> dict[str, Any]:
     """Run every task; write metrics, curves, GIFs and sheets; return the metrics document."""
-    from pipeline import fvd as fvd_lib
+    from pipeline.metrics import fvd as fvd_lib
 
     start_time = time.perf_counter()
     device = device_for(0, params.device)
@@ -117,11 +114,11 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
     data = load_eval_data(clips, tokens, params.split, params.num_videos, vocab)
     n_frames = params.num_frames or data.frames.shape[1]
     if n_frames > data.frames.shape[1]:
-        raise EvaluateError(f"evaluate.num_frames = {n_frames} but the {params.split} clips have "
+        raise StageError(f"evaluate.num_frames = {n_frames} but the {params.split} clips have "
                             f"{data.frames.shape[1]} frames")
     c = ae.config.context_frames if params.context_frames is None else params.context_frames
     if (problem := ae.config.context_problem(c)) is not None:  # e.g. c ≥ 1 for a model without F
-        raise EvaluateError(f"{autoencoder}: {problem} (evaluate.context_frames)")
+        raise StageError(f"{autoencoder}: {problem} (evaluate.context_frames)")
     sampler = SamplerConfig(top_k=params.top_k, temperature=params.temperature, kv_cache=True)
     s = params.samples
     samples_dir, plots_dir = Path(samples_dir), Path(plots_dir)
@@ -135,13 +132,13 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
                      "evaluate.i3d_pretrained": str(i3d_info.pretrained)})
     real_clips = data.frames[:, :n_frames]
     if params.fvd.frames > n_frames:
-        raise EvaluateError(f"evaluate.fvd.frames = {params.fvd.frames} but the videos have "
+        raise StageError(f"evaluate.fvd.frames = {params.fvd.frames} but the videos have "
                             f"{n_frames} frames (evaluate.num_frames)")
     real_features: dict[int, np.ndarray] = {}  # I3D features of the real clips, per skip
     moving = motion_mask(real_clips) if s > 1 else None  # DIV's moving parts, once for all tasks
     n_fvd = len(data) if params.fvd.videos == 0 else min(params.fvd.videos, len(data))
     if n_fvd < 2:
-        raise EvaluateError(f"FVD needs at least 2 videos, the {params.split} split has {len(data)}")
+        raise StageError(f"FVD needs at least 2 videos, the {params.split} split has {len(data)}")
 
     results: dict[str, dict[str, float | None]] = {}
     skipped: dict[str, str] = {}
@@ -225,27 +222,21 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
     return doc
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section evaluate)")
-    parser.add_argument("--clips", default="data/clips")
-    parser.add_argument("--tokens", default="data/tokens")
-    parser.add_argument("--transformer", default="models/transformer.pt")
-    parser.add_argument("--autoencoder", default="models/autoencoder.pt")
-    parser.add_argument("--metrics", default="metrics/evaluate.json")
-    parser.add_argument("--plots", default="plots/evaluate")
-    parser.add_argument("--samples", default="samples/evaluate")
-    args = parser.parse_args(argv)
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": "data/clips",
+    "tokens": "data/tokens",
+    "transformer": "models/transformer.pt",
+    "autoencoder": "models/autoencoder.pt",
+    "metrics": "metrics/evaluate.json",
+    "plots": "plots/evaluate",
+    "samples": "samples/evaluate",
+}
 
-    try:
-        params = load_section(STAGE, args.params)
-        with stage_run(STAGE, params, params_path=args.params) as logger:
-            run(params, args.clips, args.tokens, args.transformer, args.autoencoder, args.metrics,
-                args.plots, args.samples, logger)
-    except (ParamsError, EvaluateError, TokenShardError, ShardError, CheckpointError,
-            SynthesisInputError) as err:
-        sys.exit(f"{STAGE}: {err}")
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main(STAGE, __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.tokens, a.transformer, a.autoencoder,
+                                     a.metrics, a.plots, a.samples, log), argv=argv)
 
 
 if __name__ == "__main__":

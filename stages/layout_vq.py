@@ -7,7 +7,7 @@ shards' ``layout.npy``) becomes a one-hot map with K channels, the shared
 ``ccvs_models.vq_autoencoder.VQAutoencoder`` (in/out channels K, 3 stride-2 blocks: 64 × 64 →
 8 × 8 tokens) encodes and quantizes it, and D predicts K class logits per pixel, trained with
 cross-entropy + λ_q · L_q (Eq. (3)); dead codes are re-seeded as in ``sound_vq`` (same task,
-``pipeline.vq_training.VQTask``) and training runs in the shared loop (``pipeline.train_loop.fit``,
+``pipeline.training.vq.VQTask``) and training runs in the shared loop (``pipeline.training.loop.fit``,
 checkpoints in ``<ckpt_dir>/<config hash>/``, resume).
 
 K (``model.in_channels``): 0 = from the data, max label + 1 over the train clips (the demo world:
@@ -45,24 +45,14 @@ import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder
 from pipeline.atomic import write_json
-from pipeline.checkpoint import save_model
-from pipeline.params import LayoutVQParams, ParamsError, load_section
-from pipeline.shards import ShardError
-from pipeline.train_loop import fit
-from pipeline.vq_training import (
-    StageError,
-    VQTask,
-    array_batches,
-    codebook_usage,
-    encode_tokens,
-    fingerprint,
-    holdout_videos,
-    labelled_rows,
-    predict,
-    report_skipped,
-    split_samples,
-    write_placeholder,
-)
+from pipeline.training.checkpoint import save_model
+from pipeline.params import LayoutVQParams, ParamsError
+from pipeline.training.loop import fit
+from pipeline.training.vq import VQTask, array_batches, codebook_usage, encode_tokens, labelled_rows, predict, report_skipped, split_samples, write_placeholder
+from pipeline.data.splits import holdout_keys
+from pipeline.data.shards import NO_LAYOUT
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 
 @dataclasses.dataclass
@@ -77,7 +67,8 @@ class LayoutSplit:
 
 
 def load_layouts(clips: str | Path, split: str) -> LayoutSplit:
-    """Every layout frame of ``split`` (clips without ``layout.npy`` are skipped with a reason)."""
+    """Every labelled layout frame of ``split`` (clips without ``layout.npy`` are skipped with a
+    reason; frames whose map is all ``NO_LAYOUT``, 255, are left out)."""
     arrays, keys, frames, skipped = [], [], [], []
     shape = None
     for sample in split_samples(clips, split):
@@ -93,6 +84,10 @@ def load_layouts(clips: str | Path, split: str) -> LayoutSplit:
             shape = layout.shape[1:]
         elif layout.shape[1:] != shape:
             skipped.append((key, f"layout is {layout.shape[1:]}, other clips are {shape}"))
+            continue
+        layout = layout[~(layout == NO_LAYOUT).all(axis=(1, 2))]  # frames nobody labelled
+        if not len(layout):
+            skipped.append((key, "no labelled frame"))
             continue
         arrays.append(layout)
         keys.append(key)
@@ -179,7 +174,7 @@ def run(
                             {"clips_without_layout": float(len(train.skipped) + len(val.skipped))})
     val_source = "val"
     if val.with_layout == 0:
-        held = holdout_videos(train.keys)
+        held = holdout_keys(train.keys, seed=params.loop.seed)
         val = _take(train, [k in held for k in train.keys])
         train = _take(train, [k not in held for k in train.keys])
         val_source = "train_holdout"
@@ -226,7 +221,8 @@ def run(
         return F.one_hot(target, num_classes).permute(0, 3, 1, 2).float(), target
 
     task = VQTask(model_cfg, params.lr, params.q_weight, params.dead_code_every,
-                  recon_loss=F.cross_entropy, make_input=make_input, config=config)
+                  recon_loss=F.cross_entropy, make_input=make_input, config=config,
+                  seed=params.loop.seed)
 
     def miou(true: np.ndarray, pred: np.ndarray) -> tuple[float, dict[int, float]]:
         ious = iou_per_class(true, pred, num_classes)
@@ -247,7 +243,7 @@ def run(
     x_train_t = torch.from_numpy(x_train)
     t_fit = time.perf_counter()
     result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop,
-                 Path(ckpt_dir) / fingerprint(config), logger)
+                 Path(ckpt_dir), logger, resume="auto")
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
@@ -296,32 +292,28 @@ def run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section layout_vq)")
-    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
-    parser.add_argument("--model", default="models/layout_vq.pt", help="output model file")
-    parser.add_argument("--metrics", default="metrics/layout_vq.json", help="output metrics file")
-    parser.add_argument("--ckpt", default="checkpoints/layout_vq", help="checkpoint folder")
-    parser.add_argument("--artifacts", default=None, help="also keep the artifacts in this folder")
-    args = parser.parse_args(argv)
-    try:
-        params = load_section("layout_vq", args.params)
-    except ParamsError as err:
-        raise SystemExit(f"layout_vq: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "prepare's output folder"),
+    "model": ("models/layout_vq.pt", "output model file"),
+    "metrics": ("metrics/layout_vq.json", "output metrics file"),
+    "ckpt": ("checkpoints/layout_vq", "checkpoint folder"),
+    "artifacts": (None, "also keep the artifacts in this folder"),
+}
 
-    with stage_run("layout_vq", params, params_path=args.params) as logger:
-        try:
-            metrics = run(params, args.clips, args.model, args.metrics, args.ckpt, logger,
-                          args.artifacts)
-        except (ParamsError, StageError, ShardError) as err:
-            raise SystemExit(f"layout_vq: {err}") from None
-    if metrics.get("available", 0.0) and "val/miou" in metrics:
-        print(f"layout_vq: val mIoU {metrics['val/miou']:.3f} (majority baseline "
-              f"{metrics['baseline/miou']:.3f}), {int(metrics['num_classes'])} classes, perplexity "
-              f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead codes, "
-              f"{metrics['seconds']:.1f}s → {args.model}")
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str | None:
+    if not (metrics.get("available", 0.0) and "val/miou" in metrics):
+        return None
+    return (f"val mIoU {metrics['val/miou']:.3f} (majority baseline "
+            f"{metrics['baseline/miou']:.3f}), {int(metrics['num_classes'])} classes, perplexity "
+            f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead "
+            f"codes, {metrics['seconds']:.1f}s → {args.model}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("layout_vq", __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.model, a.metrics, a.ckpt, log, a.artifacts),
+               summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

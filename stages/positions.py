@@ -14,7 +14,7 @@ frames, not E's latents, because this stage runs beside the autoencoder in the D
    ``loop.seed``), are kept out of training; their mean / median error in pixels is the stage's
    accuracy estimate on data without ground truth. With a single annotated video the split is by
    frame instead.
-3. **Training** with the shared loop (``pipeline.train_loop.fit``: checkpoints in ``ckpt_dir``,
+3. **Training** with the shared loop (``pipeline.training.loop.fit``: checkpoints in ``ckpt_dir``,
    exact resume): Adam, linear warm-up then cosine decay of the learning rate (a function of the
    step, so resuming needs no scheduler state), augmentation = horizontal flip (x → W − 1 − x) and a
    per-channel gain/offset colour jitter. A checkpoint written for other data or other params is
@@ -32,7 +32,7 @@ frames, not E's latents, because this stage runs beside the autoencoder in the D
    (red) and true (green) positions on a few frames; it is logged as an artifact.
 
 Steps 1–3 (the annotated frames, the held-out split, the training task, augmentation, learning
-rate and batched ``predict``) live in ``pipeline/position_training.py``; this module re-exports
+rate and batched ``predict``) live in ``pipeline/training/positions.py``; this module re-exports
 them and keeps the labelling, the ground-truth comparison, the report and the CLI.
 
     python -m stages.positions --params params.yaml --clips data/clips --raw data/raw/demo \\
@@ -50,26 +50,20 @@ import numpy as np
 
 from ccvs_models.position import PositionEstimator
 from pipeline.atomic import write_json, write_parquet
-from pipeline.checkpoint import CheckpointError, save_model
-from pipeline.params import ParamsError, PositionsParams, load_section
-from pipeline.position_training import (  # re-exported (see __all__): they lived here
-    Annotated,
-    PositionsError,
-    PositionTask,
-    _batches,
-    _frame_id,
-    _split_clips,
-    augment,
-    holdout_split,
-    learning_rate,
-    load_annotated,
-    predict,
-    to_input,
-)
-from pipeline.train_loop import fit
+from pipeline.training.checkpoint import save_model
+from pipeline.params import PositionsParams
+from pipeline.training.positions import PositionTask, _batches, _frame_id, _split_clips, load_annotated, predict
+from pipeline.training.loop import fit
+from pipeline.data.splits import holdout_mask
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
-__all__ = ["SPLITS", "Annotated", "GroundTruth", "PositionTask", "PositionsError", "augment",
-           "holdout_split", "learning_rate", "load_annotated", "main", "predict", "run", "to_input"]
+__all__ = [
+    "SPLITS",
+    "GroundTruth",
+    "main",
+    "run",
+]
 
 SPLITS = ("train", "val", "test")
 _EXAMPLES = 8  # frames drawn in examples.png
@@ -97,15 +91,15 @@ class GroundTruth:
             with np.load(path, allow_pickle=False) as archive:
                 pos = archive["positions"].astype(np.float64)
         except (OSError, KeyError, ValueError) as err:
-            raise PositionsError(f"{path}: cannot read ground-truth positions ({err})") from None
+            raise StageError(f"{path}: cannot read ground-truth positions ({err})") from None
         video = self.folder.parent / "videos" / f"{vid}.mp4"
         if video.is_file():  # map raw pixels through prepare's resize + centre crop
-            from pipeline.media import MediaError, probe
+            from pipeline.data.media import MediaError, probe
 
             try:
                 info = probe(video)
             except MediaError as err:
-                raise PositionsError(str(err)) from None
+                raise StageError(str(err)) from None
             short = min(info.height, info.width)
             origin = np.array([(info.width - short) / 2, (info.height - short) / 2])
             pos = (pos + 0.5 - origin) * (size / short) - 0.5
@@ -179,7 +173,7 @@ def run(
     logger: Any,
     *,
     ckpt_dir: Path = Path("checkpoints/positions"),
-    resume: bool = True,
+    resume: bool | str = "auto",
 ) -> dict[str, Any]:
     """Train on the annotated train frames, label every clip, write model / parquet / metrics.
 
@@ -191,10 +185,11 @@ def run(
     size = tuple(int(s) for s in annotated.frames.shape[1:3])  # (H, W)
     step = params.model.downsampling
     if size[0] % step or size[1] % step:
-        raise PositionsError(
+        raise StageError(
             f"{clips_dir}: frames are {size[0]}×{size[1]}, not divisible by the estimator's "
             f"downsampling {step} (positions.model.stem_stride × 2^len(channels))")
-    held = holdout_split(annotated.ids, params.holdout_fraction, params.loop.seed)
+    held = holdout_mask([vid for vid, _ in annotated.ids], params.holdout_fraction,
+                        params.loop.seed)
     train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     heldout = (annotated.frames[held_idx], annotated.xy[held_idx])
     logger.log_metrics({"annotated_frames": len(annotated.ids), "train_frames": len(train_idx),
@@ -202,14 +197,7 @@ def run(
 
     task = PositionTask(params, annotated.fingerprint(), size, heldout)
     batches = _batches(params, annotated.frames[train_idx], annotated.xy[train_idx])
-    try:
-        result = fit(task, batches, params.loop, ckpt_dir, logger, resume=resume)
-    except CheckpointError as err:
-        if "different config" not in str(err):
-            raise
-        print(f"positions: {err.args[0].split(':')[0]} is from other data or params; training afresh")
-        task = PositionTask(params, annotated.fingerprint(), size, heldout)
-        result = fit(task, batches, params.loop, ckpt_dir, logger, resume=False)
+    result = fit(task, batches, params.loop, ckpt_dir, logger, resume=resume)
     if not result.is_main:
         return {}
     train_seconds = time.perf_counter() - start
@@ -244,7 +232,7 @@ def run(
         for sample in _split_clips(clips_dir, split):
             frames = sample["frames"]
             if frames.shape[1:3] != size:
-                raise PositionsError(f"{clips_dir}/{split}: clip {sample['key']} is "
+                raise StageError(f"{clips_dir}/{split}: clip {sample['key']} is "
                                      f"{frames.shape[1]}×{frames.shape[2]}, the annotated frames {size[0]}×{size[1]}")
             pred = predict(model, frames, device)
             clip_count += 1
@@ -276,7 +264,7 @@ def run(
 
     if truth.available and never_errors:
         if annotated_check and float(np.median(annotated_check)) > 0.05:
-            raise PositionsError(
+            raise StageError(
                 f"{truth.folder}: ground truth disagrees with the clips' annotations by "
                 f"{np.median(annotated_check):.2f} px (median): not the videos these clips come from")
         metrics.update(_stats(never_errors, "never_annotated_error_px", p95=True))
@@ -302,38 +290,31 @@ def run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section 'positions')")
-    parser.add_argument("--clips", default="data/clips", help="clip shards (the prepare stage's output)")
-    parser.add_argument("--raw", default="", help="raw data folder; its ground_truth/ (demo) is used "
-                        "for evaluation only ('' = none)")
-    parser.add_argument("--model", default="models/position.pt", help="output model file")
-    parser.add_argument("--out", default="data/positions", help="output folder of <split>.parquet")
-    parser.add_argument("--metrics", default="metrics/positions.json", help="output metrics JSON")
-    parser.add_argument("--ckpt", default="checkpoints/positions", help="training checkpoints")
-    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    args = parser.parse_args(argv)
-    try:
-        params = load_section("positions", args.params)
-    except ParamsError as err:
-        raise SystemExit(f"positions: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "clip shards (the prepare stage's output)"),
+    "raw": ("", "raw data folder; its ground_truth/ (demo) is used for evaluation only ('' = none)"),
+    "model": ("models/position.pt", "output model file"),
+    "out": ("data/positions", "output folder of <split>.parquet"),
+    "metrics": ("metrics/positions.json", "output metrics JSON"),
+    "ckpt": ("checkpoints/positions", "training checkpoints"),
+}
 
-    with stage_run("positions", params, params_path=args.params) as logger:
-        try:
-            metrics = run(params, Path(args.clips), Path(args.raw) if args.raw else None,
-                          Path(args.model), Path(args.out), Path(args.metrics), logger,
-                          ckpt_dir=Path(args.ckpt), resume=not args.no_resume)
-        except (PositionsError, ParamsError) as err:
-            raise SystemExit(f"positions: {err}") from None
-    if metrics:
-        never = metrics.get("never_annotated_error_px_mean")
-        extra = f", never-annotated {never:.2f} px" if never is not None else ""
-        print(f"positions: {metrics['train_frames']} train / {metrics['heldout_frames']} held-out "
-              f"annotated frames, held-out error {metrics.get('heldout_error_px_mean', float('nan')):.2f} px"
-              f"{extra}; {metrics['clips_labelled']} clips labelled in {metrics['seconds']:.0f}s "
-              f"→ {args.out}")
+
+def summary(metrics: dict[str, Any], args: argparse.Namespace) -> str:
+    never = metrics.get("never_annotated_error_px_mean")
+    extra = f", never-annotated {never:.2f} px" if never is not None else ""
+    return (f"{metrics['train_frames']} train / {metrics['heldout_frames']} held-out annotated "
+            f"frames, held-out error {metrics.get('heldout_error_px_mean', float('nan')):.2f} px"
+            f"{extra}; {metrics['clips_labelled']} clips labelled in {metrics['seconds']:.0f}s "
+            f"→ {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("positions", __doc__, PATHS,
+               lambda p, a, log: run(p, Path(a.clips), Path(a.raw) if a.raw else None,
+                                     Path(a.model), Path(a.out), Path(a.metrics), log,
+                                     ckpt_dir=Path(a.ckpt)),
+               summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 The paper trains on fixed-length clips (16 frames for the BAIR/Kinetics tables, §4) at a fixed
 square resolution (64×64 or 256×256), with audio for AudioSet-Drums, annotated arm positions for
 BAIR (the 500 hand-labelled frames) and layouts for Cityscapes (App. E). This stage turns any set
-of videos (``pipeline.sources``: the demo world, a folder/glob, a manifest CSV) into exactly that:
+of videos (``pipeline.data.sources``: the demo world, a folder/glob, a manifest CSV) into exactly that:
 
-1. decode each video (``pipeline.media``: decord, PyAV fallback) keeping every ``frame_step``-th
+1. decode each video (``pipeline.data.media``: decord, PyAV fallback) keeping every ``frame_step``-th
    frame, in chunks (in one batch when the frames are already square at ``resolution``: the
    decoded batch is then kept as is, not copied), resizing the short side to ``resolution`` and center-cropping a square
    (bilinear, antialiased; layouts nearest; annotated positions mapped through the same
@@ -17,7 +17,7 @@ of videos (``pipeline.sources``: the demo world, a folder/glob, a manifest CSV) 
    (``media.probe_with_audio``: one opening instead of two, ~0.05 of 0.9 CPU-seconds in
    ``bench/prepare.py``), except with ``decoder: decord`` (decord's ``AudioReader``); the two
    differ by float rounding of the down-mix only (< 1e-6);
-3. write webdataset shards per split (``pipeline.shards``), ``manifest.parquet`` (one row per
+3. write webdataset shards per split (``pipeline.data.shards``), ``manifest.parquet`` (one row per
    clip), ``rejected.csv`` (source,reason; always written) and ``classes.json``.
 
 Videos are decoded by ``workers`` decoders: this process and ``workers − 1`` forked processes
@@ -31,8 +31,8 @@ thread of its own even with ``num_threads=1`` (the calling thread demuxes and co
 worker already keeps more than one core partly busy (``bench/prepare.py`` measures how much).
 
 The per-video work (``Crop``, ``process_video``, ``VideoResult`` ...) lives in
-``pipeline.clip_extraction``, the decoding processes (``_decode_all``, ``_Pool``) in
-``pipeline.prepare_pool``; this module re-exports the names callers use, and keeps the outputs
+``pipeline.data.clip_extraction``, the decoding processes (``_decode_all``, ``_Pool``) in
+``pipeline.data.prepare_pool``; this module re-exports the names callers use, and keeps the outputs
 (manifest, ``rejected.csv``, ``classes.json``) and the stage's ``run`` and CLI.
 
     python -m stages.prepare --params params.yaml --out data/clips
@@ -52,33 +52,27 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.atomic import write_json
-from pipeline.clip_extraction import (  # noqa: F401 (re-exported: callers import them from here)
-    _CHUNK,
-    Clip,
-    Crop,
+from pipeline.data.clip_extraction import (
     PrepareError,
-    VideoResult,
-    VideoSummary,
-    _batch_frames,
-    _gather,
-    clip_starts,
-    process_video,
 )
-from pipeline.params import DataParams, ParamsError, PrepareParams, load_section
-from pipeline.prepare_pool import _decode_all, _Pool, _start_method  # noqa: F401 (re-exported)
-from pipeline.shards import ShardWriter
-from pipeline.sources import SPLITS, SourceError, list_sources
+from pipeline.params import DataParams, ParamsError, PrepareParams
+from pipeline.data.prepare_pool import _decode_all
+from pipeline.data.shard_writing import ShardWriter
+from pipeline.data.datasets.catalog import list_inputs
+from pipeline.data.sources import SPLITS
+from pipeline.stage import stage_main
 
 MANIFEST_COLUMNS = (
     "key", "video_id", "split", "label", "label_id", "shard", "first_frame", "num_frames",
     "frame_step", "fps", "has_audio", "has_positions", "has_layout", "source",
 )  # fmt: skip
 
-__all__ = [  # this stage's names, and those re-exported from pipeline.clip_extraction/prepare_pool
-    "MANIFEST_COLUMNS", "Clip", "Crop", "PrepareError", "VideoResult", "VideoSummary", "_CHUNK",
-    "_Pool", "_batch_frames", "_decode_all", "_gather", "_start_method", "check_params",
-    "clip_starts", "main", "process_video", "run",
-]  # fmt: skip
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "check_params",
+    "main",
+    "run",
+]
 
 
 # --------------------------------------------------------------------------- outputs
@@ -163,7 +157,7 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     start = time.perf_counter()
     check_params(params)
     out_dir = Path(out_dir)
-    listing = list_sources(data)
+    listing = list_inputs(data)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir)
 
@@ -226,31 +220,23 @@ def run(data: DataParams, params: PrepareParams, out_dir: Path, logger: Any) -> 
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (sections data, prepare)")
-    parser.add_argument("--out", default="data/clips", help="output folder")
-    args = parser.parse_args(argv)
-    try:
-        data = load_section("data", args.params)
-        prepare = load_section("prepare", args.params)
-        check_params(prepare)
-    except ParamsError as err:
-        raise SystemExit(f"prepare: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "out": ("data/clips", "output folder"),
+}
 
-    with stage_run("prepare", {"data": data, "prepare": prepare}, params_path=args.params) as logger:
-        try:
-            metrics = run(data, prepare, Path(args.out), logger)
-        except (ParamsError, SourceError, PrepareError) as err:
-            raise SystemExit(f"prepare: {err}") from None
-    print(
-        f"prepare: {int(metrics['num_clips'])} clips "
-        f"({int(metrics['clips_train'])} train / {int(metrics['clips_val'])} val / "
-        f"{int(metrics['clips_test'])} test), {int(metrics['num_rejected'])} rejected "
-        f"(see {Path(args.out) / 'rejected.csv'}), {metrics['frames_per_second']:.0f} frames/s "
-        f"→ {args.out}"
-    )
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str:
+    return (f"{int(metrics['num_clips'])} clips ({int(metrics['clips_train'])} train / "
+            f"{int(metrics['clips_val'])} val / {int(metrics['clips_test'])} test), "
+            f"{int(metrics['num_rejected'])} rejected (see {Path(args.out) / 'rejected.csv'}), "
+            f"{metrics['frames_per_second']:.0f} frames/s → {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("prepare", __doc__, PATHS,
+               lambda p, a, log: run(p["data"], p["prepare"], Path(a.out), log),
+               sections=("data", "prepare"), check=lambda p: check_params(p["prepare"]),
+               summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ frames (E, Q, D without F), giving tokens used as frame-level annotations by the
 (AudioSet-Drums, §4 / Table 6, Table D3). Here:
 
 1. every train/val clip's audio → per-frame log-mel STFT patches (T, 1, 64, 16) in [−1, 1]
-   (``pipeline.audio_features``: hop aligned to the frame rate, fixed dB range);
+   (``pipeline.data.audio_features``: hop aligned to the frame rate, fixed dB range);
 2. ``ccvs_models.vq_autoencoder.VQAutoencoder`` (3 stride-2 blocks → 8 × 2 = 16 tokens per frame,
    paper; codebook 256 by default instead of the paper's 1024, as the demo has ~1.7k train
-   frames) trained with the shared loop (``pipeline.train_loop.fit``: checkpoints in
+   frames) trained with the shared loop (``pipeline.training.loop.fit``: checkpoints in
    ``<ckpt_dir>/<config hash>/``, resume) on an L1 (or MSE) patch loss + λ_q · L_q (Eq. (3));
    codes unused for ``dead_code_every`` steps are re-seeded with encoder outputs
    (``VectorQuantizer.reinit_dead_codes``) so the codebook stays alive (the task and helpers
-   shared with ``layout_vq`` live in ``pipeline.vq_training``);
+   shared with ``layout_vq`` live in ``pipeline.training.vq``);
 3. on val: log-spectral distance (dB) and spectral convergence of the decoded patches, next to a
    mean-spectrum baseline (every patch predicted as the train-set mean patch); codebook
    perplexity and dead codes over the train patches;
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline.audio_features import (
+from pipeline.data.audio_features import (
     AudioConfigError,
     AudioError,
     AudioFeatureConfig,
@@ -57,24 +57,13 @@ from pipeline.audio_features import (
     spectral_metrics,
 )
 from pipeline.atomic import write_json
-from pipeline.checkpoint import save_model
-from pipeline.params import ParamsError, SoundVQParams, load_section
-from pipeline.shards import ShardError
-from pipeline.train_loop import fit
-from pipeline.vq_training import (
-    StageError,
-    VQTask,
-    array_batches,
-    codebook_usage,
-    encode_tokens,
-    fingerprint,
-    holdout_videos,
-    labelled_rows,
-    predict,
-    report_skipped,
-    split_samples,
-    write_placeholder,
-)
+from pipeline.training.checkpoint import save_model
+from pipeline.params import ParamsError, SoundVQParams
+from pipeline.training.loop import fit
+from pipeline.training.vq import VQTask, array_batches, codebook_usage, encode_tokens, labelled_rows, predict, report_skipped, split_samples, write_placeholder
+from pipeline.data.splits import holdout_keys
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 
 # --------------------------------------------------------------------------- sound data
@@ -240,7 +229,7 @@ def run(
     val_source = "val"
     if len(val.keys) == 0:
         # no val split: hold out the clips of ~10% of the train videos
-        held = holdout_videos(train.keys)
+        held = holdout_keys(train.keys, seed=params.loop.seed)
         train_all = load_sound(clips, "train", feats, keep_audio=len(train.keys))
         val = _take_sound(train_all, [k in held for k in train_all.keys])
         train = _take_sound(train_all, [k not in held for k in train_all.keys])
@@ -258,7 +247,8 @@ def run(
               "seed": params.loop.seed, "ema_decay": params.loop.ema_decay,
               "grad_clip": params.loop.grad_clip, "bf16": params.loop.bf16, "data": data_hash}
     task = VQTask(model_cfg, params.lr, params.q_weight, params.dead_code_every,
-                  recon_loss=loss_fn, make_input=lambda b: (b, b), config=config)
+                  recon_loss=loss_fn, make_input=lambda b: (b, b), config=config,
+                  seed=params.loop.seed)
 
     last: dict[str, np.ndarray] = {}  # the latest evaluation's outputs (the final one = the saved weights)
 
@@ -275,9 +265,9 @@ def run(
     task.evaluator = evaluator
     batch_idx = array_batches(len(x_train), params.batch_size, params.loop.seed)
     x_train_t = torch.from_numpy(x_train)
-    ckpt = Path(ckpt_dir) / fingerprint(config)
     t_fit = time.perf_counter()
-    result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop, ckpt, logger)
+    result = fit(task, lambda s: (x_train_t[idx] for idx in batch_idx(s)), params.loop,
+                 Path(ckpt_dir), logger, resume="auto")
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
@@ -328,34 +318,29 @@ def run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section sound_vq)")
-    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
-    parser.add_argument("--model", default="models/sound_vq.pt", help="output model file")
-    parser.add_argument("--metrics", default="metrics/sound_vq.json", help="output metrics file")
-    parser.add_argument("--ckpt", default="checkpoints/sound_vq", help="checkpoint folder")
-    parser.add_argument("--artifacts", default=None, help="also keep the artifacts in this folder")
-    args = parser.parse_args(argv)
-    try:
-        params = load_section("sound_vq", args.params)
-        _model_config(params)
-    except ParamsError as err:
-        raise SystemExit(f"sound_vq: {err}") from None
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "prepare's output folder"),
+    "model": ("models/sound_vq.pt", "output model file"),
+    "metrics": ("metrics/sound_vq.json", "output metrics file"),
+    "ckpt": ("checkpoints/sound_vq", "checkpoint folder"),
+    "artifacts": (None, "also keep the artifacts in this folder"),
+}
 
-    with stage_run("sound_vq", params, params_path=args.params) as logger:
-        try:
-            metrics = run(params, args.clips, args.model, args.metrics, args.ckpt, logger,
-                          args.artifacts)
-        except (ParamsError, StageError, ShardError) as err:
-            raise SystemExit(f"sound_vq: {err}") from None
-    if metrics.get("available", 0.0) and "val/lsd_db" in metrics:
-        print(f"sound_vq: val LSD {metrics['val/lsd_db']:.2f} dB (mean-spectrum baseline "
-              f"{metrics['baseline/lsd_db']:.2f}), SC {metrics['val/spectral_convergence']:.3f} "
-              f"(baseline {metrics['baseline/spectral_convergence']:.3f}), perplexity "
-              f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead codes, "
-              f"{metrics['seconds']:.1f}s → {args.model}")
+
+def summary(metrics: dict[str, float], args: argparse.Namespace) -> str | None:
+    if not (metrics.get("available", 0.0) and "val/lsd_db" in metrics):
+        return None
+    return (f"val LSD {metrics['val/lsd_db']:.2f} dB (mean-spectrum baseline "
+            f"{metrics['baseline/lsd_db']:.2f}), SC {metrics['val/spectral_convergence']:.3f} "
+            f"(baseline {metrics['baseline/spectral_convergence']:.3f}), perplexity "
+            f"{metrics['codebook/perplexity']:.1f}, {int(metrics['codebook/dead_codes'])} dead "
+            f"codes, {metrics['seconds']:.1f}s → {args.model}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("sound_vq", __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.model, a.metrics, a.ckpt, log, a.artifacts),
+               check=_model_config, summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

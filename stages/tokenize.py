@@ -4,25 +4,26 @@ Paper §3.3: a video becomes h·w frame tokens per frame — Q(E(x_t)) with the 
 autoencoder (§3.1) — and its annotations become tokens too: the frame-level state (x, y) in B bins
 per coordinate, audio tokens from the sound autoencoder (App. A), layout tokens from the layout
 autoencoder (App. E); the video-level class label and, for point-to-point synthesis, the end
-frame's tokens (App. E; here the clip's last frame). The format is ``pipeline.token_shards``
+frame's tokens (App. E; here the clip's last frame). The format is ``pipeline.tokens.shards``
 (docs/CONTRACTS.md "Token sample"). The conversions themselves (loading the upstream models,
 frames → codes, audio → patches → codes, layouts → codes, trajectories → bins) live in
-``pipeline.annotation_tokens``, shared with synthesis (``pipeline.synthesis_io``); this stage
+``pipeline.tokens.annotations``, shared with synthesis (``pipeline.synthesis.models``); this stage
 streams the clips through them.
 
 Inputs (each annotation is optional: a model file that is missing or says ``available: False``
 — "no layouts in the data", "no audio in the data" — or no ``positions`` folder means that
 annotation is simply absent, and ``vocab.json``'s ``absent`` says why):
 
-- ``clips``: prepare's shards (``pipeline.shards.iter_clips``) and ``classes.json``;
+- ``clips``: prepare's shards (``pipeline.data.shards.iter_clips``) and ``classes.json``;
 - ``models/autoencoder.pt`` (required): ``CCVSAutoencoder.tokenize`` on frames scaled to [−1, 1];
-- ``models/sound_vq.pt``: ``pipeline.audio_features.frame_patches`` (the feature config saved in the
+- ``models/sound_vq.pt``: ``pipeline.data.audio_features.frame_patches`` (the feature config saved in the
   model) → ``VQAutoencoder.encode`` → l_a tokens per frame. A clip without usable audio (no track,
   silence-filled by prepare, bad samples) gets the null id on every frame (``meta.missing``);
 - ``models/layout_vq.pt``: one-hot K-channel layout → ``VQAutoencoder.encode`` → l_l tokens per
-  frame; a clip without layout (or with a label ≥ K) gets null ids;
+  frame; a clip without layout (or with a label ≥ K) gets null ids, and so does a frame nobody
+  labelled (layout 255, ``NO_LAYOUT``: Cityscapes labels one frame per 30-frame snippet);
 - ``data/positions/<split>.parquet`` (key, t, x, y pixels): quantized by
-  ``pipeline.token_shards.StateBins`` over the frame ([−½, W − ½] per coordinate, ``state_bins``
+  ``pipeline.tokens.shards.StateBins`` over the frame ([−½, W − ½] per coordinate, ``state_bins``
   bins; range in vocab.json); frames without a finite row get the null id.
 
 Outputs: ``out/{split}/tokens-%05d.tar`` (``ShardWriter``: size-capped, atomic, byte-identical for
@@ -40,7 +41,6 @@ only on the clip order, so a rerun gives byte-identical shards.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import distributed
-from pipeline.annotation_tokens import (
+from pipeline.training import distributed
+from pipeline.tokens.annotations import (
     KINDS,
     Upstream,
     UpstreamError,
@@ -67,12 +67,13 @@ from pipeline.annotation_tokens import (
     trajectory_state,
     vq_tokens,
 )
-from pipeline.annotation_tokens import load_upstream as _load_upstream
+from pipeline.tokens.annotations import load_upstream as _load_upstream
 from pipeline.atomic import write_parquet
-from pipeline.audio_features import AudioConfigError, AudioError
-from pipeline.params import ParamsError, TokenizeParams, load_section
-from pipeline.shards import ShardError, ShardWriter, iter_clips
-from pipeline.token_shards import (
+from pipeline.data.audio_features import AudioConfigError, AudioError
+from pipeline.params import TokenizeParams
+from pipeline.data.shard_writing import ShardWriter
+from pipeline.data.shards import NO_LAYOUT, iter_clips
+from pipeline.tokens.shards import (
     MANIFEST_FILE,
     TOKEN_PATTERN,
     VOCAB_FILE,
@@ -81,23 +82,22 @@ from pipeline.token_shards import (
     encode_token_sample,
     write_json_atomic,
 )
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
 SPLITS = ("train", "val", "test")
 
 
-class TokenizeError(RuntimeError):
-    """The stage cannot go on (a required input missing or unreadable); one line."""
-
 
 def load_upstream(params: TokenizeParams, autoencoder: Path, sound_vq: Path | None,
                   layout_vq: Path | None, device: torch.device) -> Upstream:
-    """The frozen upstream models (``pipeline.annotation_tokens.load_upstream``); the kinds this
+    """The frozen upstream models (``pipeline.tokens.annotations.load_upstream``); the kinds this
     stage's params turn off are recorded as absent."""
     disabled = {kind: f"tokenize.{kind} is false" for kind in KINDS if not getattr(params, kind)}
     try:
         return _load_upstream(autoencoder, sound_vq, layout_vq, device, disabled=disabled)
     except UpstreamError as err:
-        raise TokenizeError(str(err)) from None
+        raise StageError(str(err)) from None
 
 
 def read_trajectories(positions_dir: Path, split: str) -> dict[str, np.ndarray] | None:
@@ -110,7 +110,7 @@ def read_trajectories(positions_dir: Path, split: str) -> dict[str, np.ndarray] 
     try:
         table = pq.read_table(path, columns=["key", "t", "x", "y"]).to_pydict()
     except Exception as err:  # pyarrow raises several types; all mean "unreadable"
-        raise TokenizeError(f"{path}: cannot read the trajectories ({err})") from None
+        raise StageError(f"{path}: cannot read the trajectories ({err})") from None
     rows: dict[str, list[tuple[int, float, float]]] = {}
     for key, t, x, y in zip(table["key"], table["t"], table["x"], table["y"]):
         rows.setdefault(key, []).append((int(t), x, y))
@@ -157,7 +157,7 @@ def run(
     try:
         classes = json.loads(classes_path.read_text(encoding="utf-8")) if classes_path.exists() else []
     except json.JSONDecodeError as err:
-        raise TokenizeError(f"{classes_path}: not valid JSON ({err})") from None
+        raise StageError(f"{classes_path}: not valid JSON ({err})") from None
 
     positions_dir = Path(positions) if positions else None
     use_state = params.state and positions_dir is not None and any(
@@ -176,7 +176,7 @@ def run(
         foreign = sorted(p.name for p in out_dir.iterdir()
                          if p.name not in ours and not p.name.startswith("."))
         if foreign:
-            raise TokenizeError(f"{out_dir}: holds {foreign[:3]}, not a tokenize output; "
+            raise StageError(f"{out_dir}: holds {foreign[:3]}, not a tokenize output; "
                                 f"refusing to replace it")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -224,7 +224,7 @@ def run(
                                                   frame_vocab=up.frame_vocab, state=state,
                                                   audio=audio, layout=layout)
                 except TokenShardError as err:
-                    raise TokenizeError(str(err)) from None
+                    raise StageError(str(err)) from None
                 shard = writer.write(encoded)
                 rows.append({"key": key, "video_id": token_meta["video_id"], "split": split,
                              "shard": shard, "label_id": token_meta["label_id"], "num_frames": n,
@@ -253,7 +253,7 @@ def run(
         writer.close()
 
     if frame_hw is None:
-        raise TokenizeError(f"{clips}: no clips in any split")
+        raise StageError(f"{clips}: no clips in any split")
     num_classes = max(len(classes), 1 + max((r["label_id"] for r in rows), default=-1))
     sizes = [r["num_frames"] for r in rows]
     vocab = {
@@ -293,7 +293,7 @@ def _audio_patches(up: Upstream, sample: dict[str, Any]) -> np.ndarray | None:
     try:
         return sound_patches(sample["audio"], float(rate), float(fps), n, up.sound_features)
     except AudioConfigError as err:
-        raise TokenizeError(f"clip {sample['key']}: {err}") from None
+        raise StageError(f"clip {sample['key']}: {err}") from None
     except AudioError as err:
         print(f"tokenize: clip {sample['key']}: audio unusable ({err}): null audio tokens",
               file=sys.stderr)
@@ -338,32 +338,33 @@ def encode_group(up: Upstream, samples: list[dict[str, Any]], batch: int, device
         hw = layout_tokens_per_frame(up.layout, samples[0]["frames"].shape[1],
                                      samples[0]["frames"].shape[2])
         maps = [s.get("layout") for s in samples]
+        unlabelled = [None if m is None else (m == NO_LAYOUT).all(axis=(1, 2)) for m in maps]
+        maps = [None if m is None else np.where(u[:, None, None], 0, m)  # coded, then nulled
+                for m, u in zip(maps, unlabelled)]
         maps = [m if m is not None and int(m.max(initial=0)) < up.layout_classes else None
                 for m in maps]
         layout = _grouped(maps, lambda x: layout_codes(up.layout, x, batch, device),
                           (0, hw), up.layout.config.codebook_size, sizes)
+        for codes, u in zip(layout, unlabelled):  # a frame nobody labelled: null ids
+            if u is not None:
+                codes[u] = up.layout.config.codebook_size
     return frame_codes, audio, layout
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section tokenize)")
-    parser.add_argument("--clips", default="data/clips", help="prepare's output folder")
-    parser.add_argument("--autoencoder", default="models/autoencoder.pt")
-    parser.add_argument("--sound-vq", default="models/sound_vq.pt")
-    parser.add_argument("--layout-vq", default="models/layout_vq.pt")
-    parser.add_argument("--positions", default="data/positions", help="positions stage folder")
-    parser.add_argument("--out", default="data/tokens")
-    args = parser.parse_args(argv)
-    from pipeline.tracking import stage_run
+PATHS = {
+    "clips": ("data/clips", "prepare's output folder"),
+    "autoencoder": "models/autoencoder.pt",
+    "sound_vq": "models/sound_vq.pt",
+    "layout_vq": "models/layout_vq.pt",
+    "positions": ("data/positions", "positions stage folder"),
+    "out": "data/tokens",
+}
 
-    try:
-        params = load_section("tokenize", args.params)
-        with stage_run("tokenize", params, params_path=args.params) as logger:
-            run(params, args.clips, args.autoencoder, args.out, logger, sound_vq=args.sound_vq,
-                layout_vq=args.layout_vq, positions=args.positions)
-    except (ParamsError, TokenizeError, ShardError, TokenShardError) as err:
-        sys.exit(f"tokenize: {err}")
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("tokenize", __doc__, PATHS,
+               lambda p, a, log: run(p, a.clips, a.autoencoder, a.out, log, sound_vq=a.sound_vq,
+                                     layout_vq=a.layout_vq, positions=a.positions), argv=argv)
 
 
 if __name__ == "__main__":

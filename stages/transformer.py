@@ -5,14 +5,14 @@ L = l_v + N·(l_f + h·w) of annotation and frame tokens, trained by next-token 
 frame tokens only (Eq. (8)); App. E: the end frame as a video-level annotation whose positional
 embedding encodes its gap to the window (point-to-point synthesis). The model is
 ``ccvs_models.transformer.CCVSTransformer``; the training pieces are
-``pipeline.transformer_training``.
+``pipeline.training.transformer``.
 
-1. Reads ``data/tokens`` (``pipeline.token_shards``): ``vocab.json`` fixes the sequence (codebook
+1. Reads ``data/tokens`` (``pipeline.tokens.shards``): ``vocab.json`` fixes the sequence (codebook
    sizes, tokens per frame, which annotations exist); ``transformer.conditioning`` picks which of
    them T reads. Train windows: N frames at a random start in a random train clip, end_gap = clip
    end − window start. Validation: every val clip's first window (no val split: the clips of the
    last ~10% of train videos by id are held out).
-2. Trains with the shared loop (``pipeline.train_loop.fit``: checkpoints in ``ckpt_dir``,
+2. Trains with the shared loop (``pipeline.training.loop.fit``: checkpoints in ``ckpt_dir``,
    ``resume="auto"``, bf16 option, DDP under torchrun): AdamW, linear warm-up + cosine decay,
    gradient clipping, conditioning dropout per annotation kind.
 3. Logs loss, frame-token accuracy and learning rate every ``log_every`` steps, validation
@@ -35,30 +35,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from ccvs_models.transformer import CCVSTransformer, TransformerConfig
-from pipeline.checkpoint import CheckpointError, save_model, to_plain
-from pipeline.params import ParamsError, TransformerParams, load_section
-from pipeline.shards import ShardError
-from pipeline.token_shards import (
+from ccvs_models.transformer import CCVSTransformer
+from ccvs_models.transformer_config import TransformerConfig
+from pipeline.training.checkpoint import save_model, to_plain
+from pipeline.params import TransformerParams
+from pipeline.tokens.shards import (
     MANIFEST_FILE,
     VOCAB_FILE,
-    TokenShardError,
     TokenSplit,
     load_token_split,
     read_vocab,
     write_json_atomic,
 )
-from pipeline.train_loop import fit
-from pipeline.transformer_training import (
-    CurveLogger,
+from pipeline.training.curves import CurveLogger
+from pipeline.training.loop import fit
+from pipeline.training.task import seeded_init
+from pipeline.training.transformer import (
     OptimSettings,
     TransformerTask,
     fixed_windows,
@@ -67,10 +65,10 @@ from pipeline.transformer_training import (
     copy_baseline,
     unigram_baseline,
 )
+from pipeline.data.splits import holdout_keys
+from pipeline.errors import StageError
+from pipeline.stage import stage_main
 
-
-class TransformerStageError(RuntimeError):
-    """The stage cannot go on (no tokens, inconsistent clips); one line."""
 
 
 def _data_fingerprint(tokens: Path) -> str:
@@ -82,13 +80,12 @@ def _data_fingerprint(tokens: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def holdout(train: TokenSplit, fraction: float = 0.1) -> tuple[TokenSplit, TokenSplit]:
-    """(train, val): the clips of the last ``fraction`` of videos (sorted ids) held out."""
-    videos = sorted({k.rsplit("_", 1)[0] for k in train.keys})
-    if len(videos) < 2:
-        raise TransformerStageError("no val clips and fewer than 2 train videos to hold one out")
-    held = set(videos[len(videos) - max(1, round(fraction * len(videos))):])
-    is_val = np.array([k.rsplit("_", 1)[0] in held for k in train.keys])
+def holdout(train: TokenSplit, seed: int) -> tuple[TokenSplit, TokenSplit]:
+    """(train, val): the clips of whole train videos held out (``pipeline.data.splits``)."""
+    held = holdout_keys(train.keys, seed=seed)
+    if not held:
+        raise StageError("no val clips and fewer than 2 train videos to hold one out")
+    is_val = np.array([k in held for k in train.keys])
     return train.take(np.flatnonzero(~is_val)), train.take(np.flatnonzero(is_val))
 
 
@@ -108,19 +105,19 @@ def run(
     train = load_token_split(tokens, "train", vocab)
     val = load_token_split(tokens, "val", vocab)
     if len(train) == 0:
-        raise TransformerStageError(f"{tokens}: no train token samples")
+        raise StageError(f"{tokens}: no train token samples")
     val_source = "val"
     if len(val) == 0:
-        train, val = holdout(train)
+        train, val = holdout(train, params.loop.seed)
         val_source = "train_holdout"
     clip_len = train.frames.shape[1]
     if val.frames.shape[1] != clip_len:
-        raise TransformerStageError(f"{tokens}: val clips have {val.frames.shape[1]} frames, "
+        raise StageError(f"{tokens}: val clips have {val.frames.shape[1]} frames, "
                                     f"train clips {clip_len}")
     try:
         cfg = model_config(params.model, params.conditioning, vocab, clip_len)
     except ValueError as err:
-        raise TransformerStageError(str(err)) from None
+        raise StageError(str(err)) from None
     if params.val_clips:
         val = val.take(np.arange(min(params.val_clips, len(val))))
     layout = cfg.sequence_layout
@@ -132,13 +129,14 @@ def run(
     config["params"]["loop"] = {k: v for k, v in config["params"]["loop"].items()
                                 if k not in ("steps", "log_every", "eval_every", "ckpt_every",
                                              "keep_checkpoints", "device")}
-    torch.manual_seed(loop.seed)  # T's initial weights depend on the seed only
-    task = TransformerTask(cfg, optim, params.conditioning.drop_probs(),
-                           fixed_windows(val, layout, params.batch_size), config)
+    with seeded_init(loop.seed):  # T's initial weights depend on the seed only
+        task = TransformerTask(cfg, optim, params.conditioning.drop_probs(),
+                               fixed_windows(val, layout, params.batch_size), config)
     logger.set_tags({"transformer.val_source": val_source,
                      "transformer.sequence_length": str(layout.length),
                      "transformer.parameters": str(task.model.num_parameters())})
-    curves = CurveLogger(logger, plots_dir)
+    curves = CurveLogger(logger, plots_dir, {"train": ("loss", "accuracy", "lr"),
+                                             "val": ("val/perplexity", "val/loss", "val/accuracy")})
     t_fit = time.perf_counter()
     result = fit(task, random_windows(train, layout, params.batch_size, loop.seed), loop,
                  Path(ckpt_dir), curves, resume="auto")
@@ -185,7 +183,7 @@ def run(
 
 def load_transformer(path: str | Path) -> CCVSTransformer:
     """``models/transformer.pt`` → T (eval mode, CPU)."""
-    from pipeline.checkpoint import load_model
+    from pipeline.training.checkpoint import load_model
 
     config, state, _ = load_model(path)
     model = CCVSTransformer(TransformerConfig(**config))
@@ -193,29 +191,26 @@ def load_transformer(path: str | Path) -> CCVSTransformer:
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (section transformer)")
-    parser.add_argument("--tokens", default="data/tokens", help="tokenize's output folder")
-    parser.add_argument("--model", default="models/transformer.pt")
-    parser.add_argument("--metrics", default="metrics/transformer.json")
-    parser.add_argument("--plots", default="plots/transformer")
-    parser.add_argument("--ckpt", default="checkpoints/transformer")
-    args = parser.parse_args(argv)
-    from pipeline.tracking import stage_run
+PATHS = {
+    "tokens": ("data/tokens", "tokenize's output folder"),
+    "model": "models/transformer.pt",
+    "metrics": "metrics/transformer.json",
+    "plots": "plots/transformer",
+    "ckpt": "checkpoints/transformer",
+}
 
-    try:
-        params = load_section("transformer", args.params)
-        with stage_run("transformer", params, params_path=args.params) as logger:
-            m = run(params, args.tokens, args.model, args.metrics, args.plots, args.ckpt, logger)
-        if m:
-            print(f"transformer: val perplexity {m['val/perplexity']:.1f} (accuracy "
-                  f"{m['val/accuracy']:.3f}); baselines: unigram "
-                  f"{m['baseline/unigram_val_perplexity']:.1f}, copy-the-previous-frame "
-                  f"{m['baseline/copy_val_perplexity']:.1f} (accuracy "
-                  f"{m['baseline/copy_val_accuracy']:.3f})")
-    except (ParamsError, TransformerStageError, TokenShardError, ShardError, CheckpointError) as err:
-        sys.exit(f"transformer: {err}")
+
+def summary(m: dict[str, float], args: argparse.Namespace) -> str:
+    return (f"val perplexity {m['val/perplexity']:.1f} (accuracy {m['val/accuracy']:.3f}); "
+            f"baselines: unigram {m['baseline/unigram_val_perplexity']:.1f}, "
+            f"copy-the-previous-frame {m['baseline/copy_val_perplexity']:.1f} (accuracy "
+            f"{m['baseline/copy_val_accuracy']:.3f})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("transformer", __doc__, PATHS,
+               lambda p, a, log: run(p, a.tokens, a.model, a.metrics, a.plots, a.ckpt, log),
+               summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

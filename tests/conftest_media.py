@@ -1,6 +1,6 @@
 """Fixture helpers for the media / prepare / shard tests: small videos, good and bad.
 
-Good videos go through ``pipeline.media_write.write_mp4`` (the writer the demo world uses).
+Good videos go through ``pipeline.data.media_write.write_mp4`` (the writer the demo world uses).
 The odd ones the writer refuses on purpose (grayscale pixel format, 6-channel audio, 44.1 kHz,
 one frame, no audio) are written here directly with PyAV, keeping each fixture a few frames.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.media_write import write_mp4
+from pipeline.data.media_write import write_mp4
 
 
 def moving_square(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Autoencoder training procedure (pipeline/ae_training.py): steps, switches, recursion, eval."""
+"""Autoencoder training procedure (pipeline/training/autoencoder/task.py): steps, switches, recursion, eval."""
 
 from __future__ import annotations
 
@@ -8,23 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.ae_forward as aef
-import pipeline.ae_training as aet
+import pipeline.training.autoencoder.forward as aef
+import pipeline.training.autoencoder.task as aet
 from ccvs_models.augment import AugmentConfig
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
 from ccvs_models.discriminators import DiscriminatorConfig
 from ccvs_models.perceptual import VGGConfig, VGGFeatures
-from pipeline.ae_training import (
-    AutoencoderTask,
-    ImageBatch,
-    VideoBatch,
-    decode_recursively,
-    make_batch_stream,
-    reconstruct_clips,
-)
+from pipeline.training.autoencoder.task import AutoencoderTask
+from pipeline.training.autoencoder.batches import ImageBatch, VideoBatch, make_batch_stream
+from pipeline.training.autoencoder.forward import decode_recursively, reconstruct_clips
 from pipeline.params import AutoencoderParams
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig, fit
+from pipeline.training.config import LoopConfig
+from pipeline.training.loop import fit
 
 torch.set_num_threads(1)
 

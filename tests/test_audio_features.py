@@ -1,9 +1,9 @@
-"""Per-frame STFT patches (pipeline/audio_features.py): alignment, scale, inverse, bad audio."""
+"""Per-frame STFT patches (pipeline/data/audio_features.py): alignment, scale, inverse, bad audio."""
 
 import numpy as np
 import pytest
 
-from pipeline.audio_features import (
+from pipeline.data.audio_features import (
     AudioConfigError,
     AudioError,
     AudioFeatureConfig,

@@ -314,7 +314,7 @@ def test_context_buffer_keeps_the_anchor_and_detaches_older_frames():
 
 
 def test_anchor_context_is_what_d_reads_in_the_recursion():
-    from pipeline.ae_forward import decode_recursively
+    from pipeline.training.autoencoder.forward import decode_recursively
 
     model = build(tiny(context_frames=2, context_anchor=1)).eval()
     seen = []

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-from pipeline.checkpoint import load_model
-from pipeline.shards import ShardWriter, encode_sample
+from pipeline.training.checkpoint import load_model
+from pipeline.data.shard_writing import ShardWriter, encode_sample
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig
-from stages.autoencoder import StageError, run
+from pipeline.training.config import LoopConfig
+from stages.autoencoder import run
 from tests.test_ae_training import tiny_params
+from pipeline.errors import StageError
 
 torch.set_num_threads(1)
 
@@ -95,8 +96,10 @@ def test_stage_without_val_split_holds_out_train_videos(tmp_path, monkeypatch, c
 
 def test_stage_rejects_frames_that_do_not_fit(tmp_path):
     clips = make_clips(tmp_path / "clips")
-    bad = params(1, image_disc=dataclasses.replace(tiny_params().image_disc, resolution=32))
-    with pytest.raises(StageError, match="image_disc.resolution"):
+    # the discriminators take the frames' size (16 px here): a final resolution of 32 cannot fit
+    bad = params(1, image_disc=dataclasses.replace(tiny_params().image_disc, resolution=32,
+                                                   final_resolution=32))
+    with pytest.raises(StageError, match="image_disc"):
         run(bad, clips, logger=RecordingLogger(), **outputs(tmp_path))
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(StageError, match="no train clips"):

@@ -1,4 +1,4 @@
-"""pipeline.checkpoint: atomic writes, weights_only loads, model files, RNG capture, pruning."""
+"""pipeline.training.checkpoint: atomic writes, weights_only loads, model files, RNG capture, pruning."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import checkpoint as ck
+from pipeline.training import checkpoint as ck
 
 torch.set_num_threads(1)
 

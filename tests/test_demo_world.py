@@ -1,4 +1,4 @@
-"""The demo world (pipeline/demo_world.py), the mp4/GIF writers and the demo_data stage."""
+"""The demo world (pipeline/data/demo_world.py), the mp4/GIF writers and the demo_data stage."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.demo_world import CLASSES, WorldConfig, motion_sound, render_video
-from pipeline.media_write import write_gif, write_mp4
+from pipeline.data.demo_scene import CLASSES, WorldConfig
+from pipeline.data.demo_world import motion_sound, render_video
+from pipeline.data.media_write import write_gif, write_mp4
 from pipeline.params import DemoParams, ParamsError, load_section
 from pipeline.tracking import RecordingLogger
 from stages import demo_data

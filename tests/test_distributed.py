@@ -1,4 +1,4 @@
-"""pipeline.distributed, and fit under torchrun with 2 CPU processes (gloo).
+"""pipeline.training.distributed, and fit under torchrun with 2 CPU processes (gloo).
 
 The DDP test runs this very file as the torchrun worker script (``__main__`` below), so the
 worker and its checks live together.
@@ -20,9 +20,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import distributed
-from pipeline.checkpoint import list_checkpoints, load_checkpoint
-from pipeline.train_loop import LoopConfig, TrainTask, fit
+from pipeline.training import distributed
+from pipeline.training.checkpoint import list_checkpoints, load_checkpoint
+from pipeline.training.config import LoopConfig
+from pipeline.training.loop import fit
+from pipeline.training.task import TrainTask
 
 torch.set_num_threads(1)
 

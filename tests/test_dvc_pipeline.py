@@ -113,7 +113,7 @@ def test_transformer_param_change_reruns_transformer_and_evaluate_only(project):
 def test_prefect_flow_runs_the_same_dag_to_the_same_outputs(project, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 
-    from pipeline.flow import ccvs_pipeline
+    from pipeline.orchestration import ccvs_pipeline
 
     _set_params(project, {"transformer": {"lr": 0.0007}})
     for key, value in _env().items():
@@ -124,7 +124,7 @@ def test_prefect_flow_runs_the_same_dag_to_the_same_outputs(project, monkeypatch
     ran = sorted(r["stage"] for r in results if not r["skipped"])
     assert ran == ["evaluate", "transformer"]
     assert json.loads(_dvc(project, "status", "--json").stdout or "{}") == {}
-    from pipeline.checkpoint import load_model
+    from pipeline.training.checkpoint import load_model
 
     by_flow = load_model(project / "models/transformer.pt").state
     tasks = json.loads((project / "metrics/evaluate.json").read_text())["tasks"]

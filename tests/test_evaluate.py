@@ -1,4 +1,4 @@
-"""The evaluate stage (stages/evaluate.py, pipeline/evaluation.py) on a tiny world: random tiny
+"""The evaluate stage (stages/evaluate.py, pipeline/evaluation/tasks.py) on a tiny world: random tiny
 models, a few test clips of moving squares, their tokens; the stand-in I3D is shrunk for speed."""
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ import pytest
 import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-from ccvs_models.transformer import CCVSTransformer, TransformerConfig
-from pipeline import evaluation as ev
-from pipeline import fvd as fvd_lib
-from pipeline.checkpoint import save_model
+from ccvs_models.transformer import CCVSTransformer
+from ccvs_models.transformer_config import TransformerConfig
+from pipeline.evaluation import tasks as ev
+from pipeline.metrics import fvd as fvd_lib
+from pipeline.training.checkpoint import save_model
 from pipeline.params import EvaluateParams, FVDParams, ParamsError, build
-from pipeline.shards import ShardWriter, encode_sample
-from pipeline.token_shards import TOKEN_PATTERN, StateBins, encode_token_sample
+from pipeline.data.shard_writing import ShardWriter, encode_sample
+from pipeline.tokens.shards import TOKEN_PATTERN, StateBins, encode_token_sample
 from pipeline.tracking import RecordingLogger
 from stages import evaluate as stage
+from pipeline.errors import StageError
 
 RES, Q, GRID, T, N, CLIPS = 16, 32, 4, 6, 4, 3
 AE = dict(base_channels=8, channel_mult=(1, 2, 2), num_levels=2, latent_dim=8, codebook_size=Q,
@@ -142,7 +144,7 @@ def test_outputs_for_people_and_plots(evaluated):
 
 
 def test_reconstruction_matches_decoding_the_tokens_directly(world, evaluated):
-    from pipeline.synthesis_io import load_models
+    from pipeline.synthesis.models import load_models
 
     models = load_models(world["transformer"], world["autoencoder"], world["tokens"])
     data = stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB)
@@ -154,7 +156,7 @@ def test_reconstruction_matches_decoding_the_tokens_directly(world, evaluated):
 
 
 def test_decode_video_keeps_at_most_c_context_frames(world):
-    from pipeline.synthesis_io import load_models
+    from pipeline.synthesis.models import load_models
 
     ae = load_models(world["transformer"], world["autoencoder"], world["tokens"]).autoencoder
     seen = []
@@ -173,14 +175,14 @@ def test_decode_video_keeps_at_most_c_context_frames(world):
 def test_a_context_size_the_autoencoder_cannot_use_names_the_file(world, tmp_path):
     # the world's autoencoder is anchor-free with F; one without F asked for context stops
     from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-    from pipeline.checkpoint import load_model, save_model
+    from pipeline.training.checkpoint import load_model, save_model
 
     config, state, _ = load_model(world["autoencoder"])
     no_f = CCVSAutoencoder(AutoencoderConfig(**{**config, "context_frames": 0}))
     no_f.load_state_dict({k: v for k, v in state.items() if ".flow." not in k})
     path = tmp_path / "ae_no_f.pt"
     save_model(path, dataclasses.asdict(no_f.config), no_f.state_dict(), step=0)
-    with pytest.raises(stage.EvaluateError, match=r"ae_no_f\.pt: this autoencoder has no F"):
+    with pytest.raises(StageError, match=r"ae_no_f\.pt: this autoencoder has no F"):
         stage.run(_params(context_frames=2), world["clips"], world["tokens"], world["transformer"],
                   path, tmp_path / "e.json", tmp_path / "plots", tmp_path / "samples",
                   RecordingLogger())
@@ -191,9 +193,9 @@ def test_bad_params_and_missing_clips_are_one_line_errors(world, tmp_path):
         build(EvaluateParams, {**dataclasses.asdict(_params()), "tasks": ["dance"]}, "evaluate")
     empty = tmp_path / "clips"
     (empty / "test").mkdir(parents=True)
-    with pytest.raises(stage.EvaluateError, match="missing"):
+    with pytest.raises(stage.StageError, match="missing"):
         stage.load_eval_data(empty, world["tokens"], "test", 0, VOCAB)
-    with pytest.raises(stage.EvaluateError, match="no val token samples"):
+    with pytest.raises(stage.StageError, match="no val token samples"):
         stage.load_eval_data(world["clips"], world["tokens"], "val", 0, VOCAB)
 
 
@@ -209,7 +211,7 @@ def _cli(world, out: Path, *extra: str) -> int:
 
 
 def test_synthesize_command_writes_videos_and_a_sheet(world, tmp_path, capsys):
-    from pipeline.media_write import write_mp4
+    from pipeline.data.media_write import write_mp4
 
     start = write_mp4(tmp_path / "start.mp4", np.repeat(_clip(0), 2, axis=1)[:, :, ::2], 10)
     traj = tmp_path / "xy.csv"

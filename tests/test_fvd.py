@@ -8,9 +8,9 @@ import scipy.linalg
 import torch
 
 from ccvs_models.i3d import I3DConfig, I3DOutput, InceptionI3d
-from pipeline import fvd
-from pipeline.fvd import (
-    WeightsError,
+from pipeline.metrics import fvd
+from pipeline.weights import WeightsError
+from pipeline.metrics.fvd import (
     compute_fvd,
     frechet_distance,
     fvd_metric_name,

@@ -1,4 +1,4 @@
-"""PSNR and SSIM per frame (pipeline/image_metrics.py)."""
+"""PSNR and SSIM per frame (pipeline/metrics/image.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.image_metrics import gaussian_window, psnr, psnr_from_mse, ssim
+from pipeline.metrics.image import gaussian_window, psnr, psnr_from_mse, ssim
 
 
 def frames(n=2, c=3, h=24, w=20, seed=0) -> torch.Tensor:

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline.checkpoint import load_model
+from pipeline.training.checkpoint import load_model
 from pipeline.params import LayoutVQParams
-from pipeline.shards import ShardWriter, encode_sample
+from pipeline.data.shard_writing import ShardWriter, encode_sample
+from pipeline.data.shards import NO_LAYOUT
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig
+from pipeline.training.config import LoopConfig
 from stages import layout_vq
 from stages.layout_vq import colorize_layout, iou_per_class, majority_layout
 
@@ -157,3 +158,24 @@ def test_layout_size_must_fit_the_downsampling(tmp_path):
                                                        ("v1_0000", scene(rng)[:, :, :30])]})
     with pytest.raises(layout_vq.StageError, match="32×30 cannot be downsampled"):
         _run(tmp_path, clips, params())
+
+
+def test_frames_nobody_labelled_are_left_out(tmp_path):
+    """Cityscapes labels one frame per snippet: the others carry NO_LAYOUT (255) and must neither
+    train the VQ nor count as a class (K stays max label + 1 of the labelled frames)."""
+    rng = np.random.default_rng(3)
+    sparse = []
+    for i in range(4):
+        layout = scene(rng)
+        layout[[0, 1, 3]] = NO_LAYOUT  # only frame 2 labelled
+        sparse.append((f"s{i}_0000", layout))
+    all_blank = np.full((T, S, S), NO_LAYOUT, np.uint8)
+    root = write_clips(tmp_path / "clips", {"train": sparse + [("blank_0000", all_blank)],
+                                            "val": [("w0_0000", scene(rng))]})
+    train = layout_vq.load_layouts(root, "train")
+    assert train.layouts.shape[0] == 4 and train.frames == [1, 1, 1, 1]
+    assert ("blank_0000", "no labelled frame") in train.skipped
+    assert int(train.layouts.max()) < 4
+    _run(tmp_path, root, params(steps=5))
+    config, _, _ = load_model(tmp_path / "m.pt")
+    assert config["model"]["in_channels"] == 4

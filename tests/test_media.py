@@ -1,4 +1,4 @@
-"""pipeline.media: decoding frames and audio with decord, the PyAV fallback, and bad files."""
+"""pipeline.data.media: decoding frames and audio with decord, the PyAV fallback, and bad files."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from conftest_media import (
     tone,
     truncated_copy,
 )
-from pipeline import media
-from pipeline.media import MediaError, iter_frames, probe, read_audio, read_video
-from pipeline.media_write import write_mp4
+from pipeline.data import media
+from pipeline.data.media import MediaError, iter_frames, probe, read_audio, read_video
+from pipeline.data.media_write import write_mp4
 
 needs_decord = pytest.mark.skipif("decord" not in media.available_backends(), reason="no decord")
 

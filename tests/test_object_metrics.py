@@ -1,4 +1,4 @@
-"""Object-region metrics (pipeline/object_metrics.py): masks follow the layout rule, the scores
+"""Object-region metrics (pipeline/metrics/objects.py): masks follow the layout rule, the scores
 see blur, identical frames reach the cap, and the AE validation reports them only with layouts."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.ae_forward import copy_first_scores
-from pipeline.object_metrics import (
+from pipeline.training.autoencoder.forward import copy_first_scores
+from pipeline.metrics.objects import (
     clip_object_scores,
     edge_ratio,
     masked_psnr,
@@ -91,7 +91,7 @@ def test_empty_mask_gives_nan_not_zero():
 
 
 def test_ssim_map_matches_the_whole_frame_ssim_away_from_the_border():
-    from pipeline.image_metrics import ssim
+    from pipeline.metrics.image import ssim
 
     x, y = textured(seed=1), textured(seed=2)
     y = 0.7 * x + 0.3 * y

@@ -127,3 +127,40 @@ def test_bad_yaml_names_the_file(tmp_path):
     p = _write(tmp_path, "demo: [unclosed\n")
     with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):
         load_all(p)
+
+
+# --------------------------------------------------------------------------- written once
+
+
+def test_training_defaults_fill_every_loop_and_a_stage_can_override(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["training"]["seed"] = 7
+    raw["positions"]["loop"]["seed"] = 3  # a stage's own value wins
+    p = _write(tmp_path, yaml.safe_dump(raw))
+    assert load_section("autoencoder", p).loop.seed == 7
+    assert load_section("transformer", p).loop.seed == 7
+    assert load_section("positions", p).loop.seed == 3
+    assert load_all(p)["sound_vq"].loop.seed == 7
+    del raw["training"]
+    with pytest.raises(ParamsError, match="training: missing section"):
+        load_section("autoencoder", _write(tmp_path, yaml.safe_dump(raw)))
+
+
+def test_a_value_set_from_the_data_is_not_a_param(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert "resolution" not in raw["autoencoder"]["image_disc"]  # the frames' size, by the stage
+    raw["autoencoder"]["image_disc"]["resolution"] = 64
+    p = _write(tmp_path, yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"autoencoder\.image_disc\.resolution: not a param, set "
+                                          r"from the data"):
+        load_section("autoencoder", p)
+
+
+def test_every_knob_says_where_its_value_comes_from():
+    """Each `key: value` line of params.yaml is marked [paper], [demo] or [ours]."""
+    untagged = [f"line {i}: {line.strip()}"
+                for i, line in enumerate((ROOT / "params.yaml").read_text().splitlines(), 1)
+                if line.startswith("  ") and ": " in line.split("#")[0]
+                and line.split("#")[0].split(": ", 1)[1].strip()
+                and not any(t in line for t in ("[paper]", "[demo]", "[ours]"))]
+    assert not untagged, "\n".join(untagged)

@@ -18,12 +18,13 @@ from ccvs_models.position import (
     soft_argmax,
     unit_to_pixels,
 )
-from pipeline import position_training
-from pipeline.checkpoint import load_model
+from pipeline.training import positions as position_training
+from pipeline.training.checkpoint import load_model
 from pipeline.params import PositionsParams, load_section
-from pipeline.shards import ShardWriter, encode_sample, iter_clips
+from pipeline.data.shard_writing import ShardWriter, encode_sample
+from pipeline.data.shards import iter_clips
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig
+from pipeline.training.config import LoopConfig
 from stages import positions as stage
 
 SIZE = 32  # synthetic frames are SIZE × SIZE
@@ -92,7 +93,7 @@ def test_estimator_overfits_a_handful_of_frames_to_subpixel_error():
     rng = np.random.default_rng(0)
     xy = rng.uniform(5, SIZE - 6, (6, 2)).astype(np.float32)
     frames = np.stack([disc_frame(x, y) for x, y in xy])
-    x, target = stage.to_input(frames), torch.from_numpy(xy)
+    x, target = position_training.to_input(frames), torch.from_numpy(xy)
     model = PositionEstimator(TINY)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = (model(x).xy - target).norm(dim=1).mean().item()
@@ -162,7 +163,7 @@ def run_stage(tmp_path: Path, clips: Path, raw: Path | None, params: PositionsPa
 def test_stage_trains_only_on_annotated_train_frames_and_writes_outputs(tmp_path, monkeypatch):
     clips, raw = make_clips(tmp_path)
     seen_targets = []
-    real_augment = stage.augment
+    real_augment = position_training.augment
 
     def spy(frames, xy, params, rng):
         seen_targets.append(np.array(xy))
@@ -229,7 +230,7 @@ def test_stage_resumes_from_its_checkpoint(tmp_path):
 
 def test_no_annotations_is_a_clear_error(tmp_path):
     clips, raw = make_clips(tmp_path, annotate=False, videos=(("train", 1),))
-    with pytest.raises(stage.PositionsError, match="no annotated frame.*annotations") as err:
+    with pytest.raises(stage.StageError, match="no annotated frame.*annotations") as err:
         run_stage(tmp_path, clips, raw, tiny_params(steps=2))
     assert "\n" not in str(err.value) and str(clips) in str(err.value)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.flow import ccvs_pipeline, read_dag, run_stage
+from pipeline.orchestration import ccvs_pipeline, read_dag, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def _toy_project(tmp_path: Path) -> Path:
         "d": {"cmd": "cat b.txt c.txt > d.txt", "deps": ["b.txt", "c.txt"], "outs": ["d.txt"]},
     }}
     (proj / "dvc.yaml").write_text(yaml.safe_dump(dvc))
-    from pipeline.flow import dvc_executable
+    from pipeline.orchestration import dvc_executable
 
     subprocess.run([dvc_executable(), "init", "-q"], cwd=proj, check=True)
     subprocess.run([dvc_executable(), "config", "core.analytics", "false"], cwd=proj, check=True)

@@ -24,14 +24,16 @@ from conftest_media import (
     tone,
     truncated_copy,
 )
-from pipeline import clip_extraction, media, prepare_pool
-from pipeline.media import read_video
+from pipeline.data import clip_extraction
+from pipeline.data import media
+from pipeline.data import prepare_pool
+from pipeline.data.media import read_video
 from pipeline.params import DataParams, PrepareParams
-from pipeline.shards import iter_clips
-from pipeline.sources import list_folder, slugify, unique_ids
+from pipeline.data.shards import iter_clips
+from pipeline.data.sources import list_folder, slugify, unique_ids
 from pipeline.tracking import RecordingLogger
 from stages import prepare
-from stages.prepare import Crop, PrepareError, clip_starts
+from pipeline.data.clip_extraction import Crop, PrepareError, clip_starts
 
 CLASSES = ["left", "right"]
 SPLIT_OF = {"v0": "train", "v1": "train", "v2": "val", "v3": "test"}
@@ -47,7 +49,7 @@ def _params(**change) -> PrepareParams:
 
 def _data(source: str, path: Path, annotations: str = "") -> DataParams:
     return DataParams(source=source, path=str(path), annotations=annotations,
-                      val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+                      val_fraction=0.2, test_fraction=0.2, fold=1)  # fmt: skip
 
 
 def _run(data: DataParams, params: PrepareParams, out: Path):
@@ -163,7 +165,7 @@ def test_workers_and_reruns_give_identical_output(demo_dir, demo_run, tmp_path, 
     small = tmp_path / "clips"
     _run(_data("demo", demo_dir), _params(shard_max_bytes=60_000), small)  # many tiny shards
     assert len(list((small / "train").glob("*.tar"))) > 1
-    real, parent, here = prepare.process_video, os.getpid(), []
+    real, parent, here = clip_extraction.process_video, os.getpid(), []
 
     def counted(video, params):  # the list only grows in this process (children are forked)
         if os.getpid() == parent:
@@ -191,21 +193,21 @@ def test_workers_and_reruns_give_identical_output(demo_dir, demo_run, tmp_path, 
 def test_long_videos_decoded_in_chunks_give_the_same_clips(demo_dir, demo_run, tmp_path, monkeypatch):
     out = demo_run[0]
     # frames already at the output size come in one batch (nothing to gather), others in chunks
-    assert prepare._batch_frames(200, Crop.center(32, 32, 32)) == 200
-    assert prepare._batch_frames(200, Crop.center(48, 64, 32)) == prepare._CHUNK
+    assert clip_extraction._batch_frames(200, Crop.center(32, 32, 32)) == 200
+    assert clip_extraction._batch_frames(200, Crop.center(48, 64, 32)) == clip_extraction._CHUNK
     monkeypatch.setattr(clip_extraction, "_batch_frames", lambda expected, crop: 7)  # 20 frames: 7, 7, 6
     _run(_data("demo", demo_dir), _params(), tmp_path)
     assert _tree(tmp_path) == _tree(out)
     chunks = [np.full((n, 2, 2, 3), i, np.uint8) for i, n in enumerate((3, 3, 2))]
     for expected in (8, 5, 20):  # the container's count right, under-counted, over-counted
-        gathered = prepare._gather(iter(chunks), expected)
+        gathered = clip_extraction._gather(iter(chunks), expected)
         np.testing.assert_array_equal(gathered, np.concatenate(chunks))
 
 
-@pytest.mark.skipif(prepare._start_method() != "fork", reason="the patch must reach the workers")
+@pytest.mark.skipif(prepare_pool._start_method() != "fork", reason="the patch must reach the workers")
 @pytest.mark.parametrize("failure", ["crash", "bug"])
 def test_a_failing_decoding_process_names_the_video(demo_dir, tmp_path, monkeypatch, failure):
-    real, parent = prepare.process_video, os.getpid()
+    real, parent = clip_extraction.process_video, os.getpid()
 
     def flaky(video, params):  # fails in the forked decoding process (the parent decodes too)
         if os.getpid() != parent:
@@ -223,15 +225,15 @@ def test_a_failing_decoding_process_names_the_video(demo_dir, tmp_path, monkeypa
     assert not list(tmp_path.rglob("*.tmp"))  # no half-written shard left behind
 
 
-@pytest.mark.skipif(prepare._start_method() != "fork", reason="fork only")
+@pytest.mark.skipif(prepare_pool._start_method() != "fork", reason="fork only")
 def test_decoding_process_ends_when_the_parent_dies(tmp_path):
     """The parent decodes too, so a decoder crash can kill it: its child must not wait forever."""
     script = tmp_path / "die.py"
     script.write_text(
         "import os\n"
         "from pipeline.params import PrepareParams\n"
-        "from stages import prepare\n"
-        f"pool = prepare._Pool(PrepareParams(**{dataclasses.asdict(_params(workers=2))!r}))\n"
+        "from pipeline.data import prepare_pool\n"
+        f"pool = prepare_pool._Pool(PrepareParams(**{dataclasses.asdict(_params(workers=2))!r}))\n"
         f"open({str(tmp_path / 'pid')!r}, 'w').write(str(pool.workers[0].process.pid))\n"
         "os._exit(3)\n"
     )  # fmt: skip

@@ -12,7 +12,8 @@ import torch
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
 from ccvs_models.sampler import SamplerConfig, TokenControls, sample_tokens, synthesize
 from ccvs_models.sequence_layout import TokenKind
-from ccvs_models.transformer import CCVSTransformer, TransformerConfig
+from ccvs_models.transformer import CCVSTransformer
+from ccvs_models.transformer_config import TransformerConfig
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""pipeline.shards: writing size-capped clip shards and reading them back (DataLoader, ranks)."""
+"""pipeline.data.shards: writing size-capped clip shards and reading them back (DataLoader, ranks)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import shards
-from pipeline.shards import (
-    ShardError,
-    ShardWriter,
-    clip_dataset,
-    decode_sample,
-    encode_sample,
-    iter_clips,
-    list_shards,
-)
+from pipeline.data import shards
+from pipeline.data.shard_writing import ShardError, ShardWriter, encode_sample
+from pipeline.data.shards import clip_dataset, decode_sample, iter_clips, list_shards
+from pipeline.data import shard_writing
 
 
 def _clip(i: int, t: int = 4, size: int = 8):
@@ -48,7 +42,7 @@ def _write(folder, count: int, max_bytes: int) -> list[str]:
 def test_encode_decode_roundtrip():
     c = _clip(5)
     sample = encode_sample(c["key"], c["frames"], c["meta"], audio=c["audio"], positions=c["positions"], layout=c["layout"])
-    members = {k: shards.member_bytes(v) for k, v in sample.items() if k != "__key__"}
+    members = {k: shard_writing.member_bytes(v) for k, v in sample.items() if k != "__key__"}
     out = decode_sample(c["key"], members)
     np.testing.assert_array_equal(out["frames"], c["frames"])
     np.testing.assert_array_equal(out["audio"], c["audio"])
@@ -68,7 +62,7 @@ def test_encode_rejects_malformed_clips():
 
 
 def test_writer_caps_shard_size_and_keeps_order(tmp_path):
-    one = shards.sample_nbytes(encode_sample("k_0000", _clip(0)["frames"], {}, audio=_clip(0)["audio"],
+    one = shard_writing.sample_nbytes(encode_sample("k_0000", _clip(0)["frames"], {}, audio=_clip(0)["audio"],
                                              positions=_clip(0)["positions"], layout=_clip(0)["layout"]))
     names = _write(tmp_path / "train", 10, max_bytes=3 * one + 1024)
     files = sorted((tmp_path / "train").iterdir())
@@ -96,15 +90,15 @@ def _encoded(i: int) -> dict:
 
 def test_placed_samples_written_in_any_order_give_the_same_shards(tmp_path):
     samples = [_encoded(i) for i in range(7)]
-    cap = 3 * shards.sample_nbytes(samples[0]) + 1024  # 3 samples per shard
+    cap = 3 * shard_writing.sample_nbytes(samples[0]) + 1024  # 3 samples per shard
     with ShardWriter(tmp_path / "seq" / "train", cap) as writer:
         names = [writer.write(sample) for sample in samples]
     writer = ShardWriter(tmp_path / "placed" / "train", cap)
-    placements = [writer.place(shards.sample_nbytes(sample)) for sample in samples]
+    placements = [writer.place(shard_writing.sample_nbytes(sample)) for sample in samples]
     assert [p.shard for p in placements] == names and len(set(names)) == 3
     folder = tmp_path / "placed" / "train"
     for i in reversed(range(7)):  # written back to front, as decoding processes may
-        shards.write_placed([placements[i]], [samples[i]])
+        shard_writing.write_placed([placements[i]], [samples[i]])
         writer.done(placements[i])
         finished = sorted(p.name for p in folder.glob("*.tar"))
         # a full shard is renamed only once all its samples are written; the last one at close
@@ -117,18 +111,18 @@ def test_placed_samples_written_in_any_order_give_the_same_shards(tmp_path):
 
 def test_unwritten_placements_fail_close_and_abort_removes_them(tmp_path):
     writer = ShardWriter(tmp_path / "train", 10**6)
-    placement = writer.place(shards.sample_nbytes(_encoded(0)))
+    placement = writer.place(shard_writing.sample_nbytes(_encoded(0)))
     with pytest.raises(ShardError, match="never written"):
         writer.close()
     writer.abort()
     assert list((tmp_path / "train").iterdir()) == []
     with pytest.raises(ShardError, match="were placed"):  # a sample that is not the placed size
-        shards.write_placed([placement._replace(size=placement.size + 512)], [_encoded(0)])
+        shard_writing.write_placed([placement._replace(size=placement.size + 512)], [_encoded(0)])
 
 
 def test_tar_headers_parse_back():
     for name, size in [("v_0000.frames.npy", 0), ("é" * 50, 12345), ("x" * 100, 8**11 - 1)]:
-        info = tarfile.TarInfo.frombuf(shards.tar_header(name, size), "utf-8", "strict")
+        info = tarfile.TarInfo.frombuf(shard_writing.tar_header(name, size), "utf-8", "strict")
         fields = (info.name, info.size, info.mode, info.mtime, info.uid, info.uname, info.type)
         assert fields == (name, size, 0o444, 0, 0, "", tarfile.REGTYPE)
 

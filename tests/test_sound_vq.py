@@ -8,14 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline.audio_features import AudioFeatureConfig
-from pipeline.checkpoint import load_model
+from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.training.checkpoint import load_model
 from pipeline.params import SoundVQParams
-from pipeline.shards import ShardWriter, encode_sample
+from pipeline.data.shard_writing import ShardWriter, encode_sample
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig
-from pipeline.vq_training import StageError, VQTask, codebook_usage, holdout_videos
+from pipeline.training.config import LoopConfig
+from pipeline.data.splits import holdout_keys
+from pipeline.training.vq import VQTask, codebook_usage
 from stages import sound_vq
+from pipeline.errors import StageError
 
 
 @pytest.fixture(autouse=True)
@@ -99,9 +101,12 @@ def test_codebook_usage():
 
 def test_holdout_takes_whole_videos():
     keys = [f"v{i:02d}_{c:04d}" for i in range(10) for c in range(3)]
-    held = holdout_videos(keys)
-    assert held == {"v09_0000", "v09_0001", "v09_0002"}
-    assert holdout_videos(["a_0000", "a_0001"]) == set()
+    held = holdout_keys(keys, 0.1, seed=0)
+    videos = {k.rsplit("_", 1)[0] for k in held}
+    assert len(videos) == 1 and held == {f"{v}_{c:04d}" for v in videos for c in range(3)}
+    assert holdout_keys(keys, 0.1, seed=0) == held  # deterministic
+    assert holdout_keys(["a_0000", "a_0001"]) == set()  # one video is never split
+    assert len(holdout_keys(keys, 0.99, seed=1)) < len(keys)  # one video always stays
 
 
 # --------------------------------------------------------------------------- stage

@@ -1,5 +1,5 @@
-"""Synthesis inputs and outputs (pipeline/synthesis_io.py) and the shared token conversions
-(pipeline/annotation_tokens.py): tiny models in tmp_path, every reader on files written here."""
+"""Synthesis inputs and outputs (pipeline/synthesis/models.py) and the shared token conversions
+(pipeline/tokens/annotations.py): tiny models in tmp_path, every reader on files written here."""
 
 from __future__ import annotations
 
@@ -13,16 +13,20 @@ import torch
 from PIL import Image
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
-from ccvs_models.transformer import CCVSTransformer, TransformerConfig
+from ccvs_models.transformer import CCVSTransformer
+from ccvs_models.transformer_config import TransformerConfig
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline import annotation_tokens as at
-from pipeline import synthesis_io as sio
-from pipeline.audio_features import AudioFeatureConfig
-from pipeline.checkpoint import save_model
-from pipeline.media_write import write_gif, write_mp4
-from pipeline.shards import ShardWriter
-from pipeline.token_shards import TOKEN_PATTERN, StateBins, encode_token_sample
-from pipeline.synthesis_io import SynthesisInputError
+from pipeline.tokens import annotations as at
+from pipeline.synthesis import models as sio
+from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.training.checkpoint import save_model
+from pipeline.data.media_write import write_gif, write_mp4
+from pipeline.data.shard_writing import ShardWriter
+from pipeline.tokens.shards import TOKEN_PATTERN, StateBins, encode_token_sample
+from pipeline.synthesis.readers import SynthesisInputError
+from pipeline.synthesis import readers
+from pipeline.synthesis import controls as ctl
+from pipeline.synthesis import writers
 
 RES, Q, GRID, FPS, RATE, N = 16, 32, 4, 10, 16000, 4
 AE = dict(base_channels=8, channel_mult=(1, 2, 2), num_levels=2, latent_dim=8, codebook_size=Q,
@@ -120,18 +124,18 @@ def test_transformer_that_does_not_match_the_autoencoder_is_refused(world, tmp_p
 def test_start_frames_from_mp4_are_resized_with_a_note(tmp_path):
     raw = smooth_frames(6, 24, 32)
     path = write_mp4(tmp_path / "start.mp4", raw, FPS)
-    frames, notes = sio.read_start_frames(path, 3, (RES, RES), fps=FPS)
+    frames, notes = readers.read_start_frames(path, 3, (RES, RES), fps=FPS)
     assert frames.shape == (3, RES, RES, 3) and frames.dtype == np.uint8
     assert any("resized start frames 32×24 → 16×16 (short side scaled, center crop)" in n
                for n in notes)
-    expected = np.stack([sio.fit_image(f, (RES, RES)) for f in raw[:3]])
+    expected = np.stack([readers.fit_image(f, (RES, RES)) for f in raw[:3]])
     assert np.abs(frames.astype(int) - expected).mean() < 4  # the frames, in order, not others
     with pytest.raises(SynthesisInputError, match=r"start\.mp4: start frames are 32×24, the "
                                                   r"model works at 16×16 \(resizing is off\)"):
-        sio.read_start_frames(path, 3, (RES, RES), resize=False)
+        readers.read_start_frames(path, 3, (RES, RES), resize=False)
     with pytest.raises(SynthesisInputError, match=r"start\.mp4: has 6 frames, 8 start frames"):
-        sio.read_start_frames(path, 8, (RES, RES))
-    _, notes = sio.read_start_frames(path, 1, (RES, RES), fps=25)
+        readers.read_start_frames(path, 8, (RES, RES))
+    _, notes = readers.read_start_frames(path, 1, (RES, RES), fps=25)
     assert any("10 fps, the model's data 25 fps" in n for n in notes)
 
 
@@ -139,7 +143,7 @@ def test_start_frames_from_gif_and_image_folder(tmp_path):
     colours = np.array([[200, 0, 0], [0, 200, 0], [0, 0, 200], [90, 90, 90]], np.uint8)
     frames = np.broadcast_to(colours[:, None, None], (4, RES, RES, 3)).copy()
     gif = write_gif(tmp_path / "start.gif", frames, FPS)
-    got, notes = sio.read_start_frames(gif, 3, (RES, RES))
+    got, notes = readers.read_start_frames(gif, 3, (RES, RES))
     assert got.shape == (3, RES, RES, 3) and notes == []
     np.testing.assert_array_equal(got, frames[:3])
     folder = tmp_path / "imgs"
@@ -147,25 +151,25 @@ def test_start_frames_from_gif_and_image_folder(tmp_path):
     for name, c in zip(("c.png", "a.png", "b.jpg"), colours):  # sorted: a, b, c
         Image.fromarray(np.broadcast_to(c, (8, 8, 3)).copy()).save(folder / name)
     (folder / "notes.txt").write_text("ignored")
-    got, notes = sio.read_start_frames(folder, 2, (RES, RES))
+    got, notes = readers.read_start_frames(folder, 2, (RES, RES))
     assert got.shape == (2, RES, RES, 3)
     np.testing.assert_array_equal(got[0], np.broadcast_to(colours[1], (RES, RES, 3)))
     assert np.abs(got[1].astype(int) - colours[2]).max() <= 3  # jpg
     assert any("a.png … b.jpg" in n for n in notes) and any("8×8 → 16×16" in n for n in notes)
     with pytest.raises(SynthesisInputError, match=r"imgs: 3 png/jpg images, 5 start frames"):
-        sio.read_start_frames(folder, 5, (RES, RES))
+        readers.read_start_frames(folder, 5, (RES, RES))
 
 
 def test_end_frame_png_resize_and_size_error(tmp_path):
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 180, 255
     Image.fromarray(rgba).save(tmp_path / "end.png")
-    img, notes = sio.read_image(tmp_path / "end.png", (RES, RES))
+    img, notes = readers.read_image(tmp_path / "end.png", (RES, RES))
     assert img.shape == (RES, RES, 3) and (img[..., 0] == 180).all() and (img[..., 1] == 0).all()
     assert notes == [f"{tmp_path / 'end.png'}: resized end frame 32×32 → 16×16 (scaled)"]
     with pytest.raises(SynthesisInputError, match=r"end\.png: end frame is 32×32, the model "
                                                   r"works at 16×16 \(resizing is off\)"):
-        sio.read_image(tmp_path / "end.png", (RES, RES), resize=False)
+        readers.read_image(tmp_path / "end.png", (RES, RES), resize=False)
 
 
 def test_trajectory_round_trips_within_half_a_bin(tmp_path):
@@ -175,12 +179,12 @@ def test_trajectory_round_trips_within_half_a_bin(tmp_path):
     path = tmp_path / "traj.csv"
     path.write_text("t,x,y\n" + "".join(f"{i},{float(x)!r},{float(y)!r}\n"
                                          for i, (x, y) in enumerate(xy)))
-    got, notes = sio.read_trajectory(path, N, bins)
+    got, notes = readers.read_trajectory(path, N, bins)
     assert got.shape == (N, 2) and notes == []
     half = RES / 16 / 2
     assert np.abs(bins.dequantize(got) - xy).max() <= half + 1e-5
     path.write_text("x,y\n1,2\n,\n100,3\n-9,4\n")
-    got, notes = sio.read_trajectory(path, N, bins)
+    got, notes = readers.read_trajectory(path, N, bins)
     assert list(got[1]) == [16, 16] and list(got[2]) == [15, 3] and got[3, 0] == 0
     assert any("1 rows without a position" in n for n in notes)
     assert any("2 positions outside the frame" in n for n in notes)
@@ -194,23 +198,23 @@ def test_trajectory_round_trips_within_half_a_bin(tmp_path):
 def test_bad_trajectory_is_one_line_naming_the_file(tmp_path, text, message):
     (tmp_path / "traj.csv").write_text(text)
     with pytest.raises(SynthesisInputError, match=message):
-        sio.read_trajectory(tmp_path / "traj.csv", N, StateBins.for_frame(16, RES, RES))
+        readers.read_trajectory(tmp_path / "traj.csv", N, StateBins.for_frame(16, RES, RES))
 
 
 def test_class_name_to_id():
-    assert sio.class_id("pull", ["push", "pull"], 2) == 1
-    assert sio.class_id(0, ["push", "pull"], 2) == 0 and sio.class_id("1", [], 2) == 1
+    assert readers.class_id("pull", ["push", "pull"], 2) == 1
+    assert readers.class_id(0, ["push", "pull"], 2) == 0 and readers.class_id("1", [], 2) == 1
     with pytest.raises(SynthesisInputError, match=r"class 'jump': unknown; the model knows: "
                                                   r"push, pull"):
-        sio.class_id("jump", ["push", "pull"], 2)
+        readers.class_id("jump", ["push", "pull"], 2)
     with pytest.raises(SynthesisInputError, match="knows: ids 0..1"):
-        sio.class_id(2, [], 2)
+        readers.class_id(2, [], 2)
 
 
 def test_sound_from_wav_and_mp4(tmp_path):
     t = np.arange(int(0.55 * 22050)) / 22050
     sf.write(tmp_path / "s.wav", np.stack([np.sin(2 * np.pi * 440 * t)] * 2, 1) * 0.5, 22050)
-    audio, notes = sio.read_sound(tmp_path / "s.wav", N, FPS, RATE)
+    audio, notes = readers.read_sound(tmp_path / "s.wav", N, FPS, RATE)
     assert audio.shape == (int(N / FPS * RATE),) and audio.dtype == np.float32
     assert any("22050 Hz → 16000 Hz" in n for n in notes)
     assert any("first 0.40 s of the 0.55 s" in n for n in notes)
@@ -220,40 +224,40 @@ def test_sound_from_wav_and_mp4(tmp_path):
     with pytest.raises(SynthesisInputError, match=r"short\.wav: the audio track lasts 0\.20 s, "
                                                   r"shorter than the requested video \(4 frames "
                                                   r"at 10 fps = 0\.40 s\)"):
-        sio.read_sound(tmp_path / "short.wav", N, FPS, RATE)
+        readers.read_sound(tmp_path / "short.wav", N, FPS, RATE)
     tone = (0.3 * np.sin(2 * np.pi * 300 * np.arange(int(0.6 * RATE)) / RATE)).astype(np.float32)
     mp4 = write_mp4(tmp_path / "v.mp4", smooth_frames(6, RES, RES), FPS, tone, RATE)
-    audio, _ = sio.read_sound(mp4, N, FPS, RATE)
+    audio, _ = readers.read_sound(mp4, N, FPS, RATE)
     assert audio.shape == (int(N / FPS * RATE),) and np.abs(audio).max() > 0.1
     silent = write_mp4(tmp_path / "silent.mp4", smooth_frames(6, RES, RES), FPS)
     with pytest.raises(SynthesisInputError, match=r"silent\.mp4: has no audio track"):
-        sio.read_sound(silent, N, FPS, RATE)
+        readers.read_sound(silent, N, FPS, RATE)
 
 
 def test_layouts_from_npz(tmp_path):
     maps = np.zeros((6, 32, 32), np.uint8)
     maps[:, 8:24, 8:24] = 2
     np.savez(tmp_path / "lay.npz", layout=maps)
-    got, notes = sio.read_layouts(tmp_path / "lay.npz", N, (RES, RES), 3)
+    got, notes = readers.read_layouts(tmp_path / "lay.npz", N, (RES, RES), 3)
     assert got.shape == (N, RES, RES) and set(np.unique(got)) == {0, 2}  # nearest: no new labels
     assert (got[:, 4:12, 4:12] == 2).all() and got[0, 0, 0] == 0
     assert any("first 4 of 6" in n for n in notes) and any("32×32 → 16×16" in n for n in notes)
     with pytest.raises(SynthesisInputError, match=r"lay\.npz: layout labels span 0\.\.2, the "
                                                   r"layout model knows 0\.\.1"):
-        sio.read_layouts(tmp_path / "lay.npz", N, (RES, RES), 2)
+        readers.read_layouts(tmp_path / "lay.npz", N, (RES, RES), 2)
     with pytest.raises(SynthesisInputError, match=r"lay\.npz: 6 layout frames, the video has 8"):
-        sio.read_layouts(tmp_path / "lay.npz", 8, (RES, RES), 3)
+        readers.read_layouts(tmp_path / "lay.npz", 8, (RES, RES), 3)
     np.savez(tmp_path / "two.npz", a=maps, b=maps)
     with pytest.raises(SynthesisInputError, match=r"two\.npz: needs an array named 'layout'"):
-        sio.read_layouts(tmp_path / "two.npz", N, (RES, RES), 3)
+        readers.read_layouts(tmp_path / "two.npz", N, (RES, RES), 3)
 
 
 @pytest.mark.parametrize("name, reader", [
-    ("bad.png", lambda p: sio.read_image(p, (RES, RES))),
-    ("bad.wav", lambda p: sio.read_sound(p, N, FPS, RATE)),
-    ("bad.npz", lambda p: sio.read_layouts(p, N, (RES, RES), 3)),
-    ("bad.mp4", lambda p: sio.read_start_frames(p, 1, (RES, RES))),
-    ("bad.gif", lambda p: sio.read_start_frames(p, 1, (RES, RES))),
+    ("bad.png", lambda p: readers.read_image(p, (RES, RES))),
+    ("bad.wav", lambda p: readers.read_sound(p, N, FPS, RATE)),
+    ("bad.npz", lambda p: readers.read_layouts(p, N, (RES, RES), 3)),
+    ("bad.mp4", lambda p: readers.read_start_frames(p, 1, (RES, RES))),
+    ("bad.gif", lambda p: readers.read_start_frames(p, 1, (RES, RES))),
 ])
 def test_unreadable_files_are_one_line_errors(tmp_path, name, reader):
     path = tmp_path / name
@@ -283,18 +287,18 @@ def user_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_control_tokens_are_the_models_own(models, user_files):
-    tok, notes = sio.control_tokens(models, N, end_frame=user_files["end"], label="pull",
+    tok, notes = ctl.control_tokens(models, N, end_frame=user_files["end"], label="pull",
                                     trajectory=user_files["traj"], sound=user_files["sound"],
                                     layouts=user_files["layouts"])
     assert tok.label == 1 and tok.end_time is None
-    end, _ = sio.read_image(user_files["end"], (RES, RES))
+    end, _ = readers.read_image(user_files["end"], (RES, RES))
     np.testing.assert_array_equal(tok.end_frame, at.frame_tokens(models.autoencoder, end[None], 1,
                                                                  "cpu")[0])
     assert tok.end_frame.shape == (GRID, GRID) and tok.state.shape == (N, 2)
     np.testing.assert_array_equal(tok.state, models.state_bins.quantize(
         np.stack([np.arange(N), 2 * np.arange(N)], 1)))
     assert tok.audio.shape == (N, 16) and 0 <= tok.audio.min() and tok.audio.max() < 16
-    audio, _ = sio.read_sound(user_files["sound"], N, FPS, RATE)
+    audio, _ = readers.read_sound(user_files["sound"], N, FPS, RATE)
     np.testing.assert_array_equal(tok.audio, at.sound_codes(
         models.sound, models.sound_features, audio, RATE, FPS, N, 8, "cpu"))
     assert tok.layout.shape == (N, 16) and tok.layout.max() < 8
@@ -305,18 +309,18 @@ def test_inputs_are_checked_before_any_model_runs(models, user_files, tmp_path, 
     def boom(*a, **k):
         raise AssertionError("a model ran before the inputs were checked")
 
-    monkeypatch.setattr(sio, "frame_tokens", boom)
-    monkeypatch.setattr(sio, "sound_codes", boom)
+    monkeypatch.setattr(ctl, "frame_tokens", boom)
+    monkeypatch.setattr(ctl, "sound_codes", boom)
     (tmp_path / "short.csv").write_text("x,y\n1,1\n")
     with pytest.raises(SynthesisInputError, match=r"short\.csv: 1 trajectory rows, expected 4"):
-        sio.control_tokens(models, N, end_frame=user_files["end"], sound=user_files["sound"],
+        ctl.control_tokens(models, N, end_frame=user_files["end"], sound=user_files["sound"],
                            trajectory=tmp_path / "short.csv")
     with pytest.raises(SynthesisInputError, match=r"class 'jump': unknown"):
-        sio.control_tokens(models, N, end_frame=user_files["end"], label="jump")
+        ctl.control_tokens(models, N, end_frame=user_files["end"], label="jump")
     with pytest.raises(SynthesisInputError, match=r"sound\.wav: the audio track lasts 0\.40 s"):
-        sio.control_tokens(models, 8, end_frame=user_files["end"], sound=user_files["sound"])
+        ctl.control_tokens(models, 8, end_frame=user_files["end"], sound=user_files["sound"])
     with pytest.raises(SynthesisInputError, match=r"end\.png: end frame is 32×32"):
-        sio.control_tokens(models, N, end_frame=user_files["end"], resize=False)
+        ctl.control_tokens(models, N, end_frame=user_files["end"], resize=False)
 
 
 def test_a_control_the_transformer_was_not_trained_with_is_refused(world, user_files, tmp_path):
@@ -332,16 +336,16 @@ def test_a_control_the_transformer_was_not_trained_with_is_refused(world, user_f
                      (dict(end_frame=user_files["end"]), r"end\.png: .*has no end-frame tokens"),
                      (dict(layouts=user_files["layouts"]), r"lay\.npz: .*has no layout tokens")):
         with pytest.raises(SynthesisInputError, match=what):
-            sio.control_tokens(bare, N, **kw)
+            ctl.control_tokens(bare, N, **kw)
     # T has audio tokens, but no sound model was loaded to encode a file
     nosound = sio.load_models(world["transformer"], world["autoencoder"], world["tokens"])
     with pytest.raises(SynthesisInputError, match=r"sound\.wav: the sound VQ model is needed"):
-        sio.control_tokens(nosound, N, sound=user_files["sound"])
+        ctl.control_tokens(nosound, N, sound=user_files["sound"])
 
 
 def test_build_controls_gives_token_controls(models, user_files):
     pytest.importorskip("ccvs_models.sampler")
-    controls, _ = sio.build_controls(models, N, trajectory=user_files["traj"], label="push")
+    controls, _ = ctl.build_controls(models, N, trajectory=user_files["traj"], label="push")
     assert controls.state.shape == (1, N, 2) and controls.state.dtype == torch.long
     assert controls.label.tolist() == [0] and controls.audio is None and controls.end_frame is None
 
@@ -356,24 +360,24 @@ def _token_sample(key: str, label: int, seed: int) -> dict:
 
 def test_clip_controls_fill_only_the_asked_kinds(models):
     s = _token_sample("v0_0000", 1, 0)
-    tok = sio.clip_control_tokens(models, s, kinds={"state"})
+    tok = ctl.clip_control_tokens(models, s, kinds={"state"})
     np.testing.assert_array_equal(tok.state, s["state"])
     assert tok.audio is None and tok.layout is None and tok.label is None and tok.end_frame is None
-    full = sio.clip_control_tokens(models, s, num_frames=N)
+    full = ctl.clip_control_tokens(models, s, num_frames=N)
     np.testing.assert_array_equal(full.end_frame, s["frames"][N - 1])  # the output's last frame
     np.testing.assert_array_equal(full.audio, s["audio"][:N])
     assert full.label == 1 and full.layout.shape == (N, 16)
-    assert sio.clip_control_tokens(models, s, {"end_frame"}).end_frame.tolist() == \
+    assert ctl.clip_control_tokens(models, s, {"end_frame"}).end_frame.tolist() == \
         s["end_frame"].tolist()
     del s["state"]
     with pytest.raises(SynthesisInputError, match="clip v0_0000: no state.npy"):
-        sio.clip_control_tokens(models, s, kinds={"state"})
+        ctl.clip_control_tokens(models, s, kinds={"state"})
 
 
 def test_clip_controls_batch(models):
     pytest.importorskip("ccvs_models.sampler")
     samples = [_token_sample(f"v{i}_0000", i % 2, i) for i in range(3)]
-    controls = sio.clip_controls(models, samples, kinds={"state", "label"}, num_frames=N)
+    controls = ctl.clip_controls(models, samples, kinds={"state", "label"}, num_frames=N)
     assert controls.state.shape == (3, N, 2) and controls.label.tolist() == [0, 1, 0]
     assert controls.audio is None and controls.layout is None
 
@@ -382,13 +386,13 @@ def test_clip_controls_batch(models):
 
 
 def test_write_samples_writes_readable_videos_and_sheets(tmp_path):
-    from pipeline.media import read_video
+    from pipeline.data.media import read_video
 
     b, s, n = 2, 3, 5
     raw = np.stack([np.stack([smooth_frames(n, RES, RES) // (1 + j + i)
                               for j in range(s)]) for i in range(b)])  # (B, S, n, H, W, 3)
     frames = torch.from_numpy(raw).permute(0, 1, 2, 5, 3, 4).float() / 127.5 - 1
-    paths = sio.write_samples(tmp_path / "out", frames, FPS, ["clipA", "clipB"])
+    paths = writers.write_samples(tmp_path / "out", frames, FPS, ["clipA", "clipB"])
     assert len(paths) == b * s * 2 + b and all(p.exists() for p in paths)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temps
     video = read_video(tmp_path / "out" / "clipB_sample02.mp4", audio=False)
@@ -402,7 +406,7 @@ def test_write_samples_writes_readable_videos_and_sheets(tmp_path):
     y, x = row * (RES + 2), col * (RES + 2)
     np.testing.assert_array_equal(sheet[y:y + RES, x:x + RES], raw[0, row, col])
     with pytest.raises(ValueError, match="distinct names"):
-        sio.write_samples(tmp_path / "o2", frames, FPS, ["same", "same"])
+        writers.write_samples(tmp_path / "o2", frames, FPS, ["same", "same"])
 
 
 # --------------------------------------------------------------------------- annotation tokens

@@ -1,4 +1,4 @@
-"""The tokenize stage and the token-shard format (stages/tokenize.py, pipeline/token_shards.py)."""
+"""The tokenize stage and the token-shard format (stages/tokenize.py, pipeline/tokens/shards.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
 from ccvs_models.vq_autoencoder import VQAutoencoder, VQAutoencoderConfig
-from pipeline.audio_features import AudioFeatureConfig
-from pipeline.checkpoint import save_model
+from pipeline.data.audio_features import AudioFeatureConfig
+from pipeline.training.checkpoint import save_model
 from pipeline.params import TokenizeParams
-from pipeline.shards import ShardWriter, encode_sample
-from pipeline.token_shards import (
+from pipeline.data.shard_writing import ShardWriter, encode_sample
+from pipeline.data.shards import NO_LAYOUT
+from pipeline.tokens.shards import (
     StateBins,
     encode_token_sample,
     iter_token_samples,
@@ -36,8 +37,9 @@ def params(**kw) -> TokenizeParams:
     return TokenizeParams(**{**base, **kw})
 
 
-def make_world(root: Path, layouts: bool = True) -> dict[str, Path]:
-    """Tiny clips (2 splits, 16×16, T = 4, audio, positions, layouts) and random upstream models."""
+def make_world(root: Path, layouts: bool = True, unlabelled: tuple = ()) -> dict[str, Path]:
+    """Tiny clips (2 splits, 16×16, T = 4, audio, positions, layouts) and random upstream models;
+    ``unlabelled``: (clip key, frame) pairs whose layout is NO_LAYOUT."""
     rng = np.random.default_rng(0)
     clips = root / "clips"
     json.dump(["a", "b"], open(_mk(clips) / "classes.json", "w"))
@@ -55,6 +57,8 @@ def make_world(root: Path, layouts: bool = True) -> dict[str, Path]:
                     t_axis = np.arange(int(T / FPS * RATE)) / RATE
                     audio = (0.3 * np.sin(2 * np.pi * (300 + 100 * v) * t_axis)).astype(np.float32)
                     layout = rng.integers(0, 3, (T, RES, RES), dtype=np.uint8) if layouts else None
+                    for t in [t for k, t in unlabelled if k == key]:
+                        layout[t] = NO_LAYOUT
                     meta = {"video_id": f"{split}{v}", "label": "ab"[v % 2], "label_id": v % 2,
                             "fps": FPS, "audio_rate": RATE, "first_frame": 4 * c, "frame_step": 1}
                     writer.write(encode_sample(key, frames, meta, audio=audio, layout=layout))
@@ -122,8 +126,8 @@ def test_tokens_are_the_autoencoders_own(world, tmp_path):
     assert vocab["frame"] == {"vocab": 32, "height": 4, "width": 4, "dtype": "int16"}
     assert vocab["audio"]["tokens_per_frame"] == 16 and vocab["layout"]["tokens_per_frame"] == 16
     assert vocab["label"] == {"num_classes": 2, "classes": ["a", "b"]} and vocab["absent"] == {}
-    from pipeline.checkpoint import load_model
-    from pipeline.shards import iter_clips
+    from pipeline.training.checkpoint import load_model
+    from pipeline.data.shards import iter_clips
 
     cfg, state, _ = load_model(world["autoencoder"])
     ae = CCVSAutoencoder(AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v
@@ -156,6 +160,24 @@ def test_missing_annotations_are_null_or_absent(tmp_path):
     assert (split.state[np.arange(len(split)) != k] < 16).all()
 
 
+def test_frames_nobody_labelled_get_null_layout_tokens(tmp_path):
+    """A layout frame of NO_LAYOUT (Cityscapes: one labelled frame per snippet) → null ids for that
+    frame only; the clip's labelled frames keep their codes (the same as with every frame labelled)."""
+    full = make_world(tmp_path / "full")
+    sparse = make_world(tmp_path / "sparse", unlabelled=(("train1_0000", 0), ("train1_0000", 3)))
+    tokenize_to(full, tmp_path / "t_full")
+    tokenize_to(sparse, tmp_path / "t_sparse")
+    vocab = read_vocab(tmp_path / "t_sparse")
+    a = load_token_split(tmp_path / "t_full", "train", vocab)
+    b = load_token_split(tmp_path / "t_sparse", "train", vocab)
+    k = b.keys.index("train1_0000")
+    null = vocab["layout"]["null_id"]
+    assert (b.layout[k, [0, 3]] == null).all() and (b.layout[k, [1, 2]] < null).all()
+    np.testing.assert_array_equal(b.layout[k, [1, 2]], a.layout[k, [1, 2]])
+    others = np.arange(len(b)) != k
+    np.testing.assert_array_equal(b.layout[others], a.layout[others])
+
+
 def test_state_bins_round_trip_within_half_a_bin():
     bins = StateBins.for_frame(128, 64, 64)
     rng = np.random.default_rng(0)
@@ -177,7 +199,7 @@ def test_malformed_token_sample_is_refused():
 
 
 def test_missing_autoencoder_is_one_line_error(world, tmp_path):
-    with pytest.raises(tokenize.TokenizeError, match="autoencoder model not found"):
+    with pytest.raises(tokenize.StageError, match="autoencoder model not found"):
         tokenize.run(params(), world["clips"], tmp_path / "none.pt", tmp_path / "tok",
                      RecordingLogger())
 
@@ -185,6 +207,6 @@ def test_missing_autoencoder_is_one_line_error(world, tmp_path):
 def test_refuses_to_replace_a_foreign_folder(world, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("x")
-    with pytest.raises(tokenize.TokenizeError, match="not a tokenize output"):
+    with pytest.raises(tokenize.StageError, match="not a tokenize output"):
         tokenize_to(world, tmp_path / "out")
     assert (tmp_path / "out" / "precious.txt").exists()

@@ -1,4 +1,4 @@
-"""pipeline.train_loop.fit on toy tasks: exact resume, interrupts, EMA, bf16, clipping, logging."""
+"""pipeline.training.loop.fit on toy tasks: exact resume, interrupts, EMA, bf16, clipping, logging."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
-from pipeline.ema import EMA
-from pipeline.train_loop import LoopConfig, TrainTask, epoch_batches, fit
+from pipeline.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from pipeline.training.ema import EMA
+from pipeline.training.config import LoopConfig
+from pipeline.training.loop import epoch_batches, fit
+from pipeline.training.task import TrainTask
 
 torch.set_num_threads(1)
 
@@ -298,7 +300,7 @@ def test_bf16_flag_autocasts_the_forward_on_cpu(tmp_path, bf16, dtype):
 
 def test_bf16_auto_reads_the_cpu_flags(tmp_path):
     from pipeline.tracking import RecordingLogger
-    from pipeline.train_loop import cpu_has_bf16_units, resolve_bf16
+    from pipeline.training.loop import cpu_has_bf16_units, resolve_bf16
 
     amx, plain = tmp_path / "amx", tmp_path / "plain"
     amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")

@@ -11,14 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ccvs_models.sequence_layout import TokenKind
-from ccvs_models.transformer import (
-    TRANSFORMER_SIZES,
-    CCVSTransformer,
-    TransformerConfig,
-    frame_token_accuracy,
-    frame_token_loss,
-    transformer_config,
-)
+from ccvs_models.transformer import CCVSTransformer, frame_token_accuracy, frame_token_loss
+from ccvs_models.transformer_config import TRANSFORMER_SIZES, TransformerConfig, transformer_config
 
 torch.set_num_threads(1)  # tiny models: more threads only contend on a shared 2-core box
 

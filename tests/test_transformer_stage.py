@@ -1,4 +1,4 @@
-"""The transformer stage and its training pieces (stages/transformer.py, pipeline/transformer_training.py)."""
+"""The transformer stage and its training pieces (stages/transformer.py, pipeline/training/transformer.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from ccvs_models.sequence_layout import TokenKind
-from ccvs_models.transformer import CCVSTransformer, TransformerConfig
-from pipeline.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from ccvs_models.transformer import CCVSTransformer
+from ccvs_models.transformer_config import TransformerConfig
+from pipeline.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from pipeline.params import TransformerParams
-from pipeline.shards import ShardWriter
-from pipeline.token_shards import TOKEN_PATTERN, StateBins, encode_token_sample, load_token_split
+from pipeline.data.shard_writing import ShardWriter
+from pipeline.tokens.shards import TOKEN_PATTERN, StateBins, encode_token_sample, load_token_split
 from pipeline.tracking import RecordingLogger
-from pipeline.train_loop import LoopConfig
-from pipeline.transformer_training import (
+from pipeline.training.config import LoopConfig
+from pipeline.training.transformer import (
     Conditioning,
     TransformerArch,
     conditioning_dropout,
@@ -161,28 +162,15 @@ def test_unigram_baseline_is_exp_entropy():
 
 def test_no_train_tokens_is_one_line_error(tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps(VOCAB))
-    with pytest.raises(stage.TransformerStageError, match="no train token samples"):
+    with pytest.raises(stage.StageError, match="no train token samples"):
         run(tmp_path, tmp_path / "out", params())
-
-
-def test_curve_logger_writes_both_csvs_even_without_a_step(tmp_path):
-    from pipeline.tracking import RecordingLogger
-    from pipeline.transformer_training import CurveLogger
-
-    curves = CurveLogger(RecordingLogger(), tmp_path / "plots")
-    curves.finish()  # resumed at the last checkpoint: nothing logged, DVC still needs the files
-    assert (tmp_path / "plots/train.csv").read_text().splitlines() == ["step,loss,accuracy,lr"]
-    assert (tmp_path / "plots/val.csv").read_text().splitlines()[0] == "step,perplexity,loss,accuracy"
-    curves.log_metrics({"loss": 2.0, "accuracy": 0.5, "lr": 1e-3}, step=3)
-    curves.finish()  # existing curves are kept
-    assert (tmp_path / "plots/train.csv").read_text().splitlines()[1].startswith("3,2,")
 
 
 def test_copy_baseline_scores_repetition():
     """Static clips: the copy baseline predicts every later frame exactly, so its accuracy is the
     later frames' share and its perplexity is far below the unigram's; clips with fresh codes
     each frame get copy_rate 0 and no better than unigram."""
-    from pipeline.transformer_training import copy_baseline
+    from pipeline.training.transformer import copy_baseline
 
     rng = np.random.default_rng(0)
     still = np.repeat(rng.integers(0, 64, (6, 1, 4, 4)), 8, axis=1)  # (6, 8, 4, 4)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import image_metrics
-from pipeline.video_metrics import (
+from pipeline.metrics import image as image_metrics
+from pipeline.metrics.video import (
     best_of_samples,
     diversity,
     frame_psnr,
