@@ -9,7 +9,10 @@ the per-task maths are in ``pipeline.evaluation.tasks``; FVD (I3D features, Fré
 2. For each task of ``evaluate.tasks``: S samples per input (one batch of B·S rows), decoded by
    D·S·E·F as the tokens arrive; a task the trained T cannot do is reported as skipped, with why.
 3. Writes ``metrics/evaluate.json`` (``{"tasks": {task: {metric: value}}, "skipped": …, "fvd": the
-   weights it used}``), the same as MLflow metrics ``<task>/<metric>``; per task a GIF (real clip
+   weights it used}``), the same as MLflow metrics ``<task>/<metric>``; with ground-truth layouts
+   (the demo world) also ``psnr_objects``, ``ssim_objects``, ``edge_ratio_objects`` per task (the
+   synthesized frames inside the moving objects, ``pipeline.metrics.objects``; absent without
+   layouts) and ``baseline/copy_first/*`` (the real frame 0 copied, the no-model reference); per task a GIF (real clip
    then its samples, one row per input) and a PNG contact sheet in ``samples/evaluate/``, and
    ``plots/evaluate/<task>.csv`` (t, ssim, psnr) for ``dvc plots``.
 
@@ -50,10 +53,11 @@ from pipeline.evaluation.tasks import (
 )
 from pipeline.data.media_write import write_gif, write_png
 from pipeline.params import EvaluateParams
-from pipeline.data.shards import iter_clips
+from pipeline.data.shards import NO_LAYOUT, iter_clips
 from pipeline.synthesis.writers import contact_sheet, to_uint8
 from pipeline.synthesis.models import load_models
 from pipeline.tokens.shards import load_token_split, read_vocab
+from pipeline.metrics.objects import video_object_scores
 from pipeline.metrics.video import motion_mask
 from pipeline.errors import StageError
 from pipeline.stage import stage_main
@@ -72,9 +76,13 @@ def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int
     tok = tok.take(np.arange(n))
     wanted = set(tok.keys)
     real: dict[str, np.ndarray] = {}
+    layouts: dict[str, np.ndarray] = {}  # only fully labelled ones (NO_LAYOUT: a frame without)
     for sample in iter_clips(clips, split):
         if sample["key"] in wanted:
             real[sample["key"]] = sample["frames"]
+            lay = sample.get("layout")
+            if lay is not None and lay.shape[0] >= len(sample["frames"]) and not (lay == NO_LAYOUT).any():
+                layouts[sample["key"]] = lay[: len(sample["frames"])]
     missing = [k for k in tok.keys if k not in real]
     if missing:
         raise StageError(f"{clips}: {len(missing)} {split} clips of {tokens} are missing "
@@ -85,9 +93,11 @@ def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int
                             f"{tok.frames.shape[1]}")
     video = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
     as_long = (lambda a: None if a is None else torch.from_numpy(a.astype(np.int64)))  # noqa: E731
+    has_layouts = all(k in layouts for k in tok.keys)  # object metrics: every clip or none
     return EvalData(list(tok.keys), video, as_long(tok.frames), as_long(tok.end_frame),
                     torch.from_numpy(tok.label), as_long(tok.state), as_long(tok.audio),
-                    as_long(tok.layout))
+                    as_long(tok.layout),
+                    np.stack([layouts[k] for k in tok.keys]) if has_layouts else None)
 
 
 def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
@@ -140,6 +150,14 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
     if n_fvd < 2:
         raise StageError(f"FVD needs at least 2 videos, the {params.split} split has {len(data)}")
 
+    baseline: dict[str, float] = {}
+    if data.layouts is not None:  # the no-model reference: the real frame 0 copied (issue 17)
+        copied = real_clips[:, None, :1].expand(-1, 1, n_frames, -1, -1, -1)
+        baseline = video_object_scores(real_clips, copied, data.layouts, start=1)
+        baseline["psnr"] = float(frame_scores(copied, real_clips)[1][:, :, 1:].mean())
+        logger.log_metrics({f"baseline/copy_first/{k}": v for k, v in baseline.items()
+                            if np.isfinite(v)})
+
     results: dict[str, dict[str, float | None]] = {}
     skipped: dict[str, str] = {}
     starts: dict[str, str] = {}
@@ -174,6 +192,8 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         div, div_moving = sample_diversity(fake, moving)
         row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref)
         row["motion"] = frame_motion(fake, max(m - 1, 0))  # from the last given frame on
+        if has_ref and data.layouts is not None and m < n_frames:  # inside the moving objects
+            row.update(video_object_scores(real_clips, fake, data.layouts, start=max(m, 1)))
         skip = 0 if params.fvd.count_conditioning else m
         fvd_frames = min(params.fvd.frames, n_frames - skip)
         if skip not in real_features:
@@ -209,6 +229,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         "fvd": {"metric": fvd_name, "pretrained": i3d_info.pretrained, "weights": i3d_info.location,
                 "videos": n_fvd, "frames": params.fvd.frames,
                 "count_conditioning": params.fvd.count_conditioning},
+        "baseline": {"copy_first": {k: finite(v) for k, v in baseline.items()}} if baseline else {},
         "real_motion": frame_motion(real_clips),  # the same measure on the real clips
         "inputs": len(data),
         "samples": s,

@@ -45,6 +45,15 @@ def _clip(i: int) -> np.ndarray:
     return out
 
 
+def _layout(i: int) -> np.ndarray:
+    """The square of ``_clip(i)`` as an object label (2) on background (0), T×RES×RES uint8."""
+    lay = np.zeros((T, RES, RES), np.uint8)
+    for t in range(T):
+        x = (2 + 2 * t + i) % (RES - 4)
+        lay[t, 5:9, x:x + 4] = 2
+    return lay
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evalworld")
@@ -63,7 +72,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
             frames = _clip(i)
             key = f"v{i}_0000"
             meta = {"fps": 10, "label_id": i % 2, "video_id": f"v{i}", "split": "test"}
-            cw.write(encode_sample(key, frames, meta))
+            cw.write(encode_sample(key, frames, meta, layout=_layout(i)))
             x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
             with torch.no_grad():
                 codes = ae.tokenize(x).numpy()
@@ -141,6 +150,29 @@ def test_outputs_for_people_and_plots(evaluated):
         rows = (out / "plots" / f"{name}.csv").read_text().splitlines()
         assert rows[0] == "t,ssim,psnr" and len(rows) == 1 + T - 1  # t = 1 … T−1
     assert "prediction/ssim@5" in log.metrics and "reconstruction/psnr" in log.metrics
+
+
+def test_object_region_metrics_with_layouts_and_absent_without(world, evaluated, tmp_path):
+    doc, log, _ = evaluated
+    objects = ("psnr_objects", "ssim_objects", "edge_ratio_objects")
+    for name in ("reconstruction", "prediction", "point_to_point"):
+        row = doc["tasks"][name]
+        assert all(row[k] is not None for k in objects), name
+        assert row["psnr_objects"] > 0 and -1 <= row["ssim_objects"] <= 1 and row["edge_ratio_objects"] > 0
+        assert f"{name}/edge_ratio_objects" in log.metrics
+    assert not any(k in doc["tasks"]["unconditional"] for k in objects)  # no real frame 0
+    copy_first = doc["baseline"]["copy_first"]
+    assert copy_first["psnr_objects"] < copy_first["psnr"]  # the static background scores high
+    assert log.metrics["baseline/copy_first/psnr_objects"][-1][1] == pytest.approx(copy_first["psnr_objects"])
+    # the same clips without layout.npy: no masks, so the keys are absent (not zero)
+    bare = tmp_path / "clips"
+    with ShardWriter(bare / "test", 10_000_000) as cw:
+        for i in range(CLIPS):
+            meta = {"fps": 10, "label_id": i % 2, "video_id": f"v{i}", "split": "test"}
+            cw.write(encode_sample(f"v{i}_0000", _clip(i), meta))
+    assert stage.load_eval_data(bare, world["tokens"], "test", 0, VOCAB).layouts is None
+    assert stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB).layouts.shape == (
+        CLIPS, T, RES, RES)
 
 
 def test_reconstruction_matches_decoding_the_tokens_directly(world, evaluated):

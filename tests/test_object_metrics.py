@@ -18,6 +18,7 @@ from pipeline.metrics.objects import (
     masked_ssim,
     moving_masks,
     ssim_map,
+    video_object_scores,
 )
 
 
@@ -112,3 +113,22 @@ def test_clip_scores_and_the_copy_first_reference():
     assert not any("objects" in k for k in copy_first_scores(clips, None))  # absent, not zero
     with pytest.raises(ValueError, match="expected real, fake"):
         clip_object_scores(clips, clips[:, :2], lay)
+
+
+def test_video_scores_rank_a_blurred_sample_below_the_real_one():
+    lay = np.zeros((4, 32, 32), np.uint8)  # an object moving right 3 px a frame
+    for t in range(4):
+        lay[t, 10:20, 4 + 3 * t: 14 + 3 * t] = 2
+    real = (textured(4, 32, seed=3) * 2 - 1)[None]  # (1, T, 3, H, W) in [−1, 1]
+    blurred = F.avg_pool2d(real[0], 3, stride=1, padding=1, count_include_pad=False)[None]
+    perfect = video_object_scores(real, real[:, None], lay[None], start=1)
+    assert perfect["psnr_objects"] == 100.0 and perfect["edge_ratio_objects"] == pytest.approx(1.0)
+    blur = video_object_scores(real, blurred[:, None], lay[None], start=1)
+    assert blur["edge_ratio_objects"] < 0.7 and blur["psnr_objects"] < 30
+    assert blur["ssim_objects"] < perfect["ssim_objects"]
+    both = video_object_scores(real, torch.stack([real, blurred], 1), lay[None], start=1)
+    for key in perfect:  # S samples: the mean over samples (equal mask sizes)
+        if key != "psnr_objects":
+            assert both[key] == pytest.approx((perfect[key] + blur[key]) / 2)
+    with pytest.raises(ValueError, match="start"):
+        video_object_scores(real, real[:, None], lay[None], start=4)

@@ -56,6 +56,8 @@ class EvalData:
     state: torch.Tensor | None  # (n, T, 2) long state bins
     audio: torch.Tensor | None  # (n, T, l_a) long
     layout: torch.Tensor | None  # (n, T, l_l) long
+    layouts: np.ndarray | None = None  # uint8 (n, T, H, W) ground-truth layouts, when every clip
+    # has them for every frame (the demo world): the object-region metrics' masks
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -63,7 +65,8 @@ class EvalData:
     def rows(self, idx: slice) -> EvalData:
         pick = (lambda a: None if a is None else a[idx])  # noqa: E731
         return EvalData(self.keys[idx], self.frames[idx], self.codes[idx], self.end_frame[idx],
-                        self.label[idx], pick(self.state), pick(self.audio), pick(self.layout))
+                        self.label[idx], pick(self.state), pick(self.audio), pick(self.layout),
+                        pick(self.layouts))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -167,5 +167,37 @@ def clip_object_scores(real: np.ndarray, fake: np.ndarray, layouts: np.ndarray,
     return {k: v.view(n, t - 1).numpy() for k, v in scores.items()}
 
 
+@torch.no_grad()
+def video_object_scores(real: torch.Tensor, fake: torch.Tensor, layouts: np.ndarray | torch.Tensor,
+                        start: int, dilate: int = 2) -> dict[str, float]:
+    """Object-region means of synthesized videos (the evaluate stage's ``<task>/psnr_objects`` …).
+
+    real (n, T, 3, H, W) and fake (n, S, T, 3, H, W) in [−1, 1], layouts (n, ≥ T, H, W) labels →
+    {"psnr_objects", "ssim_objects", "edge_ratio_objects"}: each the mean over inputs, samples
+    and frames t ≥ ``start`` (the synthesized ones) of the per-frame score, frames without a
+    moving pixel left out (NaN when no frame has one). Computed one input at a time.
+    """
+    n, s, t = fake.shape[:3]
+    if real.shape[0] != n or real.shape[1] < t or real.shape[2:] != fake.shape[3:]:
+        raise ValueError(f"video_object_scores: real {tuple(real.shape)} does not match fake "
+                         f"{tuple(fake.shape)} (expected (n, T, 3, H, W) and (n, S, T, 3, H, W))")
+    if not 0 <= start < t:
+        raise ValueError(f"video_object_scores: start {start} outside the {t} frames")
+    per_key: dict[str, list[torch.Tensor]] = {}
+    for i in range(n):
+        mask = moving_masks(layouts[i][:t], dilate)[start:]  # (t − start, H, W)
+        r = ((real[i, start:t].double() + 1) / 2).clamp(0, 1)
+        for j in range(s):
+            f = ((fake[i, j, start:].double() + 1) / 2).clamp(0, 1)
+            for key, values in object_scores(r, f, mask).items():
+                per_key.setdefault(key, []).append(values)
+    out = {}
+    for key, chunks in per_key.items():
+        values = torch.cat(chunks)
+        values = values[~torch.isnan(values)]
+        out[key] = float(values.mean()) if values.numel() else float("nan")
+    return out
+
+
 __all__ = ["clip_object_scores", "GRIPPER_LABEL", "edge_ratio", "masked_psnr", "masked_ssim", "moving_masks",
-           "object_scores", "ssim_map"]
+           "object_scores", "ssim_map", "video_object_scores"]
