@@ -2,10 +2,13 @@
 
     ccvs check                 validate params.yaml (unknown / missing keys, types)
     ccvs preset NAME           write a dataset's paper settings (params/NAME.yaml) into params.yaml
-    ccvs repro [dvc args]      `dvc repro` with one pipeline id shared by every stage's MLflow run
-    ccvs pipeline [stages]     the same DAG as a Prefect flow (parallel branches)
+    ccvs repro [dvc args]      `dvc repro` as one pipeline execution in MLflow (one parent run)
+    ccvs pipeline [stages]     the same DAG as a Prefect flow (parallel branches, one retry)
     ccvs stage NAME [args]     run one stage module directly (python -m stages.NAME)
     ccvs synthesize [args]     videos from the trained models and your controls (--help)
+    ccvs register [--name N]   register the newest trained transformer and its autoencoder in
+                               MLflow's model registry (N-transformer, N-autoencoder)
+    ccvs ui [--port P]         the MLflow UI on 127.0.0.1, opened on the pipeline's runs
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import runpy
 import subprocess
 import sys
-import uuid
+import time
 from pathlib import Path
 
 
@@ -53,13 +56,33 @@ def _preset(args: argparse.Namespace) -> int:
 
 
 def _repro(args: argparse.Namespace, extra: list[str]) -> int:
-    env = dict(os.environ)
-    env.setdefault("CCVS_PIPELINE_ID", f"repro-{uuid.uuid4().hex[:12]}")
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    from pipeline.orchestration import dvc_executable
+    """``dvc repro`` with every stage nested under one MLflow parent run, which this process ends
+    (FINISHED, FAILED, or KILLED on Ctrl-C) after linking the stages DVC skipped."""
+    from pipeline.dag import dvc_executable
+    from pipeline.tracking import finish_pipeline
+    from pipeline.tracking.context import ENV_ID, wrapper_env
+    from pipeline.tracking.experiment import runs_url
 
-    print(f"pipeline id: {env['CCVS_PIPELINE_ID']}")
-    return subprocess.call([dvc_executable(), "repro", *extra], env=env)
+    pipeline = wrapper_env("ccvs repro", f"ccvs repro {time.strftime('%m-%d %H:%M')}",
+                           os.environ.get(ENV_ID))
+    env = dict(os.environ, **pipeline)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    print(f"pipeline id: {pipeline[ENV_ID]}", flush=True)
+    proc = subprocess.Popen([dvc_executable(), "repro", *extra], env=env)
+    try:
+        rc = proc.wait()
+        status = "FINISHED" if rc == 0 else "FAILED"
+    except KeyboardInterrupt:  # Ctrl-C reached dvc too (same process group): let it stop
+        rc, status = proc.wait(), "KILLED"
+    done = finish_pipeline(pipeline, status)
+    if done is not None:
+        exp_id, parent = done
+        if parent is None:
+            print("MLflow: no stage ran, so no pipeline run was recorded")
+        else:
+            print(f"MLflow: pipeline run {parent} ({status}); runs: {runs_url(exp_id)} "
+                  f"(after `ccvs ui`)")
+    return rc if status != "KILLED" else 130
 
 
 def _pipeline(args: argparse.Namespace, extra: list[str]) -> int:
@@ -77,7 +100,43 @@ def _stage(args: argparse.Namespace, extra: list[str]) -> int:
 def _synthesize(args: argparse.Namespace, extra: list[str]) -> int:
     from pipeline.synthesis.command import main as synthesize_main
 
+    if Path("params.yaml").exists() and not os.environ.get("MLFLOW_TRACKING_URI"):
+        from pipeline.tracking import tracking_uri
+
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()  # --model-uri: the project's store
+
     return synthesize_main(extra)
+
+
+def _register(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipeline.tracking import open_tracking
+    from pipeline.tracking.models import register
+
+    client, experiment_id = open_tracking(args.params)
+    try:
+        registered = register(client, experiment_id, args.name, args.run)
+    except LookupError as err:
+        print(f"ccvs register: {err}", file=sys.stderr)
+        return 2
+    for r in registered:
+        print(f"registered {r.name} version {r.version} (from {r.source})")
+    transformer = next((r for r in registered if r.name.endswith("-transformer")), None)
+    if transformer is not None:
+        print(f"use it: ccvs synthesize --model-uri models:/{transformer.name}/"
+              f"{transformer.version} --class <name>")
+    return 0
+
+
+def _ui(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipeline.tracking import open_tracking, tracking_uri
+    from pipeline.tracking.experiment import runs_url
+
+    _, experiment_id = open_tracking(args.params)  # sets the experiment up if it is new
+    base = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI: {runs_url(experiment_id, base)}", flush=True)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
+           tracking_uri(args.params), "--host", "127.0.0.1", "--port", str(args.port), *extra]
+    return subprocess.call(cmd, env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,18 +150,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--data-path", help="where the dataset is (sets data.path)")
     p.add_argument("--dry-run", action="store_true", help="check and show the changes, write nothing")
-    sub.add_parser("repro", help="dvc repro with a shared pipeline id (extra args go to dvc)")
+    sub.add_parser("repro", help="dvc repro as one MLflow pipeline run (extra args go to dvc)")
     sub.add_parser("pipeline", help="run the DAG as a Prefect flow")
     p = sub.add_parser("stage", help="run one stage: ccvs stage prepare --params params.yaml")
     p.add_argument("name")
     sub.add_parser("synthesize", help="synthesize videos (ccvs synthesize --help)", add_help=False)
+    p = sub.add_parser("register", help="register the trained models in MLflow's registry")
+    p.add_argument("--name", default="ccvs", help="registered names: NAME-transformer, "
+                                                  "NAME-autoencoder")
+    p.add_argument("--run", default=None, help="a pipeline or transformer run id (default: the "
+                                               "newest finished transformer run)")
+    p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 (extra args go to mlflow ui)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--params", default="params.yaml")
     args, extra = parser.parse_known_args(argv)
+    if args.command in ("check", "preset", "register") and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in ("check", "preset"):
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return _check(args) if args.command == "check" else _preset(args)
     handlers = {"repro": _repro, "pipeline": _pipeline, "stage": _stage,
-                "synthesize": _synthesize}
+                "synthesize": _synthesize, "register": _register, "ui": _ui}
     return handlers[args.command](args, extra)
 
 

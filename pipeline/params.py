@@ -516,18 +516,19 @@ def load_all(path: str | Path = "params.yaml") -> dict[str, Any]:
     return out
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"autoencoder.lr": 1e-4, ...}`` from a dataclass or mapping (for MLflow params)."""
+def flatten(obj: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"autoencoder.lr": 1e-4, ...}`` from a dataclass or mapping (for MLflow params); ``sep``
+    joins the keys (``/`` for metric names)."""
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
     out: dict[str, Any] = {}
     if isinstance(obj, dict):
         for key, value in obj.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
+            name = f"{prefix}{sep}{key}" if prefix else str(key)
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 value = dataclasses.asdict(value)
             if isinstance(value, dict):
-                out.update(flatten(value, name))
+                out.update(flatten(value, name, sep))
             else:
                 out[name] = value
     else:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-dvc repro "$@"
+ccvs repro "$@"     # dvc repro, every stage nested under one MLflow run
 echo
 echo "Done. Metrics:   dvc metrics show"
-echo "Runs:            mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1  (then open http://127.0.0.1:5000)"
+echo "Runs:            ccvs ui   (mlflow ui on 127.0.0.1; open the URL it prints)"

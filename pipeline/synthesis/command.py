@@ -7,6 +7,7 @@ After ``dvc repro`` (models/transformer.pt, models/autoencoder.pt, data/tokens/v
     ccvs synthesize --start clip.gif --trajectory xy.csv --frames 16        # state-conditioned
     ccvs synthesize --start clip.mp4 --sound drums.wav                      # sound-conditioned
     ccvs synthesize --class push_left                                       # unconditional start
+    ccvs synthesize --model-uri models:/ccvs-transformer/1 --class push_left   # from MLflow
 
 Controls (each one the transformer was trained with): ``--start`` an mp4/gif/folder of images
 (the first ``--start-frames`` frames are given); ``--end-frame`` a png (and ``--end-time``, default
@@ -19,6 +20,12 @@ mismatch an error instead. Every input is checked before any model runs.
 
 Without ``--start``, T samples frame 0 too when it has a video-level token (a class label or an
 end frame) and the command says so; otherwise it asks for a start frame.
+
+Models: ``--transformer``/``--autoencoder`` files (the pipeline's ``models/``), or ``--model-uri``, a
+transformer logged to MLflow by the transformer stage (``models:/<name>/<version>`` once
+registered with ``ccvs register``, ``models:/m-…`` or ``runs:/<run id>/model``): it brings its
+vocabulary and names the autoencoder model (``--autoencoder-uri`` overrides) and the VQs it was
+trained with (``pipeline.synthesis.model_uri``).
 
 Writes, per sample, an mp4 and a GIF, and per input a PNG contact sheet (rows = samples, columns =
 time) into ``--out``, and prints where they are.
@@ -61,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "slightly different samples; BENCHMARKS.md 'synthesis')")
     p.add_argument("--out", default="samples/synthesize", help="output folder")
     p.add_argument("--name", default=None, help="file name stem (default: from --start)")
+    p.add_argument("--model-uri", default=None,
+                   help="the transformer as an MLflow model (models:/<name>/<version>, "
+                        "runs:/<run>/model); replaces --transformer/--autoencoder/--tokens")
+    p.add_argument("--autoencoder-uri", default=None,
+                   help="with --model-uri: this autoencoder model instead of the one it names")
     p.add_argument("--transformer", default="models/transformer.pt")
     p.add_argument("--autoencoder", default="models/autoencoder.pt")
     p.add_argument("--tokens", default="data/tokens", help="tokenize's output (vocab.json)")
@@ -84,13 +96,27 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.frames < 1 or args.samples < 1 or args.top_k < 1:
         raise SynthesisInputError("--frames, --samples and --top-k must be ≥ 1")
     device = device_for(0, args.device)
-    tokens = Path(args.tokens)
-    models = load_models(args.transformer, args.autoencoder,
-                         tokens if tokens.exists() else None,
-                         sound_vq_path=args.sound_vq if args.sound and Path(args.sound_vq).exists()
+    tokens: Path | None = Path(args.tokens)
+    transformer, autoencoder = args.transformer, args.autoencoder
+    sound_vq, layout_vq = args.sound_vq, args.layout_vq
+    if args.model_uri:
+        from pipeline.synthesis.model_uri import resolve
+
+        files = resolve(args.model_uri, args.autoencoder_uri)
+        if files.autoencoder is None:
+            raise SynthesisInputError(f"{args.model_uri}: names no autoencoder model (it was "
+                                      f"logged without one); give --autoencoder-uri")
+        transformer, autoencoder, tokens = files.transformer, files.autoencoder, None
+        sound_vq = files.sound_vq or sound_vq
+        layout_vq = files.layout_vq or layout_vq
+        print(f"note: models from MLflow: {args.model_uri} (autoencoder "
+              f"{args.autoencoder_uri or 'as the transformer names it'})")
+    models = load_models(transformer, autoencoder,
+                         tokens if tokens is not None and tokens.exists() else None,
+                         sound_vq_path=sound_vq if args.sound and Path(sound_vq).exists()
                          else None,
-                         layout_vq_path=args.layout_vq if args.layouts
-                         and Path(args.layout_vq).exists() else None,
+                         layout_vq_path=layout_vq if args.layouts
+                         and Path(layout_vq).exists() else None,
                          device=device)
     size = models.resolution
     notes: list[str] = []

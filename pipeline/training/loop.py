@@ -26,6 +26,11 @@ killing them) finishes the current step, writes a checkpoint and raises ``Keyboa
 a second one aborts at once. Any other exception propagates without a checkpoint (the state may
 be mid-step); the run resumes from the last periodic checkpoint.
 
+Tags on the stage's run: ``CHECKPOINT_TAG`` (the checkpoint just written) and, on resume,
+``train_loop.resumed_from`` (the step) and ``RESUMED_CHECKPOINT_TAG`` (the file), so the tracking
+links a resumed run to the run that wrote its checkpoint and continues that run's curves
+(``pipeline.tracking.interruption``).
+
 Resume restores the step count, modules, optimizers, EMA copies, the torch/numpy/Python RNG of
 every rank, the partial metrics window and ``TrainTask.extra_state()``; a checkpoint written by a
 different ``config()`` is refused with the differing keys named. Step numbering: ``train_step``
@@ -72,6 +77,11 @@ from pipeline.training.task import NullLogger, StepContext, TrainTask
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Tags fit sets on the stage's run, so the tracking can link a resumed run to the run that wrote
+# its checkpoint and continue that run's curves (pipeline.tracking.interruption).
+CHECKPOINT_TAG = "train_loop.checkpoint"  # the checkpoint just written
+RESUMED_CHECKPOINT_TAG = "train_loop.resumed_checkpoint"  # the checkpoint this run resumed from
 
 
 @dataclasses.dataclass
@@ -314,6 +324,7 @@ def fit(
             seed_all(distributed.rank_seed(loop.seed + start, info.rank))
         if hasattr(logger, "set_tag"):
             logger.set_tag("train_loop.resumed_from", str(start))
+            logger.set_tag(RESUMED_CHECKPOINT_TAG, str(ckpt_path))
         log.info("resumed from %s (step %d)", ckpt_path, start)
     else:
         seed_all(distributed.rank_seed(loop.seed, info.rank))
@@ -341,6 +352,8 @@ def fit(
                           "loop": dataclasses.asdict(loop)},
             })
             prune_checkpoints(ckpt_dir, loop.keep_checkpoints)
+            if hasattr(logger, "set_tag"):
+                logger.set_tag(CHECKPOINT_TAG, str(path))
         distributed.barrier()
         return path
 
