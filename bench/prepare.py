@@ -147,7 +147,7 @@ def _prepare(demo: Path, out: Path, workers: int, resolution: int, size: int) ->
     data = DataParams(source="demo", path=str(demo), annotations="", val_fraction=0.0, test_fraction=0.0,
                       fold=1)
     params = PrepareParams(
-        resolution=resolution, clip_length=16, clip_stride=8, frame_step=1, audio=True,
+        resolution=resolution, fps=10.0, clip_length=16, clip_stride=8, frame_step=1, audio=True,
         audio_rate=16000, missing_audio="silence", shard_max_bytes=50_000_000, workers=workers,
         decoder="auto",
     )  # fmt: skip

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import torch
@@ -40,6 +41,7 @@ from torch import nn
 
 from ccvs_models.autoencoder import CCVSAutoencoder, ContextBuffer, context_indices
 from ccvs_models.sequence_layout import SequenceLayout, TokenKind
+from ccvs_models.step_threads import StepThreads, ThreadTrial, restored_threads
 from ccvs_models.transformer import CCVSTransformer
 
 
@@ -50,13 +52,14 @@ class SamplerConfig:
     top_k: int = 100  # §3.1 top-k sampling; 1 = greedy (argmax, no randomness); > q acts as q
     temperature: float = 1.0  # logits / temperature before top-k (not in the paper)
     kv_cache: bool = True  # incremental decoding (App. A); False = recompute the prefix per token
-    step_threads: int = 1  # CPU threads for the one-token steps of the KV-cache path (0 = leave
-    # torch's setting). A token's ops are tiny: with several threads each one waits for the others,
-    # and on a busy CPU (other jobs, data loaders) a one-token step of the demo T took 70 ms
-    # instead of 3 (layer_norm alone 2 ms). On an idle 2-core CPU 2 threads are faster for big
-    # models (81 vs 51 tokens/s at 8 layers × 512, bench/synthesis.py): set 0 there. torch's
-    # thread count is process-wide: it is set for those steps only and restored before window
-    # rebuilds, on_frame callbacks and on return.
+    step_threads: int | Literal["auto"] = "auto"  # CPU threads for the one-token steps of the
+    # KV-cache path: "auto" measures (``ccvs_models.step_threads.StepThreads``: the first steps
+    # of a run are timed on 1, 2, … threads, the fastest is kept; it does not change the tokens),
+    # n ≥ 1 sets n, 0 leaves torch's setting. Neither count wins everywhere: on an idle 2-core
+    # CPU 2 threads ran the 8 layers × 512 T 1.8× faster; on a busy one a 1-token step of the demo
+    # T took 70 ms on 2 threads and 3 on 1 (BENCHMARKS.md "synthesis"). torch's thread count is
+    # process-wide: it is set for those steps only and restored before window rebuilds, on_frame
+    # callbacks and on return.
     weights: Literal["fp32", "bf16", "int8"] = "fp32"  # precision of T's Linear weights while
     # sampling (``CCVSTransformer.low_precision``: a copy made per call; embeddings, LayerNorms,
     # attention and the KV cache stay fp32). A cached token step reads every weight once, so its
@@ -65,16 +68,36 @@ class SamplerConfig:
     # no longer those of the fp32 model (bench/synthesis.py counts how many differ). Applies to
     # the cached and the uncached sampler alike, so the two compare at the same precision.
 
+    autoencoder_precision: Literal["fp32", "bf16"] = "fp32"  # ``synthesize``: D·S·E·F of each
+    # new frame under bf16 autocast ("bf16") or in fp32. The given frames are tokenized in fp32
+    # either way, so T's tokens do not change; the frames do, slightly (bench/synthesis.py
+    # measures the PSNR between the two). Pays on CPUs with bf16 matrix units (AMX / AVX-512-BF16)
+    # and with channels-last conv weights.
+    overlap_decoding: bool | Literal["auto"] = False  # ``synthesize``: D·S·E·F of frame t on a
+    # worker thread while T samples frame t + 1 (the same frames; on_frame is then called from
+    # that thread). "auto": when T's one-token steps run on fewer threads than torch's budget
+    # (a core is free, or the CPU is busy and a second thread gets a second share of it). Off by
+    # default: on a busy 2-core CPU it measured no faster than decoding inline on T's step count
+    # (BENCHMARKS.md "synthesis"); not yet measured on an idle one.
+
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError(f"SamplerConfig: top_k must be ≥ 1, got {self.top_k}")
-        if self.step_threads < 0:
-            raise ValueError(f"SamplerConfig: step_threads must be ≥ 0, got {self.step_threads}")
+        if self.step_threads != "auto" and not (isinstance(self.step_threads, int)
+                                                and self.step_threads >= 0):
+            raise ValueError(f"SamplerConfig: step_threads must be 'auto' or an int ≥ 0, "
+                             f"got {self.step_threads!r}")
         if self.weights not in ("fp32", "bf16", "int8"):
             raise ValueError(f"SamplerConfig: weights must be 'fp32', 'bf16' or 'int8', "
                              f"got {self.weights!r}")
         if not self.temperature > 0:
             raise ValueError(f"SamplerConfig: temperature must be > 0, got {self.temperature}")
+        if self.overlap_decoding not in (True, False, "auto"):
+            raise ValueError(f"SamplerConfig: overlap_decoding must be True, False or 'auto', "
+                             f"got {self.overlap_decoding!r}")
+        if self.autoencoder_precision not in ("fp32", "bf16"):
+            raise ValueError(f"SamplerConfig: autoencoder_precision must be 'fp32' or 'bf16', "
+                             f"got {self.autoencoder_precision!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,21 +241,24 @@ def _eval_mode(*modules: nn.Module) -> Iterator[None]:
                 m.training = training
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to n (0 = unchanged) inside the block, restored after."""
-    before = torch.get_num_threads()
-    if n <= 0 or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- tokens
+
+
+def _step_trial(transformer: CCVSTransformer, config: SamplerConfig, rows: int,
+                device: torch.device, threads: StepThreads | None) -> ThreadTrial | None:
+    """Where ``step_threads="auto"`` measures the one-token steps (per model, precision and
+    batch, under torch's current thread budget); None for a fixed count, no KV cache or not CPU."""
+    if device.type != "cpu" or config.step_threads != "auto" or not config.kv_cache:
+        return None
+    return (threads if threads is not None else StepThreads()).trial(
+        (transformer.config, config.weights, rows), torch.get_num_threads())
+
+
+def _fixed_steps(config: SamplerConfig, device: torch.device) -> int:
+    """The one-token steps' thread count when it is not measured (0 = torch's)."""
+    if device.type != "cpu" or config.step_threads == "auto" or not config.kv_cache:
+        return 0
+    return config.step_threads
 
 
 def _pick(logits: torch.Tensor, k: int, temperature: float,
@@ -251,12 +277,15 @@ def _pick(logits: torch.Tensor, k: int, temperature: float,
 def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames: int,
                   controls: TokenControls | None = None, config: SamplerConfig = SamplerConfig(),
                   seeds: Sequence[int] | None = None,
-                  on_frame: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                  on_frame: Callable[[int, torch.Tensor], None] | None = None,
+                  threads: StepThreads | None = None) -> torch.Tensor:
     """start (B, m, h, w) frame codes of the m given frames (m ≥ 0; m = 0 only when the sequence
     has a token before the first frame code) → (B, num_frames, h, w) codes, the first m = start.
     seeds: one per batch row (sample i's draws depend only on seeds[i]); None = 0..B−1.
     on_frame(t, codes (B, h, w)) is called once per NEW frame t ≥ m as soon as its last code is
-    sampled (so the caller can decode it while T goes on). Sliding window past N frames (§3.3)."""
+    sampled (so the caller can decode it while T goes on). Sliding window past N frames (§3.3).
+    threads: where ``step_threads="auto"`` keeps its measurements (one ``StepThreads`` shared by
+    several calls measures once per model shape and batch); None = a new one for this call."""
     lay = transformer.layout
     plan = _plan(lay, start, num_frames, controls)
     b, m = start.shape[:2]
@@ -276,7 +305,8 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
     buf = torch.empty(b, lay.length, dtype=torch.long, device=dev)  # the window's sequence
     buf[:, :lv] = plan.video
     cache = transformer.new_kv_cache(b) if config.kv_cache else None
-    step_threads = config.step_threads if dev.type == "cpu" else 0
+    # the small steps' thread count: fixed, or measured per (model, precision, batch)
+    fixed, trial = _fixed_steps(config, dev), _step_trial(transformer, config, b, dev, threads)
     window, gap, draw = -1, None, 0
     model = transformer.low_precision(config.weights)  # T itself for fp32
     with _eval_mode(transformer):
@@ -292,29 +322,98 @@ def sample_tokens(transformer: CCVSTransformer, start: torch.Tensor, num_frames:
                     cache.crop(0)
             first = lv + (t - s) * stride + lf  # position of frame t's first code
             buf[:, first - lf:first] = plan.annotations[:, t]
-            # with the cache, step_threads from the first small step (after a window's prefill)
+            # with the cache, the step thread count from the first small step (after a
+            # window's prefill, which keeps torch's threads); restored before on_frame
             small_from = 0 if cache is None or cache.length > 0 else 1
-            with contextlib.ExitStack() as scope:
+            with restored_threads():
                 for j in range(hw):
-                    if cache is not None and j == small_from:
-                        scope.enter_context(_threads(step_threads))
                     p = first + j  # the position to sample, scored by ô_{p−1}
+                    timed = trial is not None and j >= small_from
+                    if cache is not None and j >= small_from:
+                        count = trial.threads() if trial is not None else fixed
+                        if count > 0 and count != torch.get_num_threads():
+                            torch.set_num_threads(count)
+                    t0 = trial.clock() if timed else 0.0
+                    fed = p - (cache.length if cache is not None else 0)
                     if cache is None:
                         out = model(buf[:, :p], end_gap=gap, last_only=True)
                     else:  # feed what the cache lacks: a prefill, 1 + l_f tokens or 1 token
                         out = model(buf[:, cache.length:p], end_gap=gap, kv_cache=cache,
-                                          start_pos=cache.length, last_only=True)
+                                    start_pos=cache.length, last_only=True)
                     u = None if uniforms is None else uniforms[:, draw]
                     tok = _pick(out.logits[:, -1], k, config.temperature, u)
                     draw += 1
                     buf[:, p] = tok
                     codes[:, t, j] = tok
+                    if timed and fed == 1:  # measured: one-token steps only (alike in cost)
+                        trial.record(count, trial.clock() - t0)
             if on_frame is not None:
                 on_frame(t, codes[:, t].view(b, lay.frame_height, lay.frame_width))
     return codes.view(b, n, lay.frame_height, lay.frame_width)
 
 
 # ----------------------------------------------------------------------------- frames
+
+
+class _FrameDecoding:
+    """Runs ``decode(t, codes)`` (D·S·E·F of one new frame) for each new frame in order, under the
+    configured precision, on the thread count of T's one-token steps (``count()``: a 64×64
+    frame's convolutions are small ops too, and on a busy CPU 2 threads made a frame 7–50× slower
+    than 1), either inline or on one worker thread while T samples the next frame
+    (``overlap_decoding``; "auto" = when T's steps leave a core of torch's ``budget`` free,
+    decided at the first frame). The worker decodes frames in the order they arrive (frame t
+    reads the context pushed by frame t − 1) with torch's process-wide thread count, mostly T's
+    step count then. Leaving the block waits for every frame and re-raises a decoding error; a
+    failed frame stops T at its next frame."""
+
+    def __init__(self, decode: Callable[[int, torch.Tensor], None], config: SamplerConfig,
+                 device: torch.device, count: Callable[[], int], budget: int) -> None:
+        self.decode, self.device, self.count, self.budget = decode, device, count, budget
+        self.bf16 = config.autoencoder_precision == "bf16"
+        self.overlap = config.overlap_decoding  # "auto" until the first frame
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: list[Future] = []
+        self.failed = False  # a frame failed: the frames queued after it are not decoded
+
+    def _run(self, t: int, codes: torch.Tensor) -> None:
+        if self.failed:
+            return
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16,
+                                                 enabled=self.bf16):
+                self.decode(t, codes)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def submit(self, t: int, codes: torch.Tensor) -> None:
+        if self.overlap == "auto":
+            self.overlap = self.device.type == "cpu" and 0 < self.count() < self.budget
+        if self.overlap and self.pool is None:
+            self.pool = ThreadPoolExecutor(1, "ccvs-decode")
+        if self.pool is None:
+            with restored_threads():
+                if self.count() > 0:
+                    torch.set_num_threads(self.count())
+                self._run(t, codes)
+            return
+        for done in [f for f in self.pending if f.done()]:
+            done.result()  # a failed frame stops T now, not after the last frame
+            self.pending.remove(done)
+        self.pending.append(self.pool.submit(self._run, t, codes.clone()))
+
+    def __enter__(self) -> _FrameDecoding:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is None:
+            return
+        try:
+            if exc[0] is None:
+                for f in self.pending:
+                    f.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_models(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
@@ -343,7 +442,8 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
                controls: TokenControls | None = None, config: SamplerConfig = SamplerConfig(),
                samples: int = 1, seeds: Sequence[int] | None = None,
                context_frames: int | None = None,
-               on_frame: Callable[[int], None] | None = None) -> SynthesisOutput:
+               on_frame: Callable[[int], None] | None = None,
+               threads: StepThreads | None = None) -> SynthesisOutput:
     """Fig. 1 doubly autoregressive synthesis: start_frames (B, m, 3, H, W) in [−1, 1], tokenized
     by Q(E(·)) (m = 0, unconditional: T samples frame 0 too — it needs a token before the first
     code, a class or an end frame — and D decodes it without context); S = ``samples`` per input in ONE batch of B·S rows
@@ -394,8 +494,16 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
             if on_frame is not None:
                 on_frame(t)
 
-        tokens = sample_tokens(transformer, start_codes.repeat_interleave(samples, dim=0),
-                               num_frames, controls.repeat(samples) if controls else None,
-                               config, seeds, decode)
+        tuner = threads if threads is not None else StepThreads()  # shared with sample_tokens
+        trial = _step_trial(transformer, config, rows, dev, tuner)
+        fixed = _fixed_steps(config, dev)
+
+        def count() -> int:  # T's step count (1 while T still measures), 0 = torch's
+            return fixed if trial is None else trial.chosen or 1
+
+        with _FrameDecoding(decode, config, dev, count, torch.get_num_threads()) as decoding:
+            tokens = sample_tokens(transformer, start_codes.repeat_interleave(samples, dim=0),
+                                   num_frames, controls.repeat(samples) if controls else None,
+                                   config, seeds, decoding.submit, tuner)
     return SynthesisOutput(frames=frames.view(b, samples, *frames.shape[1:]),
                            tokens=tokens.view(b, samples, *tokens.shape[1:]))

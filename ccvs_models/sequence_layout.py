@@ -162,6 +162,41 @@ class SequenceLayout:
         out[:-1][ok] = nxt[ok] - self.frame_stride
         return out
 
+    def scored_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L,) long pair (t, j): for position i whose output ô_i scores frame t's code j (token
+        i + 1 is that code), its frame t and slot j ∈ ⟦0, h·w⟦; −1 at positions that score no
+        frame code. The control inputs of ``ccvs_models.control_inputs`` are placed by it."""
+        kinds, steps, slots = self.kinds(), self.timesteps(), self.slots()
+        t = torch.full((self.length,), -1, dtype=torch.long)
+        j = torch.full((self.length,), -1, dtype=torch.long)
+        ok = kinds[1:] == TokenKind.FRAME
+        t[:-1][ok] = steps[1:][ok]
+        j[:-1][ok] = slots[1:][ok] - self.frame_annotation_len
+        return t, j
+
+    def state_sources(self) -> torch.Tensor:
+        """(L, 2) long: for position i scoring frame t's code, the positions of frame t's state
+        tokens (x, y), which precede its codes; −1 rows elsewhere or without state tokens."""
+        out = torch.full((self.length, 2), -1, dtype=torch.long)
+        if not self.state_tokens:
+            return out
+        t, _ = self.scored_codes()
+        ok = t >= 0
+        first = self.video_len + t[ok] * self.frame_stride  # frame t's state x token
+        out[ok] = torch.stack([first, first + 1], dim=1)
+        return out
+
+    def end_sources(self) -> torch.Tensor:
+        """(L,) long: for position i scoring code j of a frame, the position of the end frame's
+        code j (a video-level token, before every frame); −1 elsewhere or without an end frame."""
+        out = torch.full((self.length,), -1, dtype=torch.long)
+        if not self.end_frame:
+            return out
+        _, j = self.scored_codes()
+        ok = j >= 0
+        out[ok] = j[ok] + self.end_frame_slice.start
+        return out
+
     def frame_mask(self) -> torch.Tensor:
         """(L,) bool, True at frame-token positions (the only ones predicted, Eq. (8))."""
         return self.kinds() == TokenKind.FRAME

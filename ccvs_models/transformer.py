@@ -38,7 +38,9 @@ prev_sources``), so T starts from "repeat the previous frame" and learns what ch
 of a static camera's video repeat (74 % on the demo world); the paper's T must find the previous
 frame by attention, a phase transition that a 4-layer T over q = 512 codes had not crossed after
 1,200 steps on synthetic repeating clips (docs/history/benchmarks-2026-11.md, "transformer"), beyond a CPU demo's budget.
-With the KV cache, the source ids come from ``KVCache.write_tokens``.
+With the KV cache, the source ids come from ``KVCache.write_tokens``. In the same spirit, and off by
+default too, ``state_field`` and ``end_frame_input`` place the state and the end frame at the
+frame tokens they concern (``ccvs_models.control_inputs``).
 
 Incremental decoding: ``forward(..., kv_cache=KVCache, start_pos=...)`` appends the keys/values of
 the new tokens to preallocated per-layer buffers; cached and uncached forwards give the same
@@ -60,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ccvs_models.control_inputs import EndFrameInput, StateField
 from ccvs_models.low_precision import LowPrecisionLinear
 from ccvs_models.positional import PositionalEmbedding
 from ccvs_models.sequence_layout import IGNORE_INDEX, TokenKind
@@ -128,6 +131,9 @@ class CCVSTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
         self.head = nn.Linear(d, cfg.frame_vocab, bias=False)
+        # ours: controls placed at the frame tokens they concern (ccvs_models.control_inputs)
+        self.state_field = StateField(lay, d) if cfg.state_field else None
+        self.end_input = EndFrameInput(lay, d, cfg.max_end_gap) if cfg.end_frame_input else None
         self.register_buffer("kinds", lay.kinds(), persistent=False)  # (L,)
         prev = lay.prev_sources()
         self.register_buffer("prev_src", prev.clamp(min=0), persistent=False)  # (L,) copy path
@@ -136,6 +142,10 @@ class CCVSTransformer(nn.Module):
         self._kind_list = lay.kinds().tolist()  # python copies for the one-token fast path
         self._table_of = {int(kind): (name, high) for kind, name, high in self._tables()}
         self._init_weights()
+        for module in (self.state_field, self.end_input):  # they start as the paper's T: zero
+            if module is not None:
+                for p in module.parameters():
+                    nn.init.zeros_(p)
 
     # kind → (table name, highest valid id); END_FRAME reads the frame table
     def _tables(self) -> list[tuple[TokenKind, str, int]]:
@@ -176,7 +186,7 @@ class CCVSTransformer(nn.Module):
             raise ValueError(f"low_precision: weights must be 'fp32', 'bf16' or 'int8', "
                              f"got {weights!r}")
         # the copy path reads the head's weight as an embedding table: that one stays fp32
-        keep_head = self.config.prev_frame_input
+        keep_head = self.config.prev_frame_input or self.config.end_frame_input
         swap = {id(m): m for m in self.modules() if isinstance(m, nn.Linear)
                 and not (keep_head and m is self.head)}
         new = copy.deepcopy(self, dict(swap))  # the Linears to swap are not copied, but replaced
@@ -201,18 +211,20 @@ class CCVSTransformer(nn.Module):
                              f"[0, {high}], got [{int(low_id)}, {int(high_id)}]")
         return F.embedding(tokens, self.tokens[name].weight)
 
-    def _copy_path(self, tokens: torch.Tensor, start_pos: int,
-                   kv_cache: KVCache | None) -> torch.Tensor:
-        """(B, T, D): for each position with a ``prev_sources`` entry, the head's row of the
-        previous frame's code there (zeros elsewhere). Sources come from ``tokens`` (start_pos 0)
-        or from the ids the cache has seen."""
-        t = tokens.shape[1]
+    def _seen(self, tokens: torch.Tensor, start_pos: int, kv_cache: KVCache | None) -> torch.Tensor:
+        """Token ids of positions 0 … start_pos + T − 1: ``tokens`` (start_pos 0) or the ids the
+        cache has seen (the inputs that read earlier tokens: copy path, control inputs)."""
         if kv_cache is not None:
-            seen = kv_cache.write_tokens(tokens)
-        elif start_pos == 0:
-            seen = tokens
-        else:
-            raise ValueError("prev_frame_input: positions after 0 need the KV cache (its token ids)")
+            return kv_cache.write_tokens(tokens)
+        if start_pos == 0:
+            return tokens
+        raise ValueError("prev_frame_input / state_field / end_frame_input: positions after 0 "
+                         "need the KV cache (its token ids)")
+
+    def _copy_path(self, tokens: torch.Tensor, start_pos: int, seen: torch.Tensor) -> torch.Tensor:
+        """(B, T, D): for each position with a ``prev_sources`` entry, the head's row of the
+        previous frame's code there (zeros elsewhere); ``seen``: ids of positions 0 …"""
+        t = tokens.shape[1]
         w = self.head.weight  # (q, D): frame codes only
         if t == 1:
             src = self._prev_list[start_pos]
@@ -259,8 +271,15 @@ class CCVSTransformer(nn.Module):
         kinds = self.kinds[start_pos:start_pos + t]
         # one token (incremental decoding): its kind and position are python ints, no lookups
         emb = self._embed_one(tokens, start_pos) if t == 1 else self.embed(tokens, kinds)
-        if self.config.prev_frame_input:
-            emb = emb + self._copy_path(tokens, start_pos, kv_cache)
+        cfg = self.config
+        if cfg.prev_frame_input or cfg.state_field or cfg.end_frame_input:
+            seen = self._seen(tokens, start_pos, kv_cache)
+            if cfg.prev_frame_input:
+                emb = emb + self._copy_path(tokens, start_pos, seen)
+            if self.state_field is not None:
+                emb = emb + self.state_field(seen, start_pos, t)
+            if self.end_input is not None:
+                emb = emb + self.end_input(seen, start_pos, t, end_gap, self.head.weight)
         x = self.drop(emb + self.pos(positions, end_gap, first=start_pos))
         for i, block in enumerate(self.blocks):
             x = block(x, kv_cache, i)

@@ -51,6 +51,12 @@ class TransformerConfig:
     # "repeat the previous frame" is there from the first step. The paper's T has to discover it
     # with attention, which a small T on the demo's CPU budget did not (docs/history/benchmarks-2026-11.md, "transformer").
     prev_frame_input: bool = False
+    # ours, not in the paper: each control at the frame tokens it concerns (ccvs_models.
+    # control_inputs). state_field: where frame t's state lies relative to each of its cells;
+    # end_frame_input: the end frame's code at each slot, gated by the frames left until it.
+    # Both need their control in the sequence (state / end_frame) and start as the paper's T.
+    state_field: bool = False
+    end_frame_input: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -74,6 +80,9 @@ class TransformerConfig:
              f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         need(self.mlp_ratio >= 1, f"mlp_ratio must be ≥ 1, got {self.mlp_ratio}")
         need(0 <= self.dropout < 1 and 0 <= self.attn_dropout < 1, "dropouts must be in [0, 1)")
+        need(not self.state_field or self.state, "state_field needs state tokens (state=True)")
+        need(not self.end_frame_input or self.end_frame,
+             "end_frame_input needs the end frame (end_frame=True)")
         need(self.pos_embedding in ("decomposed", "learned"),
              f"pos_embedding must be 'decomposed' or 'learned', got {self.pos_embedding!r}")
 

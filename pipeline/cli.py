@@ -9,6 +9,7 @@
     ccvs register [--name N]   register the newest trained transformer and its autoencoder in
                                MLflow's model registry (N-transformer, N-autoencoder)
     ccvs ui [--port P]         the MLflow UI on 127.0.0.1, opened on the pipeline's runs
+    ccvs ablation ACTION       the paper's ablation tables as DVC experiment queues (--help)
 """
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ def _ui(args: argparse.Namespace, extra: list[str]) -> int:
     return subprocess.call(cmd, env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"))
 
 
+def _ablation(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipeline.ablation.command import main as ablation_main
+
+    return ablation_main(extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ccvs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,13 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 (extra args go to mlflow ui)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--params", default="params.yaml")
+    sub.add_parser("ablation", help="the paper's ablation tables as DVC experiment queues "
+                   "(ccvs ablation --help)", add_help=False)
     args, extra = parser.parse_known_args(argv)
     if args.command in ("check", "preset", "register") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in ("check", "preset"):
         return _check(args) if args.command == "check" else _preset(args)
     handlers = {"repro": _repro, "pipeline": _pipeline, "stage": _stage,
-                "synthesize": _synthesize, "register": _register, "ui": _ui}
+                "synthesize": _synthesize, "register": _register, "ui": _ui,
+                "ablation": _ablation}
     return handlers[args.command](args, extra)
 
 

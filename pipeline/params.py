@@ -106,6 +106,7 @@ class PrepareParams:
     """Decode-and-shard (the ``prepare`` stage)."""
 
     resolution: int  # output frames are resolution × resolution (resize short side, center crop)
+    fps: float  # every video is resampled to this frame rate (the nearest frame in time; VFR too)
     clip_length: int  # T, frames per clip
     clip_stride: int  # frames between the starts of two consecutive clips of a video
     frame_step: int  # keep every frame_step-th frame (temporal subsampling)
@@ -292,7 +293,8 @@ class FVDParams:
     frames: int  # frames per clip fed to I3D (protocol: 16)
     videos: int  # inputs scored per task (sample 0 of each; 0 = every input). I3D at 224² costs
     # ~1–3 s per clip on a 2-core CPU, so the demo scores a subset; the paper uses 256 videos
-    repeats: int  # FVD computed this many times on random halves → mean ± std (1 = once, all)
+    repeats: int  # R evaluation runs, each scoring a fresh sample of every input → mean ± std
+    # (paper: 5; 2 on Kinetics); evaluate draws max(samples, repeats) samples per input
     batch_size: int  # clips per I3D forward pass
     count_conditioning: bool  # the given start frames are part of the clips scored
 
@@ -310,11 +312,14 @@ class EvaluateParams:
     split: Literal["train", "val", "test"]  # clips evaluated (paper: the test split)
     num_videos: int  # inputs evaluated per task (0 = every clip of the split)
     num_frames: int  # frames per synthetic video, the given ones included (0 = clip length)
+    start_frames: int  # m real frames given to every task that starts from real frames (BAIR 1,
+    # Kinetics 5, AudioSet-Drums 15); never scored as predictions
     samples: int  # S samples per input (DIV, best-of-S SSIM of Table D4)
     top_k: int  # top-k sampling (§3.1; 1 = greedy)
     temperature: float  # logits / temperature before top-k
     context_frames: int | None  # c frames of context for D (null = the autoencoder's own c)
-    timesteps: tuple[int, ...]  # SSIM / PSNR reported at these frames (paper: 8, 15)
+    timesteps: tuple[int, ...]  # SSIM / PSNR reported at these frames, 1-based as in the paper
+    # (t = 1 is the first frame; BAIR: 8 = mid-clip, 15 = one before the last of 16)
     tasks: tuple[str, ...]  # subset of EVALUATE_TASKS, in this order in the report
     batch_size: int  # inputs per synthesis batch (each carries S samples)
     gif_videos: int  # inputs shown per task in the GIF and the PNG grid
@@ -335,8 +340,14 @@ class EvaluateParams:
         if unknown or not self.tasks:
             raise ValueError(f"tasks: unknown {unknown} (known: {list(EVALUATE_TASKS)})"
                              if unknown else "tasks: give at least one")
-        if any(t < 0 for t in self.timesteps):
-            raise ValueError(f"timesteps must be >= 0, got {list(self.timesteps)}")
+        if any(t < 1 for t in self.timesteps):
+            raise ValueError(f"timesteps are 1-based (t = 1 is the first frame), got "
+                             f"{list(self.timesteps)}")
+        if self.start_frames < 1:
+            raise ValueError(f"start_frames must be >= 1, got {self.start_frames}")
+        if self.num_frames and self.start_frames >= self.num_frames:
+            raise ValueError(f"start_frames ({self.start_frames}) must be < num_frames "
+                             f"({self.num_frames}): nothing would be synthesized")
 
 
 def section_types() -> dict[str, type]:

@@ -14,6 +14,10 @@ stage writes them in the raw-demo layout of docs/CONTRACTS.md::
 
 Everything follows from ``demo.seed``: the same params give byte-identical files.
 
+Only when ``data.source`` is ``demo``: with any other source (your own videos, a dataset) the
+stage renders nothing and leaves ``out_dir/README.txt`` saying why (DVC needs the output to exist;
+it takes a few milliseconds), so pointing ``data`` at your videos never costs a demo world.
+
     python -m stages.demo_data --params params.yaml --out data/raw/demo
 """
 
@@ -24,6 +28,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -159,6 +164,7 @@ def run(params: DemoParams, out_dir: Path, logger: Any) -> dict[str, float]:
     """Render ``params.num_videos`` videos into ``out_dir`` (raw-demo layout); return metrics."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    (out_dir / "README.txt").unlink(missing_ok=True)  # left by a run that rendered nothing
     cfg = world_config(params)
     labels, splits = assign_labels_and_splits(params)
     seeds = video_seeds(params.seed, params.num_videos)
@@ -227,17 +233,40 @@ def run(params: DemoParams, out_dir: Path, logger: Any) -> dict[str, float]:
 PATHS = {
     "out": ("data/raw/demo", "output folder"),
 }
+_OWN = ("videos", "layouts", "ground_truth", "videos.csv", "annotations.csv", "classes.json")
+
+
+def not_used(source: str, out_dir: Path, logger: Any) -> dict[str, float]:
+    """``data.source`` is not the demo: remove what an earlier run rendered, say why, render
+    nothing."""
+    out_dir = Path(out_dir)
+    for name in _OWN:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "README.txt", lambda f: f.write(
+        f"Not rendered: data.source is {source!r}, not 'demo'. The pipeline reads the videos "
+        f"data.path names (see data/listing.json).\n"), binary=False)
+    logger.set_tag("demo_data.rendered", "false")
+    return {"num_videos": 0.0, "rendered": 0.0}
 
 
 def summary(metrics: dict[str, float], args: argparse.Namespace) -> str:
+    if not metrics.get("rendered", 1.0):
+        return f"not rendered (data.source is not 'demo'): {args.out}/README.txt"
     return (f"{int(metrics['num_videos'])} videos ({int(metrics['num_train'])} train / "
             f"{int(metrics['num_val'])} val / {int(metrics['num_test'])} test) in "
             f"{metrics['seconds']:.1f}s → {args.out}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main("demo_data", __doc__, PATHS, lambda p, a, log: run(p, Path(a.out), log),
-               sections=("demo",), summary=summary, argv=argv)
+    stage_main("demo_data", __doc__, PATHS,
+               lambda p, a, log: (run(p["demo"], Path(a.out), log) if p["data"].source == "demo"
+                                  else not_used(p["data"].source, Path(a.out), log)),
+               sections=("demo", "data"), summary=summary, argv=argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,22 @@ the per-task maths are in ``pipeline.evaluation.tasks``; FVD (I3D features, Fré
    then its samples, one row per input) and a PNG contact sheet in ``samples/evaluate/``, and
    ``plots/evaluate/<task>.csv`` (t, ssim, psnr) for ``dvc plots``.
 
+The paper's protocol, as params a preset sets: ``start_frames`` real frames given (BAIR 1,
+Kinetics 5, AudioSet-Drums 15), ``num_frames`` per video (16), SSIM / PSNR at ``timesteps`` counted
+1-based as the paper does (``ssim@15`` is the 15th frame; a given frame is never scored), FVD on
+``fvd.videos`` videos in ``fvd.repeats`` evaluation runs → mean ± std (``pipeline.metrics.fvd_runs``;
+the paper: 5 runs of 256 on BAIR), the real clips' I3D features computed from their arrays and
+cached by a hash of what determines them (``--fvd-cache``), and a warning when the videos per run
+are too few for a full-rank covariance.
+
+Control metrics (``pipeline.evaluation.control_metrics``): the position estimator
+(``models/position.pt``, App. A) runs on the synthesized frames of every task with a real
+counterpart; its trajectory is compared with the real clip's (``trajectory_error_px``), its speed
+with the sound track's loudness (``sound_sync``), and its shape classified against the clip's class
+by a classifier fitted on the train clips' trajectories (``class_accuracy``). ``end/ssim`` and
+``end/psnr`` score the frame at the end frame's index in every task, so point-to-point compares
+with prediction at the same frame. Without the estimator these are skipped, with the reason.
+
 FVD needs Kinetics-400 I3D weights (``evaluate.fvd.weights`` or the URL). Without them the value is
 computed with a randomly initialised I3D and reported as ``fvd_untrained_i3d``, never as ``fvd``.
 
@@ -35,6 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ccvs_models.position import PositionEstimator, PositionEstimatorConfig
 from ccvs_models.sampler import SamplerConfig
 from pipeline.atomic import write_json
 from pipeline.training.distributed import device_for
@@ -56,7 +73,9 @@ from pipeline.params import EvaluateParams
 from pipeline.data.shards import NO_LAYOUT, iter_clips
 from pipeline.synthesis.writers import contact_sheet, to_uint8
 from pipeline.synthesis.models import load_models
-from pipeline.tokens.shards import load_token_split, read_vocab
+from pipeline.evaluation.control_metrics import ControlReference, fit_trajectory_classifier, loudness_envelope
+from pipeline.tokens.shards import StateBins, load_token_split, read_vocab
+from pipeline.training.checkpoint import load_model
 from pipeline.metrics.objects import video_object_scores
 from pipeline.metrics.video import motion_mask
 from pipeline.errors import StageError
@@ -100,6 +119,74 @@ def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int
                     np.stack([layouts[k] for k in tok.keys]) if has_layouts else None)
 
 
+def load_estimator(path: str | Path, device: torch.device) -> PositionEstimator | None:
+    """``models/position.pt`` (the ``positions`` stage, App. A) → the estimator, eval mode; None
+    for the placeholder the stage writes without annotations (``meta["available"] = False``)."""
+    config, state, meta = load_model(path)
+    if not meta.get("available", True):
+        return None
+    cfg = PositionEstimatorConfig(**{**config, "channels": tuple(config["channels"])})
+    model = PositionEstimator(cfg)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def estimate_trajectories(estimator: PositionEstimator, video: torch.Tensor,
+                          batch: int = 256) -> np.ndarray:
+    """video (..., n, 3, H, W) in [−1, 1] → (..., n, 2) gripper positions in pixels, estimated on
+    the frames as they would be saved (uint8), like the estimator's training frames."""
+    flat = torch.from_numpy(to_uint8(video.flatten(0, -4))).permute(0, 3, 1, 2)
+    dev = next(estimator.parameters()).device
+    out = [estimator(flat[i:i + batch].to(dev).float().div(127.5).sub(1.0)).xy.float().cpu()
+           for i in range(0, len(flat), batch)]
+    return torch.cat(out).reshape(*video.shape[:-3], 2).numpy()
+
+
+def clip_audio(clips: str | Path, split: str, keys: list[str]) -> np.ndarray | None:
+    """(n, samples) the clips' sound tracks in ``keys`` order, or None when any clip has none."""
+    wanted, found = set(keys), {}
+    for sample in iter_clips(clips, split):
+        if sample["key"] in wanted and sample.get("audio") is not None:
+            found[sample["key"]] = sample["audio"]
+    if len(found) < len(keys) or len({len(a) for a in found.values()}) != 1:
+        return None
+    return np.stack([found[k] for k in keys])
+
+
+def control_reference(data: EvalData, estimator: PositionEstimator | None, clips: str | Path,
+                      tokens: str | Path, split: str, vocab: dict[str, Any], n_frames: int
+                      ) -> tuple[ControlReference, dict[str, str]]:
+    """What the controls ask for on ``data`` (pipeline.evaluation.control_metrics) and, per
+    control metric it cannot compute, why."""
+    why: dict[str, str] = {}
+    if estimator is None:
+        why = {k: "no position estimator (models/position.pt; no annotations?)" for k in
+               ("trajectory_error_px", "sound_sync", "class_accuracy")}
+        return ControlReference(None, None, None, None), why
+    trajectory = estimate_trajectories(estimator, data.frames[:, :n_frames])
+    audio = clip_audio(clips, split, data.keys)
+    envelope = None
+    if audio is None:
+        why["sound_sync"] = "the clips have no sound track"
+    else:
+        envelope = loudness_envelope(audio, data.frames.shape[1])[:, :n_frames]
+    classifier = None
+    train = load_token_split(tokens, "train", vocab)
+    classes = int(vocab.get("label", {}).get("num_classes", 0))
+    if len(train) == 0:
+        why["class_accuracy"] = "no train clips to learn the classes' trajectories from"
+    elif train.state is None or not vocab.get("state"):
+        why["class_accuracy"] = "the train tokens have no trajectories (state)"
+    elif len(np.unique(train.label)) < 2:
+        why["class_accuracy"] = "the train clips carry fewer than 2 classes"
+    else:
+        xy = StateBins.from_dict(vocab["state"]).dequantize(train.state)[:, :n_frames]
+        ok = np.isfinite(xy).all(axis=(1, 2))
+        classifier = fit_trajectory_classifier(xy[ok], train.label[ok], max(classes, 2))
+    return ControlReference(trajectory, envelope, data.label.numpy(), classifier), why
+
+
 def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -110,11 +197,30 @@ def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
     os.replace(tmp, path)
 
 
+def _why_skipped(how: str, vocab: dict[str, Any]) -> str:
+    """``resolve_task``'s reason, with why the data had no such tokens when tokenize said so."""
+    for kind, reason in vocab.get("absent", {}).items():
+        if f"without {kind} tokens" in how or f"no {kind} tokens" in how:
+            return f"{how}: {reason}"
+    if "without label tokens" in how:
+        classes = vocab.get("label", {}).get("classes", [])
+        return f"{how}: the data have {len(classes)} class(es) (a class token needs 2 or more)"
+    return how
+
+
 def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transformer: str | Path,
         autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
-        samples_dir: str | Path, logger: Any, fps: int = 10) -> dict[str, Any]:
-    """Run every task; write metrics, curves, GIFs and sheets; return the metrics document."""
+        samples_dir: str | Path, logger: Any, fps: int = 10,
+        positions: str | Path | None = None,
+        fvd_cache: str | Path | None = None) -> dict[str, Any]:
+    """Run every task; write metrics, curves, GIFs and sheets; return the metrics document.
+
+    ``positions``: the position estimator (``models/position.pt``) the control metrics run on the
+    synthesized frames; None or a missing file: those metrics are skipped, with why.
+    ``fvd_cache``: folder of the real clips' I3D features, keyed by what determines them (None:
+    computed every run)."""
     from pipeline.metrics import fvd as fvd_lib
+    from pipeline.metrics import fvd_runs
 
     start_time = time.perf_counter()
     device = device_for(0, params.device)
@@ -126,11 +232,16 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
     if n_frames > data.frames.shape[1]:
         raise StageError(f"evaluate.num_frames = {n_frames} but the {params.split} clips have "
                             f"{data.frames.shape[1]} frames")
+    m_given = params.start_frames
+    if m_given >= n_frames:
+        raise StageError(f"evaluate.start_frames = {m_given} but the videos have {n_frames} "
+                         f"frames (evaluate.num_frames): nothing would be synthesized")
     c = ae.config.context_frames if params.context_frames is None else params.context_frames
     if (problem := ae.config.context_problem(c)) is not None:  # e.g. c ≥ 1 for a model without F
         raise StageError(f"{autoencoder}: {problem} (evaluate.context_frames)")
     sampler = SamplerConfig(top_k=params.top_k, temperature=params.temperature, kv_cache=True)
-    s = params.samples
+    runs = params.fvd.repeats
+    s = max(params.samples, runs)  # run r scores sample r of every input
     samples_dir, plots_dir = Path(samples_dir), Path(plots_dir)
     samples_dir.mkdir(parents=True, exist_ok=True)
 
@@ -145,10 +256,14 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         raise StageError(f"evaluate.fvd.frames = {params.fvd.frames} but the videos have "
                             f"{n_frames} frames (evaluate.num_frames)")
     real_features: dict[int, np.ndarray] = {}  # I3D features of the real clips, per skip
+    real_cached: dict[int, bool] = {}
     moving = motion_mask(real_clips) if s > 1 else None  # DIV's moving parts, once for all tasks
     n_fvd = len(data) if params.fvd.videos == 0 else min(params.fvd.videos, len(data))
-    if n_fvd < 2:
-        raise StageError(f"FVD needs at least 2 videos, the {params.split} split has {len(data)}")
+    fvd_skipped = (None if n_fvd >= 2 else
+                   f"{len(data)} {params.split} clip(s): FVD needs at least 2 videos")
+    fvd_warning = None
+    if fvd_skipped:
+        print(f"evaluate: no FVD: {fvd_skipped}", flush=True)
 
     baseline: dict[str, float] = {}
     if data.layouts is not None:  # the no-model reference: the real frame 0 copied (issue 17)
@@ -158,15 +273,26 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         logger.log_metrics({f"baseline/copy_first/{k}": v for k, v in baseline.items()
                             if np.isfinite(v)})
 
+    estimator = (load_estimator(positions, device) if positions and Path(positions).is_file()
+                 else None)
+    reference, control_skipped = control_reference(data, estimator, clips, tokens, params.split,
+                                                   vocab, n_frames)
+    end_index = data.frames.shape[1] - 1  # the end frame point-to-point gives (the clip's last)
+
+    null_ids = {kind: int(vocab[kind]["null_id"]) for kind in ("state", "audio", "layout")
+                if isinstance(vocab.get(kind), dict) and "null_id" in vocab[kind]}
     results: dict[str, dict[str, float | None]] = {}
     skipped: dict[str, str] = {}
     starts: dict[str, str] = {}
     seconds: dict[str, float] = {}
     for name in params.tasks:
-        spec, how = resolve_task(TASKS[name], tr, data)
+        task = TASKS[name]
+        if task.start_frames:  # the protocol's number of given frames (BAIR 1, Kinetics 5, …)
+            task = dataclasses.replace(task, start_frames=m_given)
+        spec, how = resolve_task(task, tr, data, null_ids)
         if spec is None:
-            skipped[name] = how
-            print(f"evaluate: skipping {name}: {how}", flush=True)
+            skipped[name] = _why_skipped(how, vocab)
+            print(f"evaluate: skipping {name}: {skipped[name]}", flush=True)
             continue
         starts[name] = how
         t0 = time.perf_counter()
@@ -190,23 +316,28 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
         ssim_v, psnr_v = frame_scores(fake, real_clips)
         has_ref = how != "sampled"  # an unconditional frame 0 has no real counterpart
         div, div_moving = sample_diversity(fake, moving)
-        row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref)
+        row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref,
+                        end_index, runs=runs)
         row["motion"] = frame_motion(fake, max(m - 1, 0))  # from the last given frame on
         if has_ref and data.layouts is not None and m < n_frames:  # inside the moving objects
             row.update(video_object_scores(real_clips, fake, data.layouts, start=max(m, 1)))
-        skip = 0 if params.fvd.count_conditioning else m
-        fvd_frames = min(params.fvd.frames, n_frames - skip)
-        if skip not in real_features:
-            real_features[skip] = fvd_lib.i3d_features(
-                i3d, real_clips[:n_fvd, skip:skip + fvd_frames], params.fvd.batch_size,
-                desc="I3D real")
-        fvd = fvd_lib.compute_fvd(real_clips[:n_fvd], fake[:n_fvd, 0], i3d, i3d_info,
-                                  batch_size=params.fvd.batch_size, frames=fvd_frames,
-                                  skip_frames=skip, repeats=params.fvd.repeats, seed=params.seed,
-                                  real_features=real_features[skip])
-        row[fvd_name] = fvd["mean"]
-        if params.fvd.repeats > 1:
-            row[f"{fvd_name}_std"] = fvd["std"]
+        if estimator is not None and has_ref:  # does the video do what the controls asked?
+            row.update(reference.score(estimate_trajectories(estimator, fake), max(m, 1)))
+        if not fvd_skipped:
+            skip = 0 if params.fvd.count_conditioning else m
+            fvd_frames = min(params.fvd.frames, n_frames - skip)
+            window = slice(skip, skip + fvd_frames)
+            if skip not in real_features:  # the clips' arrays in memory, never a re-encoded mp4
+                real_features[skip], _, real_cached[skip] = fvd_runs.real_features(
+                    i3d, i3d_info, real_clips[:n_fvd, window], batch_size=params.fvd.batch_size,
+                    cache_dir=fvd_cache)
+                fvd_warning = fvd_runs.covariance_warning(n_fvd, real_features[skip].shape[1])
+            fakes = [fvd_lib.i3d_features(i3d, fake[:n_fvd, r, window], params.fvd.batch_size,
+                                          desc=f"I3D run {r + 1}") for r in range(runs)]
+            fvd = fvd_runs.fvd_over_runs(real_features[skip], fakes)
+            row[fvd_name] = fvd["mean"]
+            if runs > 1:
+                row[f"{fvd_name}_std"] = fvd["std"]
         seconds[name] = time.perf_counter() - t0
         results[name] = {k: finite(v) for k, v in row.items()}
         logger.log_metrics({f"{name}/{k}": v for k, v in row.items() if np.isfinite(v)})
@@ -222,15 +353,29 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
             logger.log_artifact(str(png), f"samples/{name}")
         print(f"evaluate: {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
 
+    if fvd_warning:
+        print(f"evaluate: warning: {fvd_warning}", flush=True)
+        logger.set_tag("evaluate.fvd_warning", fvd_warning)
     doc = {
         "tasks": results,
         "skipped": skipped,
         "start": starts,
         "fvd": {"metric": fvd_name, "pretrained": i3d_info.pretrained, "weights": i3d_info.location,
-                "videos": n_fvd, "frames": params.fvd.frames,
-                "count_conditioning": params.fvd.count_conditioning},
+                "videos": n_fvd, "frames": params.fvd.frames, "runs": runs,
+                "count_conditioning": params.fvd.count_conditioning,
+                "real_features": ("cached" if real_cached and all(real_cached.values()) else
+                                  "computed from the clips' arrays"),
+                **({"skipped": fvd_skipped} if fvd_skipped else {}),
+                **({"warning": fvd_warning} if fvd_warning else {})},
+        "protocol": {"start_frames": m_given, "timesteps": list(params.timesteps),
+                     "timestep_indexing": "1-based: t = 1 is the first frame (the paper's)",
+                     "runs": runs, "videos_per_run": n_fvd},
         "baseline": {"copy_first": {k: finite(v) for k, v in baseline.items()}} if baseline else {},
         "real_motion": frame_motion(real_clips),  # the same measure on the real clips
+        "control": {"real": {k: finite(v) for k, v in reference.real().items()},
+                    "chance_class_accuracy": (1.0 / reference.classifier.num_classes
+                                              if reference.classifier else None),
+                    "skipped": control_skipped},
         "inputs": len(data),
         "samples": s,
         "num_frames": n_frames,
@@ -244,6 +389,7 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
 
 
 PATHS = {
+    "fvd_cache": ("cache/fvd", "folder of cached real-clip I3D features ('' = none)"),
     "clips": "data/clips",
     "tokens": "data/tokens",
     "transformer": "models/transformer.pt",
@@ -251,13 +397,16 @@ PATHS = {
     "metrics": "metrics/evaluate.json",
     "plots": "plots/evaluate",
     "samples": "samples/evaluate",
+    "positions": ("models/position.pt", "position estimator for the control metrics ('' = none)"),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(STAGE, __doc__, PATHS,
                lambda p, a, log: run(p, a.clips, a.tokens, a.transformer, a.autoencoder,
-                                     a.metrics, a.plots, a.samples, log), argv=argv)
+                                     a.metrics, a.plots, a.samples, log,
+                                     positions=a.positions or None,
+                                     fvd_cache=a.fvd_cache or None), argv=argv)
 
 
 if __name__ == "__main__":

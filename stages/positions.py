@@ -31,6 +31,11 @@ frames, not E's latents, because this stage runs beside the autoencoder in the D
    ``ground_truth`` in the JSON says which was available. ``out_dir/examples.png`` draws predicted
    (red) and true (green) positions on a few frames; it is logged as an artifact.
 
+No annotations (a folder of videos nobody labelled): nothing to train on, so the stage writes a
+placeholder model (``meta["available"] = False`` and the reason, as the sound and layout VQs do
+without audio or layouts), ``out_dir/unavailable.json`` with the reason instead of the parquet
+files, and metrics saying so; ``tokenize`` then writes no state tokens and T trains without them.
+
 Steps 1–3 (the annotated frames, the held-out split, the training task, augmentation, learning
 rate and batched ``predict``) live in ``pipeline/training/positions.py``; this module re-exports
 them and keeps the labelling, the ground-truth comparison, the report and the CLI.
@@ -42,6 +47,7 @@ them and keeps the labelling, the ground-truth comparison, the report and the CL
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,15 @@ from ccvs_models.position import PositionEstimator
 from pipeline.atomic import write_json, write_parquet
 from pipeline.training.checkpoint import save_model
 from pipeline.params import PositionsParams
-from pipeline.training.positions import PositionTask, _batches, _frame_id, _split_clips, load_annotated, predict
+from pipeline.training.positions import (
+    NoAnnotations,
+    PositionTask,
+    _batches,
+    _frame_id,
+    _split_clips,
+    load_annotated,
+    predict,
+)
 from pipeline.training.loop import fit
 from pipeline.data.splits import holdout_mask
 from pipeline.errors import StageError
@@ -162,6 +176,27 @@ def _stats(errors: list[float] | np.ndarray, prefix: str, p95: bool = False) -> 
 
 # --------------------------------------------------------------------------- stage
 
+UNAVAILABLE = "unavailable.json"  # in out_dir instead of <split>.parquet: why there are none
+
+
+def _placeholder(reason: str, out_model: Path, out_dir: Path, metrics_path: Path, logger: Any,
+                 start: float) -> dict[str, Any]:
+    """No annotations: no estimator, no trajectories. Writes a model file saying so
+    (``meta["available"] = False``, like the sound and layout VQs), ``out_dir/unavailable.json``
+    with the reason instead of the parquet files (``tokenize`` then writes no state tokens and T
+    trains without them) and the metrics; the DAG goes on."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        (out_dir / f"{split}.parquet").unlink(missing_ok=True)
+    write_json(out_dir / UNAVAILABLE, {"available": False, "reason": reason})
+    save_model(out_model, {}, {}, available=False, reason=reason)
+    metrics = {"available": 0.0, "reason": reason, "seconds": time.perf_counter() - start}
+    write_json(metrics_path, metrics)
+    logger.set_tags({"positions.available": "false", "positions.reason": reason})
+    logger.log_metrics({"available": 0.0})
+    print(f"positions: {reason}: no position model, no state tokens", file=sys.stderr)
+    return metrics
+
 
 def run(
     params: PositionsParams,
@@ -181,7 +216,10 @@ def run(
     """
     start = time.perf_counter()
     clips_dir, out_dir = Path(clips_dir), Path(out_dir)
-    annotated = load_annotated(clips_dir)
+    try:
+        annotated = load_annotated(clips_dir)
+    except NoAnnotations as err:
+        return _placeholder(str(err), out_model, out_dir, Path(metrics_path), logger, start)
     size = tuple(int(s) for s in annotated.frames.shape[1:3])  # (H, W)
     step = params.model.downsampling
     if size[0] % step or size[1] % step:
@@ -248,7 +286,8 @@ def run(
                 marked = pos is not None and bool(np.isfinite(pos[t]).all())
                 if not truth.available or fid in never_seen:
                     continue
-                true = truth.get(fid[0], fid[1], size[1])
+                shown = sample["meta"].get("source_frames")  # prepare resampled the video
+                true = truth.get(fid[0], int(shown[t]) if shown else fid[1], size[1])
                 if true is None:
                     continue
                 if marked or fid in annotated_ids:
@@ -301,6 +340,8 @@ PATHS = {
 
 
 def summary(metrics: dict[str, Any], args: argparse.Namespace) -> str:
+    if not metrics.get("available", 1.0):
+        return f"skipped (no annotations): placeholder {args.model}, no trajectories"
     never = metrics.get("never_annotated_error_px_mean")
     extra = f", never-annotated {never:.2f} px" if never is not None else ""
     return (f"{metrics['train_frames']} train / {metrics['heldout_frames']} held-out annotated "

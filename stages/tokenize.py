@@ -100,6 +100,17 @@ def load_upstream(params: TokenizeParams, autoencoder: Path, sound_vq: Path | No
         raise StageError(str(err)) from None
 
 
+def _why_no_trajectories(positions_dir: Path | None) -> str:
+    """The reason the positions stage wrote in ``unavailable.json`` (no annotations), else where
+    the trajectories were looked for."""
+    if positions_dir is not None and (positions_dir / "unavailable.json").is_file():
+        try:
+            return str(json.loads((positions_dir / "unavailable.json").read_text())["reason"])
+        except (OSError, KeyError, TypeError, json.JSONDecodeError):
+            pass
+    return f"no trajectories ({positions_dir}/<split>.parquet)"
+
+
 def read_trajectories(positions_dir: Path, split: str) -> dict[str, np.ndarray] | None:
     """``positions_dir/<split>.parquet`` → key → (T, 2) float32 (NaN where no row); None if absent."""
     path = positions_dir / f"{split}.parquet"
@@ -165,7 +176,7 @@ def run(
     if not params.state:
         up.absent["state"] = "tokenize.state is false"
     elif not use_state:
-        up.absent["state"] = f"no trajectories ({positions_dir}/<split>.parquet)"
+        up.absent["state"] = _why_no_trajectories(positions_dir)
     else:
         up.sources["positions"] = hashlib.sha1(b"".join(
             file_hash(positions_dir / f"{s}.parquet").encode()

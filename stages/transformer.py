@@ -25,7 +25,8 @@ embedding encodes its gap to the window (point-to-point synthesis). The model is
    val perplexity / unigram perplexity (the issue's done criterion: well below 1); and the
    temporal baseline ``baseline/copy_val_perplexity`` / ``copy_val_accuracy`` (each code repeats
    the previous frame's: a T above it cannot yet hold a static scene still, and its samples
-   flicker).
+   flicker); ``val/gain/<kind>`` per annotation kind: how much the val loss rises when that kind
+   is nulled (about 0: T ignores that control, and its samples will not follow it).
 
     python -m stages.transformer --params params.yaml --tokens data/tokens
 """
@@ -153,6 +154,7 @@ def run(
         "val/perplexity": ev.get("val/perplexity", float("nan")),
         "val/loss": ev.get("val/loss", float("nan")),
         "val/accuracy": ev.get("val/accuracy", float("nan")),
+        **{k: v for k, v in ev.items() if k.startswith("val/gain/")},  # does T read each control?
         "baseline/unigram_perplexity": base["unigram_perplexity"],
         "baseline/unigram_val_perplexity": base["unigram_val_perplexity"],
         "perplexity_ratio": ev.get("val/perplexity", float("nan")) / base["unigram_perplexity"],
@@ -201,10 +203,13 @@ PATHS = {
 
 
 def summary(m: dict[str, float], args: argparse.Namespace) -> str:
+    gains = ", ".join(f"{k.rsplit('/', 1)[-1]} {v:+.3f}" for k, v in m.items()
+                      if k.startswith("val/gain/"))
     return (f"val perplexity {m['val/perplexity']:.1f} (accuracy {m['val/accuracy']:.3f}); "
             f"baselines: unigram {m['baseline/unigram_val_perplexity']:.1f}, "
             f"copy-the-previous-frame {m['baseline/copy_val_perplexity']:.1f} (accuracy "
-            f"{m['baseline/copy_val_accuracy']:.3f})")
+            f"{m['baseline/copy_val_accuracy']:.3f})"
+            + (f"; val loss gain per control (nats/token): {gains}" if gains else ""))
 
 
 def main(argv: list[str] | None = None) -> None:

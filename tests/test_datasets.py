@@ -52,9 +52,10 @@ def _data(source: str, path: Path, annotations: str = "", fold: int = 1,
 
 
 def _params(**change) -> PrepareParams:
-    base = PrepareParams(resolution=32, clip_length=8, clip_stride=8, frame_step=1, audio=False,
-                         audio_rate=8000, missing_audio="reject", shard_max_bytes=10**7,
-                         workers=1, decoder="auto")
+    base = PrepareParams(resolution=32, fps=10.0, clip_length=8, clip_stride=8, frame_step=1,
+                         audio=False, audio_rate=8000, missing_audio="reject",
+                         shard_max_bytes=10**7, workers=1, decoder="auto")  # fps: the fixtures'
+    # own rate (BAIR's nominal 10, the mp4s'), unless a test says otherwise
     return dataclasses.replace(base, **change)
 
 
@@ -225,7 +226,8 @@ def test_kinetics600_csvs_and_clips(tmp_path):
               "val/ddddddddd4_000030_000040.mp4": 2, "test/eeeeeeeee_5_000001_000011.mp4": 3}
     for rel, seed in videos.items():
         write_mp4(root / rel, pattern_frames(10, 36, 48, seed), 25)
-    _, manifest, rejected, clips = _prepare(_data("kinetics600", root), _params(), tmp_path / "out")
+    _, manifest, rejected, clips = _prepare(_data("kinetics600", root), _params(fps=25.0),
+                                            tmp_path / "out")
     assert rejected == {"train.csv: ccccccccc_3_000005_000015":
                         "not downloaded (no such video under data.path)"}
     by_video = manifest.set_index("video_id")
@@ -267,8 +269,8 @@ def test_ucf101_official_lists_folds_and_groups(tmp_path):
     (lists / "testlist01.txt").write_text((lists / "testlist01.txt").read_text()
                                           + "ApplyEyeMakeup/v_ApplyEyeMakeup_g03_c01.avi\r\n")
 
-    _, manifest, rejected, clips = _prepare(_data("ucf101", root, val_fraction=0.7), _params(),
-                                            tmp_path / "out")
+    _, manifest, rejected, clips = _prepare(_data("ucf101", root, val_fraction=0.7),
+                                            _params(fps=25.0), tmp_path / "out")
     assert rejected == {"ApplyEyeMakeup/v_ApplyEyeMakeup_g03_c01.avi": "file not found under data.path"}
     assert len(manifest) == 10  # every file: 9 frames → one 8-frame clip each
     test = set(manifest[manifest.split == "test"].video_id)
@@ -282,10 +284,11 @@ def test_ucf101_official_lists_folds_and_groups(tmp_path):
     assert (hs.label == "HandstandPushups").all() and (hs.label_id == 1).all()
     assert all(c["frames"].shape == (8, 32, 32, 3) for c in clips.values())
 
-    fold2 = _prepare(_data("ucf101", root, fold=2), _params(), tmp_path / "out2")[1]
+    fold2 = _prepare(_data("ucf101", root, fold=2), _params(fps=25.0), tmp_path / "out2")[1]
     assert set(fold2[fold2.split == "test"].video_id) == {s for _, s in files if "_g08_" in s}
     with pytest.raises(SourceError, match="data.fold"):
-        prepare.run(_data("ucf101", root, fold=4), _params(), tmp_path / "out3", RecordingLogger())
+        prepare.run(_data("ucf101", root, fold=4), _params(fps=25.0), tmp_path / "out3",
+                    RecordingLogger())
 
 
 # --------------------------------------------------------------------------- AudioSet-Drums
@@ -361,7 +364,7 @@ def test_cityscapes_sequences_with_sparse_and_dense_layouts(tmp_path):
     # a segmentation model's map for one more frame of snippet 1, in a folder of the user's
     write_png(root / "predicted" / "aachen_000000_000003_pred_labelIds.png", _label_map(9))
 
-    params = _params(clip_length=30, clip_stride=30)
+    params = _params(clip_length=30, clip_stride=30, fps=17.0)  # Cityscapes' own rate
     _, manifest, rejected, clips = _prepare(_data("cityscapes", root), params, tmp_path / "out")
     assert rejected == {}
     assert dict(zip(manifest.video_id, manifest.split)) == {
@@ -388,7 +391,8 @@ def test_weizmann_actions_person_disjoint(tmp_path):
     for i, name in enumerate(names):
         write_avi(root / f"{name}.avi", pattern_frames(9, 36, 44, i), fps=25)
     (root / "walk" / "README.txt").write_text("not a video")
-    _, manifest, rejected, _ = _prepare(_data("weizmann", root, fold=2), _params(), tmp_path / "out")
+    _, manifest, rejected, _ = _prepare(_data("weizmann", root, fold=2), _params(fps=25.0),
+                                        tmp_path / "out")
     assert rejected == {}
     labels = dict(zip(manifest.video_id, manifest.label))
     assert labels == {"daria_walk": "walk", "lena_walk1": "walk", "lena_walk2": "walk",
@@ -398,4 +402,5 @@ def test_weizmann_actions_person_disjoint(tmp_path):
     assert set(manifest[manifest.split == "test"].video_id) == {"denis_run", "denis_wave1", "denis_jack"}
     assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["jack", "run", "walk", "wave1"]
     with pytest.raises(SourceError, match=r"data.fold: the held-out subject must be 1..3"):
-        prepare.run(_data("weizmann", root, fold=4), _params(), tmp_path / "o2", RecordingLogger())
+        prepare.run(_data("weizmann", root, fold=4), _params(fps=25.0), tmp_path / "o2",
+                    RecordingLogger())

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
+from ccvs_models.position import PositionEstimator, PositionEstimatorConfig
 from ccvs_models.transformer import CCVSTransformer
 from ccvs_models.transformer_config import TransformerConfig
 from pipeline.evaluation import tasks as ev
@@ -63,11 +64,14 @@ def world(tmp_path_factory) -> dict[str, Path]:
     save_model(root / "autoencoder.pt", ae_cfg, ae.state_dict())
     cfg = TransformerConfig(**TCFG)
     save_model(root / "transformer.pt", cfg, CCVSTransformer(cfg).state_dict(), vocab=VOCAB)
+    pcfg = PositionEstimatorConfig(stem_channels=4, channels=(4,))  # 16 px → 4×4 heatmap
+    save_model(root / "position.pt", pcfg, PositionEstimator(pcfg).state_dict())
     tokens, clips = root / "tokens", root / "clips"
     tokens.mkdir()
     (tokens / "vocab.json").write_text(json.dumps(VOCAB))
     with ShardWriter(clips / "test", 10_000_000) as cw, \
-            ShardWriter(tokens / "test", 10_000_000, pattern=TOKEN_PATTERN) as tw:
+            ShardWriter(tokens / "test", 10_000_000, pattern=TOKEN_PATTERN) as tw, \
+            ShardWriter(tokens / "train", 10_000_000, pattern=TOKEN_PATTERN) as train_w:
         for i in range(CLIPS):
             frames = _clip(i)
             key = f"v{i}_0000"
@@ -78,13 +82,18 @@ def world(tmp_path_factory) -> dict[str, Path]:
                 codes = ae.tokenize(x).numpy()
             state = np.stack([np.arange(T) % 16, np.full(T, 7)], 1)
             tw.write(encode_token_sample(key, codes, meta, frame_vocab=Q, state=state))
+            # the train split: the class check's classifier learns the classes' trajectories
+            train_w.write(encode_token_sample(f"t{i}_0000", codes, {**meta, "split": "train"},
+                                              frame_vocab=Q, state=(state + i) % 16))
     return {"root": root, "clips": clips, "tokens": tokens,
-            "transformer": root / "transformer.pt", "autoencoder": root / "autoencoder.pt"}
+            "transformer": root / "transformer.pt", "autoencoder": root / "autoencoder.pt",
+            "positions": root / "position.pt"}
 
 
 def _params(**over) -> EvaluateParams:
-    base = dict(split="test", num_videos=0, num_frames=0, samples=3, top_k=8, temperature=1.0,
-                context_frames=None, timesteps=(2, 5), tasks=tuple(ev.TASKS), batch_size=2,
+    base = dict(split="test", num_videos=0, num_frames=0, start_frames=1, samples=3, top_k=8,
+                temperature=1.0,
+                context_frames=None, timesteps=(2, 5, 6), tasks=tuple(ev.TASKS), batch_size=2,
                 gif_videos=2, seed=0, device="cpu",
                 fvd=FVDParams(weights="", url="", frames=T, videos=0, repeats=1, batch_size=4,
                               count_conditioning=True))
@@ -103,7 +112,7 @@ def evaluated(world, tmp_path_factory):
     try:
         doc = stage.run(_params(), world["clips"], world["tokens"], world["transformer"],
                         world["autoencoder"], out / "evaluate.json", out / "plots", out / "samples",
-                        log)
+                        log, positions=world["positions"])
     finally:
         mp.undo()
     return doc, log, out
@@ -116,6 +125,25 @@ def test_every_task_runs_or_says_why_not(evaluated):
     assert doc["start"]["unconditional"] == "sampled"  # T has a class token: frame 0 is sampled
     assert doc["start"]["prediction"] == "given"
     assert json.loads((out / "evaluate.json").read_text())["inputs"] == CLIPS
+
+
+def test_a_control_no_evaluated_clip_has_skips_its_task_instead_of_scoring_prediction_twice():
+    torch.manual_seed(0)
+    tr = CCVSTransformer(TransformerConfig(**TCFG))
+    null = StateBins.for_frame(16, RES, RES).null_id
+    state = torch.randint(0, 16, (2, N, 2))
+    data = ev.EvalData(["a", "b"], torch.zeros(2, N, 3, RES, RES),
+                       torch.zeros(2, N, GRID, GRID, dtype=torch.long),
+                       torch.zeros(2, GRID, GRID, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                       state, None, None)
+    spec, how = ev.resolve_task(ev.TASKS["state"], tr, data, {"state": null})
+    assert spec is not None and how == "given"
+    state[0] = null  # one clip without positions: the task still runs on the other
+    assert ev.resolve_task(ev.TASKS["state"], tr, data, {"state": null})[0] is not None
+    state[1] = null  # none has any: the "state" task would be prediction under another name
+    spec, how = ev.resolve_task(ev.TASKS["state"], tr, data, {"state": null})
+    assert spec is None and "none of the 2 clips" in how and "annotated position" in how
+    assert ev.resolve_task(ev.TASKS["prediction"], tr, data, {"state": null})[0] is not None
 
 
 def test_fvd_is_never_reported_under_its_name_with_stand_in_weights(evaluated):
@@ -142,13 +170,44 @@ def test_metrics_obey_their_invariants(evaluated):
     assert "div" in tasks["unconditional"]
 
 
+def test_control_metrics_score_the_synthesized_frames_against_the_asked_trajectory(world, evaluated):
+    from pipeline.synthesis.models import load_models
+
+    doc = evaluated[0]
+    for name in ("reconstruction", "prediction", "point_to_point", "state", "class"):
+        row = doc["tasks"][name]
+        assert row["trajectory_error_px"] >= 0 and 0 <= row["class_accuracy"] <= 1
+        assert row["end/ssim"] == pytest.approx(row["ssim@6"])  # the end frame is the clip's last (1-based t = N)
+    assert "trajectory_error_px" not in doc["tasks"]["unconditional"]  # no real counterpart
+    assert "sound track" in doc["control"]["skipped"]["sound_sync"]  # these clips are silent
+    assert doc["control"]["chance_class_accuracy"] == 0.5
+    # reconstruction: the estimator on the decoded frames t ≥ 1 against it on the real ones
+    models = load_models(world["transformer"], world["autoencoder"], world["tokens"])
+    data = stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB)
+    video = ev.decode_video(models.autoencoder, data.codes, data.frames[:, :1], 1)
+    est = stage.load_estimator(world["positions"], torch.device("cpu"))
+    fake, real = stage.estimate_trajectories(est, video), stage.estimate_trajectories(est, data.frames)
+    expected = np.linalg.norm(fake[:, 1:] - real[:, 1:], axis=-1).mean()
+    assert doc["tasks"]["reconstruction"]["trajectory_error_px"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_without_an_estimator_the_control_metrics_say_why(world):
+    data = stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB)
+    ref, why = stage.control_reference(data, None, world["clips"], world["tokens"], "test", VOCAB, T)
+    assert ref.score(np.zeros((CLIPS, 1, T, 2)), 1) == {}
+    assert set(why) == {"trajectory_error_px", "sound_sync", "class_accuracy"}
+    assert all("position estimator" in reason for reason in why.values())
+
+
 def test_outputs_for_people_and_plots(evaluated):
     _, log, out = evaluated
     for name in ("reconstruction", "prediction", "point_to_point"):
         assert (out / "samples" / f"{name}.gif").stat().st_size > 0
         assert (out / "samples" / f"{name}.png").stat().st_size > 0
         rows = (out / "plots" / f"{name}.csv").read_text().splitlines()
-        assert rows[0] == "t,ssim,psnr" and len(rows) == 1 + T - 1  # t = 1 … T−1
+        # the synthesized frames only, t 1-based as the paper's: t = 2 … T (t = 1 was given)
+        assert rows[0] == "t,ssim,psnr" and len(rows) == 1 + T - 1
+        assert rows[1].startswith("2,") and rows[-1].startswith(f"{T},")
     assert "prediction/ssim@5" in log.metrics and "reconstruction/psnr" in log.metrics
 
 
@@ -173,6 +232,62 @@ def test_object_region_metrics_with_layouts_and_absent_without(world, evaluated,
     assert stage.load_eval_data(bare, world["tokens"], "test", 0, VOCAB).layouts is None
     assert stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB).layouts.shape == (
         CLIPS, T, RES, RES)
+
+
+def test_timesteps_are_one_based_and_given_frames_are_never_scored():
+    b, s_, n, m = 2, 3, 16, 5
+    ssim_v = torch.linspace(0, 1, n).expand(b, s_, n).clone()  # frame i scores i / 15
+    ssim_v[:, :, :m] = 1.0  # the given frames: identical to the real ones
+    psnr_v = 10 + ssim_v
+    row = ev.summarize("prediction", ssim_v, psnr_v, m, (1, 5, 6, 8, 15, 16, 17), None, None,
+                       True)
+    # ssim@t is the t-th frame (index t − 1): Table 3's t = 15 is the one before the last of 16
+    assert row["ssim@15"] == pytest.approx(14 / 15) and row["ssim@16"] == pytest.approx(1.0)
+    assert row["ssim@8"] == pytest.approx(7 / 15) and row["ssim@6"] == pytest.approx(5 / 15)
+    assert not {"ssim@1", "ssim@5", "ssim@17"} & set(row)  # given (t ≤ m) or past the end
+    assert row["ssim"] == pytest.approx(float(ssim_v[0, 0, m:].mean()))  # given frames left out
+    assert ev.scored_timesteps((8, 15), 1, 16) == [8, 15]
+    assert ev.scored_timesteps((8, 15), 8, 16) == [15]  # 8 given frames: t = 8 is not a prediction
+    assert [r["t"] for r in ev.per_timestep(ssim_v, psnr_v, m)] == list(range(m + 1, n + 1))
+
+
+def test_runs_give_a_std_over_runs_of_each_runs_mean():
+    ssim_v = torch.zeros(4, 3, 6)
+    ssim_v[:, 0], ssim_v[:, 1], ssim_v[:, 2] = 0.2, 0.4, 0.9  # run r = sample r of every input
+    row = ev.summarize("prediction", ssim_v, ssim_v, 1, (4,), None, None, True, runs=2)
+    assert row["ssim@4_std"] == pytest.approx(0.1)  # std of (0.2, 0.4): the first 2 samples
+    assert row["ssim@4"] == pytest.approx(0.5)  # the mean keeps every sample
+
+
+def test_protocol_params_start_frames_runs_and_cached_real_statistics(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("CCVS_OFFLINE", "1")
+    real_feats = fvd_lib.i3d_features
+    calls = []
+
+    def small(model, videos, *a, **k):  # the stand-in I3D at 64 px, and count real extractions
+        calls.append(k.get("desc"))
+        return real_feats(model, videos, *a, **{**k, "resolution": 64})
+
+    monkeypatch.setattr(fvd_lib, "i3d_features", small)
+    params = _params(tasks=("prediction",), start_frames=2, samples=1, timesteps=(2, 3, 6),
+                     fvd=dataclasses.replace(_params().fvd, repeats=2))
+    docs = []
+    for attempt in range(2):
+        out = tmp_path / f"run{attempt}"
+        docs.append(stage.run(params, world["clips"], world["tokens"], world["transformer"],
+                              world["autoencoder"], out / "evaluate.json", out / "plots",
+                              out / "samples", RecordingLogger(), fvd_cache=tmp_path / "cache"))
+    first, second = docs
+    row = first["tasks"]["prediction"]
+    assert first["protocol"]["start_frames"] == 2 and first["fvd"]["runs"] == 2
+    assert "ssim@2" not in row and {"ssim@3", "ssim@6", "ssim@3_std"} <= set(row)
+    assert row["fvd_untrained_i3d_std"] >= 0 and "fvd_untrained_i3d" in row  # 2 runs: mean ± std
+    assert "rank <= 2" in first["fvd"]["warning"]  # 3 videos: a rank-2 covariance of 400 features
+    # the real clips' features: extracted once, then read back from the cache by their key
+    assert calls.count("I3D real") == 1 and len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert first["fvd"]["real_features"].startswith("computed")
+    assert second["fvd"]["real_features"] == "cached"
+    assert second["tasks"]["prediction"] == pytest.approx(row)
 
 
 def test_reconstruction_matches_decoding_the_tokens_directly(world, evaluated):
@@ -261,6 +376,17 @@ def test_synthesize_command_without_start_frame_samples_frame_zero(world, tmp_pa
     assert _cli(world, tmp_path / "u", "--class", "left", "--weights", "int8") == 0
     assert "T samples frame 0" in capsys.readouterr().out
     assert (tmp_path / "u" / "unconditional_sheet.png").exists()
+
+
+def test_synthesize_command_speed_options(world, tmp_path, capsys):
+    assert _cli(world, tmp_path / "s", "--class", "left", "--ae-precision", "bf16",
+                "--overlap-decoding", "on", "--step-threads", "auto") == 0
+    printed = capsys.readouterr().out
+    assert "autoencoder in bf16" in printed and "T's one-token steps on" in printed
+    assert (tmp_path / "s" / "unconditional_sheet.png").exists()
+    with pytest.raises(SystemExit):
+        _cli(world, tmp_path / "s", "--class", "left", "--step-threads", "many")
+    assert "expected 'auto' or a count" in capsys.readouterr().err
 
 
 def test_synthesize_command_refuses_bad_controls_before_any_work(world, tmp_path, capsys):

@@ -289,3 +289,67 @@ def test_compute_fvd_protocol_shift_repeats_and_frames():
         compute_fvd(real, real, model, info, frames=8, skip_frames=1, resolution=16)
     with pytest.raises(ValueError, match="at least 2"):
         compute_fvd(real[:1], real, model, info, frames=8, resolution=16)
+
+
+# ------------------------------------------------------------------ the paper's runs (fvd_runs)
+
+
+class _Pool(torch.nn.Module):
+    """A stand-in feature net: per-clip channel means and their squares (D = 6)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):  # (B, 3, T, H, W) → logits (B, 6)
+        mean = x.mean(dim=(2, 3, 4)) * self.scale
+        return I3DOutput(logits=torch.cat([mean, mean ** 2], 1), features=None)
+
+
+def _info(ident: str = "seed:0") -> fvd.I3DWeightsInfo:
+    return fvd.I3DWeightsInfo(False, "random", "random-init", ident, "")
+
+
+def test_real_features_are_cached_under_a_key_of_everything_that_sets_them(tmp_path):
+    from pipeline.metrics import fvd_runs
+
+    clips = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (5, 4, 3, 8, 8), np.uint8))
+    first, key, cached = fvd_runs.real_features(_Pool(), _info(), clips, resolution=8,
+                                                cache_dir=tmp_path)
+    again, key2, cached2 = fvd_runs.real_features(_Pool(), _info(), clips, resolution=8,
+                                                  cache_dir=tmp_path)
+    assert not cached and cached2 and key == key2 and np.array_equal(first, again)
+    assert list(tmp_path.iterdir()) == [tmp_path / f"i3d-real-{key}.npz"]
+    touched = clips.clone()
+    touched[0, 0, 0, 0, 0] ^= 1  # one pixel
+    keys = {fvd_runs.features_key(clips, _info(), resolution=8),
+            fvd_runs.features_key(touched, _info(), resolution=8),
+            fvd_runs.features_key(clips[:, :3], _info(), resolution=8),  # other frames scored
+            fvd_runs.features_key(clips, _info("sha256:abc"), resolution=8),  # other weights
+            fvd_runs.features_key(clips, _info(), resolution=16)}
+    assert len(keys) == 5
+    (tmp_path / f"i3d-real-{key}.npz").write_bytes(b"garbage")  # unreadable: recomputed
+    redo, _, cached3 = fvd_runs.real_features(_Pool(), _info(), clips, resolution=8,
+                                              cache_dir=tmp_path)
+    assert not cached3 and np.array_equal(redo, first)
+
+
+def test_fvd_over_runs_is_the_mean_and_std_of_each_runs_distance():
+    from pipeline.metrics import fvd_runs
+
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(300, 4))
+    runs = [real + 0.5, real + 1.0]  # same Σ: d² = ‖δ‖² = 4 · δ²
+    out = fvd_runs.fvd_over_runs(real, runs)
+    assert out["values"] == pytest.approx([1.0, 4.0], abs=1e-8)
+    assert out["mean"] == pytest.approx(2.5) and out["std"] == pytest.approx(1.5)
+    assert fvd_runs.fvd_over_runs(real, runs[:1])["std"] == 0.0
+
+
+def test_too_few_videos_for_a_full_rank_covariance_are_warned():
+    from pipeline.metrics import fvd_runs
+
+    assert "rank <= 7 < 400" in fvd_runs.covariance_warning(8, 400)
+    assert "the paper: 256" in fvd_runs.covariance_warning(255, 400)
+    assert fvd_runs.covariance_warning(256, 400) is None  # the protocol's own N: comparable
+    assert fvd_runs.covariance_warning(9, 8) is None  # N > D: full rank

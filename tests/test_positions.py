@@ -228,11 +228,19 @@ def test_stage_resumes_from_its_checkpoint(tmp_path):
     assert "train_loop.resumed_from" not in logger.tags and third["steps"] == 12
 
 
-def test_no_annotations_is_a_clear_error(tmp_path):
+def test_no_annotations_writes_a_placeholder_and_the_dag_goes_on(tmp_path):
     clips, raw = make_clips(tmp_path, annotate=False, videos=(("train", 1),))
-    with pytest.raises(stage.StageError, match="no annotated frame.*annotations") as err:
-        run_stage(tmp_path, clips, raw, tiny_params(steps=2))
-    assert "\n" not in str(err.value) and str(clips) in str(err.value)
+    metrics, logger = run_stage(tmp_path, clips, raw, tiny_params(steps=2))
+    assert metrics["available"] == 0.0 and logger.tags["positions.available"] == "false"
+    assert "no annotated frame" in metrics["reason"] and "\n" not in metrics["reason"]
+    loaded = load_model(tmp_path / "models" / "position.pt")
+    assert loaded.meta["available"] is False and loaded.meta["reason"] == metrics["reason"]
+    out = tmp_path / "positions"
+    assert not list(out.glob("*.parquet"))  # no trajectories: tokenize writes no state tokens
+    assert json.loads((out / "unavailable.json").read_text())["reason"] == metrics["reason"]
+    from stages.tokenize import _why_no_trajectories
+
+    assert _why_no_trajectories(out) == metrics["reason"]
 
 
 def test_params_yaml_has_a_valid_positions_section(repo_root):

@@ -23,7 +23,8 @@ def test_dag_matches_dvc_yaml():
         seen.add(spec.name)
         assert "${" not in spec.cmd  # templating resolved
     by_name = {s.name: s for s in dag}
-    assert by_name["prepare"].upstream == ("demo_data",)
+    assert by_name["prepare"].upstream == ("listing",)
+    assert by_name["listing"].upstream == ("demo_data",)
     assert by_name["demo_data"].upstream == ()
 
 

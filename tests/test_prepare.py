@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from fractions import Fraction
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from pipeline.data import clip_extraction
 from pipeline.data import media
 from pipeline.data import prepare_pool
 from pipeline.data.media import read_video
-from pipeline.params import DataParams, PrepareParams
+from pipeline.params import DataParams, ParamsError, PrepareParams
 from pipeline.data.shards import iter_clips
 from pipeline.data.sources import list_folder, slugify, unique_ids
 from pipeline.tracking import RecordingLogger
@@ -41,7 +42,8 @@ SPLIT_OF = {"v0": "train", "v1": "train", "v2": "val", "v3": "test"}
 
 def _params(**change) -> PrepareParams:
     base = PrepareParams(
-        resolution=32, clip_length=8, clip_stride=4, frame_step=1, audio=True, audio_rate=8000,
+        resolution=32, fps=10.0, clip_length=8, clip_stride=4, frame_step=1, audio=True,
+        audio_rate=8000,
         missing_audio="reject", shard_max_bytes=10**7, workers=1, decoder="auto",
     )  # fmt: skip
     return dataclasses.replace(base, **change)
@@ -146,6 +148,7 @@ def test_demo_source_makes_every_clip(demo_dir, demo_run):
     assert clip["meta"] == {
         "video_id": "v2", "source": str(demo_dir / "videos" / "v2.mp4"), "split": "val",
         "label": "left", "label_id": 0, "fps": 10.0, "first_frame": 4, "frame_step": 1,
+        "source_fps": 10.0, "source_frames": [4, 5, 6, 7, 8, 9, 10, 11],
         "audio_rate": 8000, "audio_silent": False, "resolution": 32,
     }  # fmt: skip
     positions = clip["positions"]  # annotated frame 5 is the clip's frame 1
@@ -306,7 +309,7 @@ def messy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "videos/zero.mp4": "empty file",
         "videos/truncated.mp4": "truncated",
         "videos/text.mp4": "not a video",
-        "videos/one_frame.mp4": "too short: 1 frame,",
+        "videos/one_frame.mp4": "too short: 1 frame at 10 fps,",
         "videos/short.mp4": "too short: 5 frames",
         "videos/no_audio.mp4": "no audio track",
         "videos/six_channels.mp4": None,
@@ -374,19 +377,26 @@ def test_nothing_usable_fails_after_writing_rejected_csv(messy, tmp_path):
 
 def test_folder_source_labels_splits_and_safe_ids(tmp_path):
     root = tmp_path / "my videos"
-    for name in ["cats/été 1.mp4", "cats/été_1.mp4", "dogs/猫.mp4", "dogs/a.b.c.mp4"]:
+    names = ["cats/été 1.mp4", "cats/été_1.mp4", "dogs/猫.mp4", "dogs/a.b.c.mp4"]
+    for name in names:
         good_video(root / name, num_frames=10, size=(32, 32), audio=False)
     (root / "dogs" / "notes.txt").write_text("ignored: not matched by the glob")
     pattern = str(root / "**" / "*.mp4")
-    listing = list_folder(pattern, 0.3, 0.3)
+    listing = list_folder(pattern)
     assert [v.label for v in listing.videos] == ["cats", "cats", "dogs", "dogs"]
+    assert {v.split for v in listing.videos} == {""}  # drawn by prepare, among usable videos
+    assert sorted(v.split_key for v in listing.videos) == sorted(names)
     ids = [v.video_id for v in listing.videos]
     assert len(set(ids)) == 4 and all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
     assert ids[2] == "dogs_a_b_c" and ids[0] != ids[1]  # "été 1" and "été_1" both slug to ete_1
-    again = list_folder(pattern, 0.3, 0.3)
-    assert [v.split for v in again.videos] == [v.split for v in listing.videos]  # stable
     _, manifest, rejected, _ = _run(_data("folder", pattern), _params(audio=False), tmp_path / "out")
     assert rejected == [] and len(manifest) == 4 * 1  # 10 frames → one clip of 8 each
+    assert set(manifest.split) == {"train", "val", "test"}  # 4 videos: every split gets one
+    again = prepare.run(_data("folder", pattern), _params(audio=False), tmp_path / "again",
+                        RecordingLogger())
+    assert again["num_clips"] == 4
+    redo = pd.read_parquet(tmp_path / "again" / "manifest.parquet")
+    assert dict(zip(redo.key, redo.split)) == dict(zip(manifest.key, manifest.split))  # stable
     assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["cats", "dogs"]
     assert "audio" not in next(iter(_all_clips(tmp_path / "out").values()))
 
@@ -425,3 +435,158 @@ def test_main_runs_and_reports_param_typos(demo_dir, tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit, match=r"prepare\.clip_length: must be >= 1"):
         prepare.main(["--params", str(_yaml(tmp_path / "p0.yaml", demo_dir, clip_length=0)),
                       "--out", str(tmp_path / "x")])
+
+
+# --------------------------------------------------------------------------- a folder of ordinary videos
+
+
+@pytest.fixture(scope="module")
+def own_folder(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    from own_videos import write_folder
+
+    root = tmp_path_factory.mktemp("own") / "my videos"
+    return root, write_folder(root, seconds=2.0)
+
+
+def test_mixed_rates_sizes_and_tracks_become_one_rate(own_folder, tmp_path):
+    root, expected = own_folder
+    params = _params(fps=10.0, audio_rate=16000, missing_audio="silence", workers=2)
+    metrics, manifest, rejected, _ = _run(_data("folder", root), params, tmp_path)
+    reasons = {Path(r["source"]).relative_to(root).as_posix(): r["reason"] for r in rejected}
+    assert {k: v for k, v in expected.items() if v} == {k: w for k, w in expected.items()
+                                                        if k in reasons and w in reasons[k]}
+    usable = {k for k, v in expected.items() if v is None}
+    assert {Path(s).relative_to(root).as_posix() for s in manifest.source} == usable
+    assert set(manifest.fps) == {10.0} and set(manifest.split) == {"train", "val", "test"}
+    from own_videos import VIDEOS
+
+    clips = _all_clips(tmp_path)
+    for row in manifest.itertuples():
+        clip = clips[row.key]
+        rel = Path(row.source).relative_to(root).as_posix()
+        fps, _, _, channels, _, vfr = VIDEOS[rel]
+        assert clip["frames"].shape == (8, 32, 32, 3) and clip["audio"].shape == (12800,)
+        assert bool(row.has_audio) == bool(channels)
+        shown = clip["meta"]["source_frames"]
+        if not vfr:  # a tick every 0.1 s: the source frame nearest in time
+            ticks = (row.first_frame + np.arange(8)) / 10
+            assert np.all(np.abs(np.asarray(shown) / float(fps) - ticks) <= 0.5 / float(fps) + 1e-6)
+    # the 29.97 fps portrait and the 25 fps landscape were both cut to 0.8 s clips of 10 fps
+    portrait = manifest[manifest.source.str.contains("29.97")]
+    assert len(portrait) == 4 and not portrait.has_audio.any()  # 2 s: clips at 0, 0.4, 0.8, 1.2 s
+
+
+def test_params_no_video_can_satisfy_stop_prepare_naming_them(own_folder, tmp_path):
+    root, _ = own_folder
+    with pytest.raises(PrepareError, match=r"prepare\.clip_length: 40 frames .* the longest video "
+                                           r"has 20 \(2\.00 s\); lower prepare\.clip_length"):
+        prepare.run(_data("folder", root), _params(clip_length=40, audio=False), tmp_path / "a",
+                    RecordingLogger())
+    assert "too short" in (tmp_path / "a" / "rejected.csv").read_text()
+    with pytest.raises(ParamsError, match=r"prepare\.fps: 30 fps with prepare\.audio_rate 16000 "
+                                          r"gives 533\.33 audio samples per frame.* one of .*\b10\b"):
+        prepare.check_params(_params(fps=30.0, audio_rate=16000))
+    prepare.check_params(_params(fps=30.0, audio_rate=48000))  # 1600 a frame: fine
+    prepare.check_params(_params(fps=30.0, audio=False))  # no audio: any rate
+
+
+def test_too_few_usable_videos_name_the_counts(own_folder, tmp_path):
+    root, _ = own_folder
+    pattern = str(root / "street" / "*.mp4")  # 2 usable videos (+ a too-short one)
+    with pytest.raises(PrepareError, match=r"2 usable video\(s\).*needs at least one video"):
+        prepare.run(_data("folder", pattern), _params(audio=False), tmp_path, RecordingLogger())
+    assert "too short" in (tmp_path / "rejected.csv").read_text()  # why the third one is out
+
+
+def test_listing_file_changes_only_with_the_videos(own_folder, tmp_path):
+    from pipeline.data.sources import SourceError
+    from stages import listing
+
+    root, _ = own_folder
+    data = _data("folder", root)
+    out = tmp_path / "listing.json"
+    listing.run(data, out, RecordingLogger())
+    first = out.read_bytes()
+    listing.run(data, out, RecordingLogger())
+    assert out.read_bytes() == first  # nothing changed: DVC keeps prepare cached
+    (root / "street" / "notes.txt").write_text("edited notes\n")  # not a video
+    listing.run(data, out, RecordingLogger())
+    assert out.read_bytes() == first
+    # prepare lists again and checks it sees what the listing says
+    metrics = prepare.run(data, _params(audio=False), tmp_path / "clips", RecordingLogger(),
+                          listing=out)
+    assert metrics["num_clips"] > 0
+    video = next(root.rglob("*.mov"))
+    stamp = video.stat()
+    os.utime(video, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # touched after listing
+    try:
+        with pytest.raises(SourceError, match=r"inputs changed since the listing stage ran "
+                                              r"\(0 added, 0 removed, 1 changed; e\.g\. .*\.mov\)"):
+            prepare.run(data, _params(audio=False), tmp_path / "again", RecordingLogger(),
+                        listing=out)
+        listing.run(data, out, RecordingLogger())
+        assert out.read_bytes() != first  # touched: the listing changes, DVC reruns prepare
+    finally:
+        os.utime(video, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+
+def test_demo_data_renders_nothing_for_another_source(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from stages import demo_data
+
+    monkeypatch.setenv("CCVS_TRACKING", "off")
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["source"] = "folder"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "raw"
+    (out / "videos").mkdir(parents=True)
+    (out / "videos" / "demo_0000.mp4").write_bytes(b"from an earlier demo run")
+    demo_data.main(["--params", str(tmp_path / "params.yaml"), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["README.txt"]
+    assert "'folder'" in (out / "README.txt").read_text()
+    assert "not rendered" in capsys.readouterr().out
+
+
+def test_annotations_follow_their_source_frame_through_resampling(tmp_path):
+    from own_videos import encode, scene
+
+    video = encode(tmp_path / "v" / "thirty.mp4", scene(30, 32, 64, seed=3), Fraction(30))
+    encode(tmp_path / "v" / "other.mp4", scene(30, 32, 64, seed=4), Fraction(30))
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,split\nv/thirty.mp4,a,train\nv/other.mp4,a,test\n")
+    ann = tmp_path / "ann.csv"  # source frames at 30 fps: 6 is shown at 10 fps (as frame 2), 7 not
+    ann.write_text("video,frame,x,y\nv_thirty,6,10.0,20.0\nv_thirty,7,11.0,21.0\n")
+    data = _data("manifest", tmp_path / "manifest.csv", str(ann))
+    params = _params(audio=False, resolution=32, clip_length=4, clip_stride=4)
+    _, manifest, _, _ = _run(data, params, tmp_path / "out")
+    clip = _all_clips(tmp_path / "out")["v_thirty_0000"]
+    assert clip["meta"]["source_frames"] == [0, 3, 6, 9] and video.exists()
+    pos = clip["positions"]
+    assert np.isnan(pos[[0, 1, 3]]).all() and np.isfinite(pos[2]).all()
+    crop = Crop.center(32, 64, 32)  # 64×32 → centre 32×32 square: x shifts by 16
+    np.testing.assert_allclose(pos[2], crop.points(np.array([[10.0, 20.0]]))[0])
+
+
+def test_stored_videos_are_read_with_their_own_step_or_picked_at_another_rate():
+    class Stored:  # a StoredVideo that reads its frames in order only; frame i is filled with i
+        calls: list[int] = []
+
+        def iter_frames(self, frame_step, chunk_size):
+            self.calls.append(frame_step)
+            frames = np.arange(30, dtype=np.uint8)[::frame_step, None, None, None]
+            frames = np.broadcast_to(frames, (len(frames), 2, 2, 3))
+            for i in range(0, len(frames), chunk_size):
+                yield frames[i:i + chunk_size]
+
+    stored = Stored()
+    own = np.arange(0, 30, 3)  # the dataset's rate is a multiple of prepare.fps: its own step
+    got = np.concatenate(list(clip_extraction._stored_frames(stored, own, 4)))
+    assert stored.calls == [3] and got[:, 0, 0, 0].tolist() == own.tolist()
+    ticks = clip_extraction.resample_indices(np.arange(30) / 17, 10)  # 17 Hz → 10 fps
+    got = np.concatenate(list(clip_extraction._stored_frames(stored, ticks, 4)))
+    assert stored.calls == [3, 1] and got[:, 0, 0, 0].tolist() == ticks.tolist()
+    doubled = np.repeat(np.arange(5), 2)  # a slower source: every frame shown twice
+    got = np.concatenate(list(clip_extraction._stored_frames(stored, doubled, 3)))
+    assert got[:, 0, 0, 0].tolist() == doubled.tolist()

@@ -5,6 +5,7 @@ the end-frame gap of App. E, and synthesize()'s D·S·E·F loop (start frames, S
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
 from ccvs_models.sampler import SamplerConfig, TokenControls, sample_tokens, synthesize
 from ccvs_models.sequence_layout import TokenKind
+from ccvs_models.step_threads import StepThreads
 from ccvs_models.transformer import CCVSTransformer
 from ccvs_models.transformer_config import TransformerConfig
 
@@ -73,10 +75,16 @@ class Recorder:
 # ----------------------------------------------------------------------------- tokens
 
 
-@pytest.mark.parametrize("copy", [False, True])  # T's copy path reads the cache's token ids
+@pytest.mark.parametrize("copy", [False, True, "inputs"])  # the copy path and the control
+# inputs (state field, end-frame input: random weights, they start at zero) read the cache's ids
 @pytest.mark.parametrize("n", [3, 7])  # within the N = 3 window / sliding over 5 windows
 def test_kv_cache_and_recompute_give_the_same_tokens(n, copy):
-    model = make(config(prev_frame_input=copy))
+    inputs = copy == "inputs"
+    model = make(config(prev_frame_input=bool(copy), state_field=inputs, end_frame_input=inputs))
+    for module in (model.state_field, model.end_input):
+        for p in ([] if module is None else module.parameters()):
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     ctl = controls(2, n)
     out = {}
     for kv in (True, False):
@@ -86,6 +94,69 @@ def test_kv_cache_and_recompute_give_the_same_tokens(n, copy):
     first = out[True, 1]
     assert first.shape == (2, n, H, W)
     assert all(torch.equal(first, o) for o in out.values())
+
+
+class ThreadClock:
+    """A fake clock for StepThreads: each reading advances by cost[torch's thread count], so a
+    step timed on c threads lasts cost[c] (readings come in start/stop pairs)."""
+
+    def __init__(self, cost: dict[int, float]) -> None:
+        self.cost, self.now = cost, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.cost[torch.get_num_threads()] / 2
+        return self.now
+
+
+@pytest.mark.parametrize("cost, expected, measured", [
+    ({1: 1.0, 2: 3.0}, 1, [1, 1, 2]),  # 2 threads: one step > 2 × 1 thread's, dropped
+    ({1: 3.0, 2: 1.0}, 2, [1, 1, 2, 2])])
+def test_auto_step_threads_measure_the_one_token_steps_and_keep_the_faster_count(cost, expected,
+                                                                                measured):
+    """The first one-token steps go to 1, then 2 threads; then every step uses the count
+    with the faster (fake) timing; prefills, window rebuilds, on_frame and the caller keep 2."""
+    model = make(config(n_embd=16))
+    lay = model.layout
+    seen = []  # (tokens fed, torch threads) per call of T
+    model.register_forward_pre_hook(
+        lambda mod, args: seen.append((args[0].shape[1], torch.get_num_threads())))
+    frame_threads = []
+    tuner = StepThreads(rounds=1, block=2, clock=ThreadClock(cost))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        n = 7  # slides: 5 windows, 30 codes
+        tokens = sample_tokens(model, start_codes(2, 1), n, controls(2, n),
+                               SamplerConfig(top_k=4), None,
+                               lambda t, codes: frame_threads.append(torch.get_num_threads()),
+                               threads=tuner)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert after == 2 and frame_threads == [2] * (n - 1)  # never leaked
+    assert tuner.trial((model.config, "fp32", 2), 2).chosen == expected
+    one = [threads for fed, threads in seen if fed == 1]
+    assert one[:len(measured)] == measured and set(one[len(measured):]) == {expected}
+    assert all(threads == 2 for fed, threads in seen if fed > 1 + lay.frame_annotation_len)
+    # a second call with the same tuner measures nothing again
+    torch.set_num_threads(2)
+    try:
+        seen.clear()
+        sample_tokens(model, start_codes(2, 1), 3, controls(2, 3), SamplerConfig(top_k=4),
+                      threads=tuner)
+    finally:
+        torch.set_num_threads(before)
+    assert {threads for fed, threads in seen if fed == 1} == {expected}
+    # the thread count changes no token: the same samples as 1-thread steps
+    assert torch.equal(tokens, sample_tokens(model, start_codes(2, 1), n, controls(2, n),
+                                             SamplerConfig(top_k=4, step_threads=1)))
+
+
+def test_step_threads_setting_is_checked():
+    for bad in (-1, "fast", 1.5):
+        with pytest.raises(ValueError, match="step_threads"):
+            SamplerConfig(step_threads=bad)
+    assert SamplerConfig().step_threads == "auto"
 
 
 def test_greedy_is_deterministic_and_the_stepwise_argmax_of_the_uncached_logits():
@@ -356,3 +427,97 @@ def test_reduced_precision_weights_are_opt_in_close_to_fp32_and_leave_t_untouche
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="weights"):
         SamplerConfig(weights="fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_overlapped_decoding_gives_the_same_frames_in_order(precision):
+    """D·S·E·F on a worker thread while T samples on: the frames of the inline run, decoded in
+    order (each reads the context its predecessor pushed), on_frame called from the worker."""
+    ae, model = autoencoder(context_frames=2), make()
+    x0 = start_frames(2, 1)
+    runs = {}
+    for overlap in (False, True):
+        progress = []
+        cfg = SamplerConfig(top_k=4, autoencoder_precision=precision, overlap_decoding=overlap)
+        out = synthesize(ae, model, x0, 6, controls(2, 6), cfg,
+                         on_frame=lambda t: progress.append((t, threading.current_thread().name)))
+        runs[overlap] = out
+        assert [t for t, _ in progress] == [1, 2, 3, 4, 5]
+        assert all(name.startswith("ccvs-decode") == overlap for _, name in progress)
+    assert torch.equal(runs[False].tokens, runs[True].tokens)
+    assert torch.equal(runs[False].frames, runs[True].frames)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_decoding_error_stops_synthesis(overlap):
+    ae, model = autoencoder(), make()
+    decode = ae.decode_tokens
+    calls = []
+
+    def failing(codes, context=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("decoder broke")
+        return decode(codes, context)
+
+    ae.decode_tokens = failing
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        synthesize(ae, model, start_frames(1, 1), 7, config=SamplerConfig(
+            top_k=4, overlap_decoding=overlap))
+    assert len(calls) == 2  # nothing is decoded after the failed frame
+
+
+def test_bf16_autoencoder_runs_in_bf16_keeps_the_tokens_and_changes_frames_little():
+    ae, model = autoencoder(context_frames=2), make()
+    x0 = start_frames(2, 2)
+    dtypes = []
+    decode = ae.decode_tokens
+
+    def spy(codes, context=None):
+        out = decode(codes, context)
+        dtypes.append(out.x_hat.dtype)
+        return out
+
+    ae.decode_tokens = spy
+    fp32 = synthesize(ae, model, x0, 5, controls(2, 5), SamplerConfig(top_k=4))
+    bf16 = synthesize(ae, model, x0, 5, controls(2, 5),
+                      SamplerConfig(top_k=4, autoencoder_precision="bf16"))
+    assert dtypes == [torch.float32] * 3 + [torch.bfloat16] * 3
+    assert torch.equal(fp32.tokens, bf16.tokens)  # the given frames are tokenized in fp32
+    assert torch.equal(fp32.frames[:, :, :2], bf16.frames[:, :, :2])
+    assert bf16.frames.dtype == torch.float32
+    diff = (fp32.frames - bf16.frames).abs()
+    assert 0 < diff.max() < 0.1, diff.max()
+    with pytest.raises(ValueError, match="autoencoder_precision"):
+        SamplerConfig(autoencoder_precision="fp16")
+
+
+@pytest.mark.parametrize("cost, steps", [({1: 1.0, 2: 3.0}, 1), ({1: 3.0, 2: 1.0}, 2)])
+@pytest.mark.parametrize("overlap", [False, "auto"])
+def test_decoding_runs_on_the_step_thread_count_and_overlaps_when_a_core_is_free(cost, steps,
+                                                                                 overlap):
+    """D·S·E·F of each frame runs on the thread count T's steps measured best; "auto" overlap
+    moves it to a worker thread exactly when T's steps leave one of torch's threads free."""
+    ae, model = autoencoder(context_frames=2), make()
+    seen = []  # (torch threads, thread name) per decoded frame
+    decode = ae.decode_tokens
+
+    def spy(codes, context=None):
+        seen.append((torch.get_num_threads(), threading.current_thread().name))
+        return decode(codes, context)
+
+    ae.decode_tokens = spy
+    tuner = StepThreads(rounds=1, block=2, clock=ThreadClock(cost))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        synthesize(ae, model, start_frames(1, 1), 5, controls(1, 5),
+                   SamplerConfig(top_k=4, overlap_decoding=overlap), threads=tuner)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert after == 2 and len(seen) == 4
+    on_worker = overlap == "auto" and steps == 1
+    assert all(name.startswith("ccvs-decode") == on_worker for _, name in seen)
+    if not on_worker:  # inline: set for the frame, restored after (the worker shares the count)
+        assert {threads for threads, _ in seen} == {steps}

@@ -210,3 +210,17 @@ def test_refuses_to_replace_a_foreign_folder(world, tmp_path):
     with pytest.raises(tokenize.StageError, match="not a tokenize output"):
         tokenize_to(world, tmp_path / "out")
     assert (tmp_path / "out" / "precious.txt").exists()
+
+
+def test_unlabelled_clips_read_back_with_the_label_null_id(tmp_path):
+    from pipeline.tokens.shards import TOKEN_PATTERN, encode_token_sample, load_token_split
+
+    vocab = {"frame": {"vocab": 8, "height": 2, "width": 2, "dtype": "int16"}, "end_frame": True,
+             "label": {"num_classes": 2, "classes": ["cats", "dogs"]}, "absent": {}}
+    with ShardWriter(tmp_path / "test", 10**7, pattern=TOKEN_PATTERN) as writer:
+        for i, label in enumerate([1, -1, 0]):  # -1: a video at the top of a folder source
+            codes = np.full((3, 2, 2), i, np.int16)
+            writer.write(encode_token_sample(f"v{i}_0000", codes, {"label_id": label},
+                                             frame_vocab=8))
+    split = load_token_split(tmp_path, "test", vocab)
+    assert split.label.tolist() == [1, 2, 0]  # 2 = num_classes: "no class" to T

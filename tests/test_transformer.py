@@ -163,11 +163,25 @@ def test_conditioning_dropout_uses_each_vocabulary_null_id():
 # ----------------------------------------------------------------------------- causality and loss
 
 
+def with_inputs(model: CCVSTransformer, seed: int = 5) -> CCVSTransformer:
+    """The control inputs (zero at init: no effect) given random weights, so tests see them."""
+    g = torch.Generator().manual_seed(seed)
+    for module in (model.state_field, model.end_input):
+        for p in ([] if module is None else module.parameters()):
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+INPUTS = dict(prev_frame_input=True, state_field=True, end_frame_input=True)
+
+
 @pytest.mark.parametrize("pos_embedding,copy", [("decomposed", False), ("learned", False),
-                                                ("decomposed", True)])
+                                                ("decomposed", True), ("learned", "inputs")])
 def test_changing_token_i_never_changes_earlier_logits(pos_embedding, copy):
-    cfg = full_config(pos_embedding=pos_embedding, prev_frame_input=copy)
-    model = make(cfg)
+    extra = INPUTS if copy == "inputs" else dict(prev_frame_input=copy)
+    cfg = full_config(pos_embedding=pos_embedding, **extra)
+    model = with_inputs(make(cfg))
     tokens, kinds = cfg.sequence_layout.assemble(**random_inputs(cfg))
     with torch.no_grad():
         base = model(tokens).logits
@@ -276,10 +290,11 @@ def test_end_gap_changes_the_logits_and_is_clamped():
 
 
 @pytest.mark.parametrize("pos_embedding,copy", [("decomposed", False), ("learned", False),
-                                                ("decomposed", True)])
+                                                ("decomposed", True), ("decomposed", "inputs")])
 def test_kv_cache_gives_the_uncached_logits(pos_embedding, copy):
-    cfg = full_config(pos_embedding=pos_embedding, prev_frame_input=copy)
-    model = make(cfg)
+    extra = INPUTS if copy == "inputs" else dict(prev_frame_input=copy)
+    cfg = full_config(pos_embedding=pos_embedding, **extra)
+    model = with_inputs(make(cfg))
     tokens, _ = cfg.sequence_layout.assemble(**random_inputs(cfg))
     gap = torch.tensor([4, 9])
     L = tokens.shape[1]
@@ -467,3 +482,110 @@ def test_copy_path_learns_to_repeat_frames_far_faster():
 
     plain, copy = train(False), train(True)
     assert copy < 1.5 and plain > 3.0  # measured 0.94 vs 3.85 (ln 64 = 4.16)
+
+
+# ----------------------------------------------------------------------------- control inputs
+
+
+def test_control_inputs_start_as_the_papers_t_and_need_their_control():
+    cfg = full_config(prev_frame_input=True)
+    plain = make(cfg)
+    both = CCVSTransformer(dataclasses.replace(cfg, state_field=True, end_frame_input=True)).eval()
+    missing = both.load_state_dict(plain.state_dict(), strict=False)
+    assert all(k.startswith(("state_field.", "end_input.")) for k in missing.missing_keys)
+    tokens, _ = cfg.sequence_layout.assemble(**random_inputs(cfg))
+    gap = torch.tensor([2, 5])
+    with torch.no_grad():
+        assert torch.equal(both(tokens, end_gap=gap).logits, plain(tokens, end_gap=gap).logits)
+    with pytest.raises(ValueError, match="state_field needs state"):
+        full_config(state=False, state_field=True)
+    with pytest.raises(ValueError, match="end_frame_input needs the end frame"):
+        full_config(end_frame=False, end_frame_input=True)
+
+
+def test_state_field_tells_each_cell_where_the_state_is():
+    """4×4 cells, 16 bins a side: bins 8-11 are column 2, bins 0-3 row 0. The position scoring
+    the cell under the state reads the (0, 0) offset entry; its right neighbour, one cell to the
+    left of it (−2 half cells in x); a null state reads nothing."""
+    cfg = TransformerConfig(frame_vocab=5, frame_height=4, frame_width=4, num_frames=1, state=True,
+                            state_bins=16, n_layer=1, n_head=1, n_embd=8, state_field=True)
+    field = CCVSTransformer(cfg).state_field
+    lay = cfg.sequence_layout
+    with torch.no_grad():
+        field.table.weight.copy_(torch.arange(field.table.num_embeddings, dtype=torch.float)[:, None]
+                                 .repeat(1, 8))
+    frames = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    state = torch.tensor([[[9, 1]], [[16, 16]]])  # x bin 9 (column 2, left half), y bin 1 (row 0)
+    tokens = lay.assemble(frames, state=state).tokens
+    out = field(tokens, 0, tokens.shape[1])[..., 0]  # (B, L) the table index read per position
+    t, j = lay.scored_codes()
+
+    def entry(dx: int, dy: int) -> float:  # offsets in half cells
+        r = 2 * field.radius
+        return float((dy + r) * field.width + dx + r)
+
+    at = {int(slot): i for i, slot in enumerate(j.tolist()) if slot >= 0}
+    # bin 9 of 16 is at 9.5 / 16 = 0.594 of the width, cell 2's centre at 0.625: −0.25 half cell → 0
+    assert out[0, at[0 * 4 + 2]] == entry(0, 0)
+    assert out[0, at[0 * 4 + 3]] == entry(-2, 0)  # the cell to its right: state 2 half cells left
+    assert out[0, at[1 * 4 + 2]] == entry(0, -2)  # the cell below: state above it
+    assert out[0, at[3 * 4 + 0]] == entry(4, -6)  # far: clamped at ± 2·radius half cells
+    assert torch.all(out[1] == 0)  # the null state: nothing
+    assert torch.all(out[0, j < 0] == 0)  # positions that score no code: nothing
+
+
+def test_end_frame_input_hands_over_the_end_code_by_frames_left():
+    cfg = TransformerConfig(frame_vocab=6, frame_height=1, frame_width=2, num_frames=3,
+                            end_frame=True, max_end_gap=4, n_layer=1, n_head=1, n_embd=6,
+                            end_frame_input=True)
+    model = CCVSTransformer(cfg)
+    inp, lay = model.end_input, cfg.sequence_layout
+    head = torch.eye(6)  # code c → unit vector c
+    with torch.no_grad():
+        inp.gate.weight[:, 0] = torch.tensor([1.0, 0.5, 0.0, 0.0, 0.0, -1.0])  # d = 0, 1, …, passed
+    end = torch.tensor([[[4, 2]], [[6, 6]]])  # row 1: the null end frame (id q = 6)
+    tokens = lay.assemble(torch.zeros(2, 3, 1, 2, dtype=torch.long), end_frame=end).tokens
+    out = inp(tokens, 0, tokens.shape[1], torch.tensor([2, 2]), head)
+    t, j = lay.scored_codes()
+    pos = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(t, j)) if a >= 0}
+    assert torch.equal(out[0, pos[(2, 0)]], head[4])  # the end frame's own timestep: its code
+    assert torch.equal(out[0, pos[(2, 1)]], head[2])
+    assert torch.equal(out[0, pos[(1, 1)]], 0.5 * head[2])  # one frame before: half of it
+    assert torch.all(out[0, pos[(0, 0)]] == 0)  # two frames before: gate 0
+    assert torch.all(out[1] == 0)  # no end frame given: nothing
+    passed = inp(tokens, 0, tokens.shape[1], torch.tensor([0, 0]), head)  # end frame = frame 0
+    assert torch.equal(passed[0, pos[(1, 0)]], -head[4])  # after it: the "passed" entry
+
+
+def test_state_field_learns_where_the_gripper_is_far_faster():
+    """Ablation direction: frames whose one bright cell is the state's. With the state field a
+    tiny T finds it within the steps where the plain T (which must learn bins → cells by
+    attention) has not."""
+    def train(field: bool) -> float:
+        cfg = TransformerConfig(frame_vocab=2, frame_height=4, frame_width=4, num_frames=2,
+                                state=True, state_bins=16, n_layer=1, n_head=2, n_embd=32,
+                                state_field=field)
+        model = make(cfg).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        gen = torch.Generator().manual_seed(0)
+
+        def batch(n: int) -> torch.Tensor:
+            state = torch.randint(0, 16, (n, 2, 2), generator=gen)
+            frames = torch.zeros(n, 2, 4, 4, dtype=torch.long)
+            cell = state // 4  # (n, 2 frames, x/y)
+            for f in range(2):
+                frames[torch.arange(n), f, cell[:, f, 1], cell[:, f, 0]] = 1
+            return cfg.sequence_layout.assemble(frames, state=state).tokens
+
+        for _ in range(60):
+            tokens = batch(16)
+            loss = model(tokens, targets=tokens).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        tokens = batch(64)
+        with torch.no_grad():
+            return model.eval()(tokens, targets=tokens).loss.item()
+
+    plain, field = train(False), train(True)
+    assert field < 0.5 * plain, (field, plain)  # measured 0.09 vs 0.23

@@ -84,6 +84,9 @@ def test_stage_writes_model_metrics_curves_and_model_reloads(tokens, tmp_path):
     assert saved["steps"] == 6 and saved["val_source"] == "val"
     assert math.isclose(saved["val/perplexity"], math.exp(saved["val/loss"]), rel_tol=1e-6)
     assert saved["baseline/unigram_perplexity"] > 1
+    # one control gain per annotation kind T reads (this world's layout is absent)
+    assert {k for k in saved if k.startswith("val/gain/")} == {
+        "val/gain/state", "val/gain/audio", "val/gain/label", "val/gain/end_frame"}
     rows = list(csv.reader(open(tmp_path / "plots" / "val.csv")))
     assert rows[0] == ["step", "perplexity", "loss", "accuracy"]
     assert [r[0] for r in rows[1:]] == ["3", "6"]
@@ -183,3 +186,36 @@ def test_copy_baseline_scores_repetition():
     n = copy_baseline(noisy, noisy, 64, window=8)
     assert n["copy_rate"] < 0.05
     assert n["copy_val_perplexity"] > 0.9 * unigram_baseline(noisy, noisy, 64)["unigram_val_perplexity"]
+
+
+def test_control_gain_is_positive_for_a_control_t_uses_and_zero_for_one_it_cannot():
+    """Frames whose codes are the state's x bin: a trained T reads the state (nulling it costs
+    loss), while the class label carries nothing (random) and costs nothing when nulled."""
+    from pipeline.training.transformer import TokenBatch, control_gains
+
+    cfg = TransformerConfig(frame_vocab=Q, frame_height=1, frame_width=1, num_frames=3, state=True,
+                            state_bins=Q, num_classes=2, n_layer=1, n_head=2, n_embd=32)
+    lay = cfg.sequence_layout
+    gen = torch.Generator().manual_seed(0)
+
+    def batch(n: int) -> TokenBatch:
+        state = torch.randint(0, Q, (n, 3, 2), generator=gen)
+        frames = state[:, :, :1, None]  # the code is the gripper's x bin
+        seq = lay.assemble(frames, state=state, label=torch.randint(0, 2, (n,), generator=gen))
+        return TokenBatch(seq.tokens, None)
+
+    torch.manual_seed(0)
+    model = CCVSTransformer(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        tokens = conditioning_dropout(batch(16).tokens, lay, {TokenKind.STATE: 0.3}, gen)
+        loss = model(tokens, None, tokens).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    val = [batch(64)]
+    loss = evaluate_batches(model.eval(), val, torch.device("cpu"))["val/loss"]
+    gains = control_gains(model, val, torch.device("cpu"), loss)
+    assert set(gains) == {"val/gain/state", "val/gain/label"}
+    assert gains["val/gain/state"] > 1.0  # without the state: ~log(8) nats of guessing
+    assert abs(gains["val/gain/label"]) < 0.05

@@ -91,10 +91,16 @@ def hop_length(fps: float, cfg: AudioFeatureConfig) -> int:
         raise AudioConfigError(f"fps must be positive, got {fps}")
     hop = cfg.sample_rate / (fps * cfg.cols_per_frame)
     if abs(hop - round(hop)) > 1e-6 or round(hop) < 1:
+        step = fps * cfg.cols_per_frame
+        rates = sorted({int(round(step * k)) for k in (max(1, int(hop)), int(hop) + 1)
+                        if abs(step * k - round(step * k)) < 1e-6})
+        fix = (f"set sound_vq.features.sample_rate to {' or '.join(map(str, rates))} "
+               f"(a multiple of fps · cols_per_frame), or " if rates else "set ")
+        good = [f for f in range(5, 61) if cfg.sample_rate % (f * cfg.cols_per_frame) == 0]
         raise AudioConfigError(
             f"audio hop = sample_rate / (fps · cols_per_frame) = {cfg.sample_rate} / ({fps:g} · "
-            f"{cfg.cols_per_frame}) = {hop:.4f} samples is not a whole number: choose "
-            "sound_vq.features.sample_rate / cols_per_frame so that it divides evenly"
+            f"{cfg.cols_per_frame}) = {hop:.4f} samples is not a whole number: {fix}"
+            f"prepare.fps to one of {', '.join(map(str, good))}"
         )
     return int(round(hop))
 

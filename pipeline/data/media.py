@@ -13,9 +13,15 @@ never a traceback from inside a decoder.
 
 Conventions: frames are uint8 ``(T, H, W, 3)`` RGB (grayscale is expanded to 3 channels);
 audio is float32 ``(samples,)`` mono at ``audio_rate``, sample 0 at time 0 of the file, so the
-audio of frame ``i`` starts at sample ``round((start_time + i / fps) * audio_rate)``.
+audio of frame ``i`` starts at sample ``round((start_time + i / fps) * audio_rate)`` for a
+constant frame rate, at ``round(frame_times[i] * audio_rate)`` in general.
 Frames can be read in chunks (:func:`iter_frames`) so a long video never sits in memory at its
-native resolution.
+native resolution, and picked by index (``indices``: any non-decreasing list, repeats allowed),
+which is how ``prepare`` resamples a video to another frame rate.
+
+Timeline: ``probe(path, timeline=True)`` also reads every video packet's presentation time
+(``VideoInfo.frame_times``, seconds, ascending; packets only, no frame decoded), so a
+variable-frame-rate file is resampled by when its frames are shown, not by their count.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ class VideoInfo:
     start_time: float  # seconds; time of the first frame on the file's clock
     audio_rate: int = 0  # native sample rate of the first audio stream (0 = no audio)
     audio_start_time: float = 0.0  # seconds; time of the first audio sample
+    # presentation time (s) of every frame, ascending (probe(..., timeline=True) only)
+    frame_times: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass
@@ -99,28 +107,35 @@ def _looks_like_mp4(path: Path) -> bool:
     return len(head) >= 8 and head[4:8] in _MP4_MAGIC
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
+def probe(path: str | os.PathLike, *, timeline: bool = False) -> VideoInfo:
     """Open ``path`` with PyAV and check it is a decodable video; raise :class:`MediaError`.
 
     This runs before decord sees a file, so a broken input gets a precise reason (and decord is
-    never handed something that may crash it).
+    never handed something that may crash it). ``timeline``: also read the frames' presentation
+    times (``VideoInfo.frame_times``) from the video packets (one pass over the container,
+    nothing decoded).
     """
-    return _probe(path, None)[0]
+    return _probe(path, None, timeline)[0]
 
 
-def probe_with_audio(path: str | os.PathLike, *, audio_rate: int) -> tuple[VideoInfo, np.ndarray | None]:
+def probe_with_audio(
+    path: str | os.PathLike, *, audio_rate: int, timeline: bool = False
+) -> tuple[VideoInfo, np.ndarray | None]:
     """:func:`probe`, and in the same pass over the container the audio track as
     :func:`read_audio` gives it (PyAV; ``None`` without an audio stream).
 
     One opening of the file instead of two (the probe's and decord's ``AudioReader``): opening
-    and probing a short mp4 costs as much as decoding its audio (``bench/prepare.py``).
+    and probing a short mp4 costs as much as decoding its audio (``bench/prepare.py``). With
+    ``timeline`` the video packets' times are read in the same pass.
     """
     if audio_rate <= 0:
         raise ValueError(f"audio_rate must be positive, got {audio_rate}")
-    return _probe(path, audio_rate)
+    return _probe(path, audio_rate, timeline)
 
 
-def _probe(path: str | os.PathLike, audio_rate: int | None) -> tuple[VideoInfo, np.ndarray | None]:
+def _probe(
+    path: str | os.PathLike, audio_rate: int | None, timeline: bool = False
+) -> tuple[VideoInfo, np.ndarray | None]:
     path = Path(path)
     if not path.exists():
         raise MediaError(path, "file not found")
@@ -175,11 +190,25 @@ def _probe(path: str | os.PathLike, audio_rate: int | None) -> tuple[VideoInfo, 
             audio_rate=native_rate,
             audio_start_time=audio_start,
         )
-        if audio_rate is None or not info.has_audio:
+        want_audio = audio_rate is not None and info.has_audio
+        if not want_audio and not timeline:
             return info, None
         if counted:  # counting the frames read the whole file
             container.seek(0)
-        return info, _audio_out(path, _decode_audio(path, container, native_rate), info, audio_rate)
+        samples, stamps = _demux(path, container, native_rate if want_audio else None, timeline)
+        if timeline:
+            info = dataclasses.replace(info, frame_times=_timeline(stamps, stream, info))
+        if not want_audio:
+            return info, None
+        return info, _audio_out(path, samples, info, audio_rate)
+
+
+def _timeline(stamps: list[int | None], stream, info: VideoInfo) -> np.ndarray:
+    """Packet presentation stamps → ascending frame times in seconds. Without stamps (some raw
+    or AVI streams), the container's constant rate: ``start_time + i / fps``."""
+    if stamps and all(s is not None for s in stamps):
+        return np.unique(np.asarray(stamps, dtype=np.int64)) * float(stream.time_base)
+    return info.start_time + np.arange(info.num_frames) / info.fps
 
 
 # --------------------------------------------------------------------------- frames
@@ -218,7 +247,7 @@ def _to_numpy(array) -> np.ndarray:
 
 
 def _decord_frames(
-    path: Path, info: VideoInfo, step: int, chunk: int, threads: int
+    path: Path, info: VideoInfo, indices: list[int] | None, step: int, chunk: int, threads: int
 ) -> Iterator[np.ndarray]:
     """Chunks from decord. A failure on the first chunk of a file PyAV could open (``probe``) is
     decord's problem, not the file's: it raises :class:`_DecordUnfit` so ``auto`` uses PyAV.
@@ -228,7 +257,10 @@ def _decord_frames(
         count = len(reader)
     except Exception as err:  # decord raises DECORDError / RuntimeError / AssertionError
         raise _DecordUnfit(f"decord cannot open the video ({_short(err)})") from None
-    indices = list(range(0, count, step))
+    if indices is None:
+        indices = list(range(0, count, step))
+    else:  # frames past the decoder's count do not exist (the container over-counted)
+        indices = [i for i in indices if i < count]
     for begin in range(0, len(indices), chunk):
         wanted = indices[begin : begin + chunk]
         try:
@@ -245,12 +277,16 @@ def _decord_frames(
 
 
 def _av_frames(
-    path: Path, info: VideoInfo, step: int, chunk: int, threads: int
+    path: Path, info: VideoInfo, indices: list[int] | None, step: int, chunk: int, threads: int
 ) -> Iterator[np.ndarray]:
     try:
         container = av.open(str(path))
     except av.FFmpegError as err:
         raise MediaError(path, f"cannot open the video ({_short(err)})") from None
+    repeats: dict[int, int] = {}
+    for i in indices or ():
+        repeats[i] = repeats.get(i, 0) + 1
+    last = max(repeats, default=-1)
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -259,12 +295,17 @@ def _av_frames(
         index = 0
         try:
             for frame in container.decode(stream):
-                if index % step == 0:
-                    pending.append(frame.to_ndarray(format="rgb24"))
-                    if len(pending) == chunk:
-                        yield _as_rgb(np.stack(pending))
-                        pending = []
+                times = (index % step == 0) if indices is None else repeats.get(index, 0)
+                if times:
+                    image = frame.to_ndarray(format="rgb24")
+                    for _ in range(int(times)):
+                        pending.append(image)
+                        if len(pending) == chunk:
+                            yield _as_rgb(np.stack(pending))
+                            pending = []
                 index += 1
+                if indices is not None and index > last:
+                    break
         except av.FFmpegError as err:
             raise MediaError(
                 path, f"truncated or corrupt video after {index} frames ({_short(err)})"
@@ -293,6 +334,7 @@ def iter_frames(
     path: str | os.PathLike,
     *,
     frame_step: int = 1,
+    indices: list[int] | None = None,
     chunk_size: int = 64,
     backend: Backend = "auto",
     threads: int = 0,
@@ -300,7 +342,10 @@ def iter_frames(
 ) -> Iterator[np.ndarray]:
     """Yield the frames ``0, frame_step, 2*frame_step, ...`` as uint8 chunks (n<=chunk_size, H, W, 3).
 
-    The chunks may be read-only (decord's buffer, not copied): copy one before writing into it.
+    ``indices``: the frames to yield instead, in this order (non-decreasing, repeats allowed: a
+    frame shown twice at the output rate is yielded twice); indices past the last decodable
+    frame are dropped, so fewer frames may come back. The chunks may be read-only (decord's
+    buffer, not copied): copy one before writing into it.
 
     threads: decoder threads (0 = the library's choice; 1 when files are decoded in parallel).
     ``backend="auto"`` uses decord and falls back to PyAV for a file decord cannot handle.
@@ -308,10 +353,16 @@ def iter_frames(
     path = Path(path)
     if frame_step < 1 or chunk_size < 1:
         raise ValueError(f"frame_step and chunk_size must be >= 1, got {frame_step}, {chunk_size}")
+    if indices is not None:
+        indices = [int(i) for i in indices]
+        if any(b < a for a, b in zip(indices, indices[1:])) or (indices and indices[0] < 0):
+            raise ValueError("indices must be non-negative and non-decreasing")
+        if not indices:
+            return
     info = info or probe(path)
     chosen = _resolve(backend)
     if chosen == "decord":
-        frames = _decord_frames(path, info, frame_step, chunk_size, threads)
+        frames = _decord_frames(path, info, indices, frame_step, chunk_size, threads)
         try:
             first = next(frames)
         except StopIteration:
@@ -326,7 +377,7 @@ def iter_frames(
             except _DecordUnfit as err:  # a later chunk changed shape: not worth a retry
                 raise MediaError(path, str(err)) from None
             return
-    yield from _av_frames(path, info, frame_step, chunk_size, threads)
+    yield from _av_frames(path, info, indices, frame_step, chunk_size, threads)
 
 
 # --------------------------------------------------------------------------- audio
@@ -356,18 +407,39 @@ def _av_audio(path: Path, native_rate: int) -> np.ndarray:
 
 def _decode_audio(path: Path, container, native_rate: int) -> np.ndarray:
     """The first audio stream of an open container, down-mixed to mono float32 at its rate."""
+    return _demux(path, container, native_rate, False)[0]
+
+
+def _demux(
+    path: Path, container, native_rate: int | None, times: bool
+) -> tuple[np.ndarray | None, list[int | None]]:
+    """One pass over the packets of an open container: the first audio stream down-mixed to mono
+    float32 at its rate (``native_rate``; None = no audio wanted) and, with ``times``, the
+    presentation stamps (pts, else dts; in the stream's time base) of the first video stream's
+    packets (one per frame; nothing decoded)."""
     chunks: list[np.ndarray] = []
+    stamps: list[int | None] = []
+    streams = ([container.streams.video[0]] if times else []) + (
+        [container.streams.audio[0]] if native_rate is not None else [])
+    mono = av.AudioResampler(format="fltp", layout="mono", rate=native_rate) if native_rate else None
     try:
-        stream = container.streams.audio[0]
-        mono = av.AudioResampler(format="fltp", layout="mono", rate=native_rate)
-        for frame in container.decode(stream):
-            for out in mono.resample(frame):
+        for packet in container.demux(*streams):
+            if packet.stream.type == "video":
+                if packet.size:
+                    stamps.append(packet.pts if packet.pts is not None else packet.dts)
+                continue
+            for frame in packet.decode():
+                for out in mono.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+        if mono is not None:
+            for out in mono.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
-        for out in mono.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
     except av.FFmpegError as err:
-        raise MediaError(path, f"cannot decode the audio track ({_short(err)})") from None
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        what = "audio track" if native_rate is not None else "video packets"
+        raise MediaError(path, f"cannot decode the {what} ({_short(err)})") from None
+    if native_rate is None:
+        return None, stamps
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), stamps
 
 
 def read_audio(

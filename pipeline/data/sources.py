@@ -8,13 +8,15 @@ generic sources (``data.source`` in params.yaml):
 - ``demo``: the ``demo_data`` stage's folder (``videos.csv`` path,label,split, ``annotations.csv``,
   ``layouts/<video_id>.npz``, ``classes.json``; docs/CONTRACTS.md "Raw demo data");
 - ``folder``: a glob of video files (or a folder, searched recursively for video files); the label
-  is the parent folder's name and the split is drawn from a stable hash of the path relative to
-  the glob's base folder (so adding a file never moves another one to a different split);
+  is the parent folder's name (none for files directly in the base folder) and the split is left
+  empty: ``prepare`` draws it among the usable videos (``pipeline.data.splits.draw_splits``: a
+  stable hash of the path relative to the glob's base folder, at least one video per split);
 - ``manifest``: a CSV with columns path,label,split (path relative to the CSV, or absolute; an
-  empty split is drawn by hash as for ``folder``, an empty label gives label id -1).
+  empty split is drawn as for ``folder``, an empty label gives label id -1).
 
 Each usable input becomes a :class:`VideoSource`; an input that cannot be used (a missing file, an
 unknown split or label) becomes a rejected ``(source, reason)`` pair instead of an exception.
+``VideoSource.split_key`` is the key a drawn split hashes.
 Annotated positions come from ``data.annotations`` (or the demo's own ``annotations.csv``): a CSV
 video,frame,x,y whose ``video`` is the video id or the path as written in the listing.
 """
@@ -54,10 +56,11 @@ class VideoSource:
     source: str  # the path as the user wrote it (manifest, rejected.csv, clip metadata)
     label: str  # class name ("" = unlabelled)
     label_id: int  # index in the classes list (-1 = unlabelled)
-    split: str  # train | val | test
+    split: str  # train | val | test; "" = drawn by prepare (pipeline.data.splits.draw_splits)
     positions: tuple[tuple[int, float, float], ...] = ()  # annotated (frame, x, y), frame-pixel coords
     layout_path: str | None = None  # npz with `layout` uint8 (T, H, W), when the data carry layouts
     stored: StoredVideo | None = None  # frames kept otherwise than as a media file (BAIR, Cityscapes)
+    split_key: str = ""  # what a drawn split hashes (the path relative to the folder / manifest)
 
 
 @dataclasses.dataclass
@@ -95,21 +98,6 @@ def unique_ids(names: list[str]) -> list[str]:
             slug = f"{slug or 'video'}-{_digest(name)[:8]}"
         out.append(slug)
     return out
-
-
-def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
-    """train / val / test from a stable hash of ``key`` (same key → same split, on any machine)."""
-    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise SourceError(
-            f"data.val_fraction + data.test_fraction must be in [0, 1), got "
-            f"{val_fraction} + {test_fraction}"
-        )
-    u = int(_digest(key)[:12], 16) / 16**12
-    if u < test_fraction:
-        return "test"
-    if u < test_fraction + val_fraction:
-        return "val"
-    return "train"
 
 
 def _read_csv(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
@@ -201,8 +189,8 @@ def list_demo(folder: str | Path, annotations: str = "") -> Listing:
 
 
 def _check_row(path: Path, split: str, label: str, classes: list[str] | None) -> str | None:
-    if split not in SPLITS:
-        return f"split {split!r} is not one of {', '.join(SPLITS)}"
+    if split and split not in SPLITS:
+        return f"split {split!r} is not one of {', '.join(SPLITS)} (or empty: drawn)"
     if classes is not None and label and label not in classes:
         return f"label {label!r} is not in classes.json"
     if not path.exists():
@@ -223,11 +211,10 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def list_folder(
-    pattern: str, val_fraction: float, test_fraction: float, annotations: str = ""
-) -> Listing:
+def list_folder(pattern: str, annotations: str = "") -> Listing:
     """Files matching ``pattern`` (a glob, ``**`` allowed; or a folder, searched recursively for
-    video extensions). Label = parent folder name; split by hash of the relative path."""
+    video extensions). Label = parent folder name; split left to ``prepare`` (drawn by hash of the
+    relative path)."""
     root = Path(pattern)
     if root.is_dir():
         base = root
@@ -249,19 +236,19 @@ def list_folder(
             source=str(path),
             label=label,
             label_id=classes.index(label) if label else -1,
-            split=hash_split(rel, val_fraction, test_fraction),
+            split="",
             positions=_positions_for(table, vid, str(path), rel),
+            split_key=rel,
         )
         for path, rel, vid, label in zip(files, rels, ids, labels)
     ]
     return Listing(videos, [], classes)
 
 
-def list_manifest(
-    csv_path: str | Path, val_fraction: float, test_fraction: float, annotations: str = ""
-) -> Listing:
-    """A CSV path,label,split (path relative to the CSV or absolute). A row naming a missing file,
-    an unknown split or a path already listed is rejected, not an error."""
+def list_manifest(csv_path: str | Path, annotations: str = "") -> Listing:
+    """A CSV path,label,split (path relative to the CSV or absolute; an empty split is drawn by
+    ``prepare``). A row naming a missing file, an unknown split or a path already listed is
+    rejected, not an error."""
     csv_path = Path(csv_path)
     rows = _read_csv(csv_path, ("path", "label", "split"))
     table = read_annotations(annotations) if annotations else {}
@@ -274,7 +261,7 @@ def list_manifest(
             rejected.append((f"{csv_path}:{line}", "empty path"))
             continue
         path = Path(source) if Path(source).is_absolute() else csv_path.parent / source
-        split = row["split"] or hash_split(source, val_fraction, test_fraction)
+        split = row["split"]
         reason = _check_row(path, split, row["label"], None)
         if reason is None and path.resolve() in seen:
             reason = f"duplicate of an earlier row (line {line} of {csv_path})"
@@ -291,6 +278,7 @@ def list_manifest(
                 label_id=classes.index(row["label"]) if row["label"] else -1,
                 split=split,
                 positions=_positions_for(table, vid, source),
+                split_key=source,
             )
         )
     return Listing(videos, rejected, classes)
@@ -301,9 +289,9 @@ def list_sources(data: DataParams) -> Listing:
     if data.source == "demo":
         return list_demo(data.path, data.annotations)
     if data.source == "folder":
-        return list_folder(data.path, data.val_fraction, data.test_fraction, data.annotations)
+        return list_folder(data.path, data.annotations)
     if data.source == "manifest":
-        return list_manifest(data.path, data.val_fraction, data.test_fraction, data.annotations)
+        return list_manifest(data.path, data.annotations)
     raise SourceError(f"data.source: unknown source {data.source!r} (demo, folder or manifest)")
 
 
@@ -312,7 +300,6 @@ __all__ = [
     "SourceError",
     "SPLITS",
     "VideoSource",
-    "hash_split",
     "list_demo",
     "list_folder",
     "list_manifest",

@@ -2,8 +2,16 @@
 
 Paper §4 "Metrics": SSIM [77] and PSNR between each real frame and its synthetic counterpart,
 reported at given timesteps (BAIR: t = 8, 15); FVD [66] on I3D features; Fig. 6: DIV, the mean
-pixel distance among S samples of the same input, on whole frames and on moving parts. The tasks
-are the paper's experiments as they apply to the demo world:
+pixel distance among S samples of the same input, on whole frames and on moving parts.
+
+Timesteps are the paper's, **1-based**: t = 1 is the first frame (Fig. 6 shows the input at
+t = 1; Table 3's t = 15 of a 16-frame BAIR video is "the one-before-last frame", t = 8 "the
+mid-point"), so ``ssim@t`` scores frame index t − 1. The m given start frames (t ≤ m) are never
+scored as predictions: a timestep among them is not reported, and ``ssim`` / ``psnr`` average the
+synthesized frames only. ``m`` is ``evaluate.start_frames`` (BAIR 1, Kinetics 5, AudioSet-Drums
+15) for every task that starts from real frames.
+
+The tasks are the paper's experiments as they apply to the demo world:
 
 - ``reconstruction`` (Table 1 "Reconstruction"): the clip's own tokens Q(E(x_t)) decoded frame by
   frame by D with F over the last c decoded frames (App. A's recursive decoding); frame 0 given.
@@ -30,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -109,14 +117,28 @@ def transformer_kinds(transformer: CCVSTransformer) -> set[str]:
     return kinds
 
 
-def resolve_task(spec: TaskSpec, transformer: CCVSTransformer, data: EvalData) -> tuple[TaskSpec | None, str]:
-    """The task as it can run with this T and these data, or (None, why it is skipped)."""
+_LACKING = {"state": "no annotated position", "audio": "no audio track", "layout": "no layout"}
+
+
+def resolve_task(spec: TaskSpec, transformer: CCVSTransformer, data: EvalData,
+                 null_ids: Mapping[str, int] | None = None) -> tuple[TaskSpec | None, str]:
+    """The task as it can run with this T and these data, or (None, why it is skipped).
+
+    ``null_ids`` (kind → its null id, from vocab.json): a control every evaluated clip lacks —
+    all its tokens the null id, e.g. test videos without an audio track — would make the task
+    the same as ``prediction`` under another name, so it is skipped too."""
     kinds = transformer_kinds(transformer)
     for kind in spec.controls:
         if kind not in kinds:
             return None, f"the transformer was trained without {kind} tokens"
-        if kind in ("state", "audio", "layout") and getattr(data, kind) is None:
-            return None, f"the token shards have no {kind} tokens"
+        if kind in ("state", "audio", "layout"):
+            tokens = getattr(data, kind)
+            if tokens is None:
+                return None, f"the token shards have no {kind} tokens"
+            null = (null_ids or {}).get(kind)
+            if null is not None and len(data) and bool((tokens == null).all()):
+                return None, (f"none of the {len(data)} clips evaluated has {kind} tokens (all "
+                              f"null ids: {_LACKING[kind]})")
     if spec.start_frames == 0 and not ({"label", "end_frame"} & kinds):
         # no token precedes frame 0's first code: frame 0 must be given
         return dataclasses.replace(spec, start_frames=1), "dataset_first_frame"
@@ -237,24 +259,43 @@ def frame_motion(video: torch.Tensor, first: int = 0) -> float:
     return float((x[..., 1:, :, :, :] - x[..., :-1, :, :, :]).abs().mean() / 2)
 
 
+def scored_timesteps(timesteps: Sequence[int], m: int, n: int) -> list[int]:
+    """The paper's (1-based) timesteps that are synthesized frames of an n-frame video with m
+    given ones: m < t ≤ n."""
+    return [t for t in timesteps if m < t <= n]
+
+
 def summarize(name: str, ssim_v: torch.Tensor, psnr_v: torch.Tensor, m: int,
               timesteps: Sequence[int], div: torch.Tensor | None,
-              div_moving: torch.Tensor | None, has_reference: bool) -> dict[str, float]:
-    """Per-task scalar metrics from per-frame SSIM/PSNR (B, S, n) (frames t ≥ m only)."""
+              div_moving: torch.Tensor | None, has_reference: bool,
+              end_index: int | None = None, runs: int = 1) -> dict[str, float]:
+    """Per-task scalar metrics from per-frame SSIM/PSNR (B, S, n), synthesized frames only.
+
+    ``timesteps`` are 1-based (``ssim@t`` = frame index t − 1; see the module doc). ``runs`` > 1:
+    sample r of every input is evaluation run r (r < runs); ``ssim@t_std`` / ``psnr@t_std`` are
+    the std over runs of each run's mean (§4: mean ± std over 5 runs).
+
+    ``end/ssim``, ``end/psnr``: the synthesized frame at ``end_index`` (the index of the clip's
+    last frame, which point-to-point gives T as the end frame) against the real one — Table D4's
+    control-point consistency for point-to-point, and the same frame's score for every other task
+    (prediction's is the reference a given end frame must beat). Never a given start frame."""
     n = ssim_v.shape[2]
     out: dict[str, float] = {}
     if has_reference and n > m:
-        for t in timesteps:
-            if m <= t < n:
-                out[f"ssim@{t}"] = float(ssim_v[:, :, t].mean())
-                out[f"psnr@{t}"] = float(psnr_v[:, :, t].mean())
-                out[f"best/ssim@{t}"] = float(ssim_v[:, :, t].max(dim=1).values.mean())
+        for t in scored_timesteps(timesteps, m, n):
+            i = t - 1
+            out[f"ssim@{t}"] = float(ssim_v[:, :, i].mean())
+            out[f"psnr@{t}"] = float(psnr_v[:, :, i].mean())
+            out[f"best/ssim@{t}"] = float(ssim_v[:, :, i].max(dim=1).values.mean())
+            if runs > 1:
+                out[f"ssim@{t}_std"] = float(ssim_v[:, :runs, i].mean(0).std(unbiased=False))
+                out[f"psnr@{t}_std"] = float(psnr_v[:, :runs, i].mean(0).std(unbiased=False))
         out["ssim"] = float(ssim_v[:, :, m:].mean())
         out["psnr"] = float(psnr_v[:, :, m:].mean())
         out["best/ssim"] = float(ssim_v[:, :, m:].mean(2).max(dim=1).values.mean())
-        if name == "point_to_point":
-            out["end/ssim"] = float(ssim_v[:, :, -1].mean())
-            out["end/psnr"] = float(psnr_v[:, :, -1].mean())
+        if end_index is not None and m <= end_index < n:
+            out["end/ssim"] = float(ssim_v[:, :, end_index].mean())
+            out["end/psnr"] = float(psnr_v[:, :, end_index].mean())
     if div is not None and not torch.isnan(div).all():
         out["div"] = float(div.mean())
     if div_moving is not None and not torch.isnan(div_moving).all():
@@ -263,9 +304,10 @@ def summarize(name: str, ssim_v: torch.Tensor, psnr_v: torch.Tensor, m: int,
 
 
 def per_timestep(ssim_v: torch.Tensor, psnr_v: torch.Tensor, m: int) -> list[dict[str, float]]:
-    """Rows (t, ssim, psnr) of the mean over inputs and samples, for t ≥ m (dvc plots)."""
-    return [{"t": t, "ssim": float(ssim_v[:, :, t].mean()), "psnr": float(psnr_v[:, :, t].mean())}
-            for t in range(m, ssim_v.shape[2])]
+    """Rows (t, ssim, psnr) of the mean over inputs and samples for every synthesized frame, t
+    1-based as ``ssim@t`` (t = m + 1 … n; dvc plots)."""
+    return [{"t": i + 1, "ssim": float(ssim_v[:, :, i].mean()),
+             "psnr": float(psnr_v[:, :, i].mean())} for i in range(m, ssim_v.shape[2])]
 
 
 def finite(value: float) -> float | None:

@@ -16,9 +16,11 @@ FVD fits a Gaussian to the I3D features of real and of synthetic clips and repor
   cache or the public URL; without any, a randomly initialised I3D (fixed seed) that is flagged:
   ``info.pretrained`` is False and the metric is named ``fvd_untrained_i3d``, never ``fvd``
   (DESIGN.md, "Offline weights").
-* ``compute_fvd``: the protocol — ``frames`` frames per clip after ``skip_frames`` (to leave out
-  conditioning frames), the 400 logits as features, ``repeats`` values on random subsets → mean
-  ± std, and a dict that says which weights and which protocol produced the number.
+* ``compute_fvd``: one call for two sets of clips — ``frames`` frames per clip after
+  ``skip_frames`` (to leave out conditioning frames), the 400 logits as features, ``repeats``
+  values on random subsets → mean ± std, and a dict that says which weights and which protocol
+  produced the number. The ``evaluate`` stage follows the paper instead: R evaluation runs of
+  fresh samples, the real statistics cached (``pipeline.metrics.fvd_runs``).
 
 Protocol facts that change the number (DESIGN.md): 16 frames, 224 bilinear, RGB, [-1, 1], whether
 conditioning frames are counted, the number of clips (CCVS: 5 × 256 on BAIR).

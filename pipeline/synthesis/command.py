@@ -66,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("fp32", "bf16", "int8"), default="fp32",
                    help="T's Linear weights while sampling (int8: ~1.3x faster tokens on CPU, "
                         "slightly different samples; BENCHMARKS.md 'synthesis')")
+    p.add_argument("--step-threads", default="auto", type=_step_threads,
+                   help="CPU threads of T's one-token steps: auto (the faster of 1, 2, … threads "
+                        "on this machine under its current load, measured on the first steps) or "
+                        "a count (0 = torch's)")
+    p.add_argument("--ae-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="D·S·E·F per frame: bf16 autocast (slightly different frames, same "
+                        "tokens) or fp32; auto = bf16 on CPUs with bf16 matrix units and "
+                        "bf16-capable GPUs (BENCHMARKS.md 'synthesis')")
+    p.add_argument("--overlap-decoding", choices=("auto", "on", "off"), default="off",
+                   help="decode frame t on a second thread while T samples frame t + 1; auto = "
+                        "when T's one-token steps leave a thread free (no gain measured on a "
+                        "busy CPU: BENCHMARKS.md 'synthesis')")
     p.add_argument("--out", default="samples/synthesize", help="output folder")
     p.add_argument("--name", default=None, help="file name stem (default: from --start)")
     p.add_argument("--model-uri", default=None,
@@ -82,11 +94,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _step_threads(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a count ≥ 0, got {text!r}")
+    return value
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds D·S·E·F up on ``device``: CUDA devices that support bf16, and
+    CPUs with bf16 matrix units (AMX-BF16 or AVX-512-BF16, as torch reports them)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return device.type == "cpu" and any(bool(getattr(cpu, name, lambda: False)())
+                                        for name in checks)
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     """Load, check every input, synthesize with a progress bar, write; return the written paths."""
     from tqdm import tqdm
 
     from ccvs_models.sampler import SamplerConfig, synthesize
+    from ccvs_models.step_threads import StepThreads
     from pipeline.training.distributed import device_for
     from pipeline.synthesis.readers import SynthesisInputError, read_start_frames, to_model_frames
     from pipeline.synthesis.controls import build_controls
@@ -145,8 +181,15 @@ def run(args: argparse.Namespace) -> list[Path]:
     c = args.context_frames
     if c is not None and (problem := models.autoencoder.config.context_problem(c)) is not None:
         raise SynthesisInputError(f"{args.autoencoder}: {problem} (--context-frames)")
+    precision = args.ae_precision
+    if precision == "auto":
+        precision = "bf16" if bf16_pays(device) else "fp32"
     config = SamplerConfig(top_k=args.top_k, temperature=args.temperature,
-                           kv_cache=not args.no_kv_cache, weights=args.weights)
+                           kv_cache=not args.no_kv_cache, weights=args.weights,
+                           step_threads=args.step_threads, autoencoder_precision=precision,
+                           overlap_decoding={"on": True, "off": False}.get(args.overlap_decoding,
+                                                                           "auto"))
+    threads = StepThreads()
     seeds = [args.seed + s for s in range(args.samples)]
     m = 0 if start is None else start.shape[1]
     t0 = time.perf_counter()
@@ -156,13 +199,16 @@ def run(args: argparse.Namespace) -> list[Path]:
     with tqdm(total=args.frames - m, desc="synthesize", unit="frame") as bar:
         out = synthesize(models.autoencoder, models.transformer, start, args.frames, controls,
                          config, samples=args.samples, seeds=seeds,
-                         context_frames=args.context_frames, on_frame=lambda t: bar.update(1))
+                         context_frames=args.context_frames, on_frame=lambda t: bar.update(1),
+                         threads=threads)
     frames = out.frames
     seconds = time.perf_counter() - t0
     name = args.name or (Path(args.start).stem if args.start else "unconditional")
     written = write_samples(args.out, frames, models.fps or 10, [name], gif_scale=2)
     print(f"synthesized {args.samples} × {args.frames} frames in {seconds:.1f} s "
-          f"({args.samples * (args.frames - m) / max(seconds, 1e-9):.1f} frames/s)")
+          f"({args.samples * (args.frames - m) / max(seconds, 1e-9):.1f} frames/s; autoencoder "
+          f"in {precision}" + "".join(f"; T's one-token steps on {line}"
+                                      for line in threads.summary()) + ")")
     for path in written:
         print(f"wrote {path}")
     return written

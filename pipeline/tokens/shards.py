@@ -203,8 +203,10 @@ class TokenSplit:
 
 def load_token_split(root: str | Path, split: str, vocab: dict[str, Any]) -> TokenSplit:
     """Stack every sample of ``split``; a clip whose frame count differs from the split's first
-    clip is an error naming it (``prepare`` cuts clips of one length)."""
+    clip is an error naming it (``prepare`` cuts clips of one length). An unlabelled clip (label
+    id −1: a video at the top of a folder source) gets the label's null id, ``num_classes``."""
     h, w = vocab["frame"]["height"], vocab["frame"]["width"]
+    null_label = int(vocab.get("label", {}).get("num_classes", 0))
     kinds = [k for k in ANNOTATIONS if vocab.get(k)]
     keys, frames, ends, labels = [], [], [], []
     ann: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
@@ -223,7 +225,8 @@ def load_token_split(root: str | Path, split: str, vocab: dict[str, Any]) -> Tok
         keys.append(s["key"])
         frames.append(s["frames"])
         ends.append(s["end_frame"])
-        labels.append(int(s["meta"].get("label_id", 0)))
+        label = int(s["meta"].get("label_id", 0))
+        labels.append(label if label >= 0 else null_label)
     if not keys:
         empty = np.zeros((0, 1, h, w), np.int16)
         return TokenSplit([], empty, empty[:, 0], np.zeros(0, np.int64),

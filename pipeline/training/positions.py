@@ -40,6 +40,11 @@ _ANNOTATION_SOURCE = (
 # --------------------------------------------------------------------------- annotated frames
 
 
+class NoAnnotations(StageError):
+    """The train clips carry no annotated position: nothing to train the estimator on (the
+    ``positions`` stage then writes a placeholder and T trains without state tokens)."""
+
+
 @dataclasses.dataclass
 class Annotated:
     """The deduplicated annotated frames of the train split."""
@@ -91,9 +96,9 @@ def load_annotated(clips_dir: Path) -> Annotated:
             frames.append(sample["frames"][t])
             xy.append(pos[t])
     if not frames:
-        raise StageError(
-            f"{clips_dir}: no annotated frame in the train clips (every positions.npy row is NaN "
-            f"or absent); {_ANNOTATION_SOURCE}")
+        raise NoAnnotations(
+            f"no annotated frame in the train clips of {clips_dir} (every positions.npy row is "
+            f"NaN or absent); {_ANNOTATION_SOURCE}")
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise StageError(f"{clips_dir}: clips of different frame sizes {sorted(shapes)}")

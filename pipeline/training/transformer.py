@@ -60,6 +60,8 @@ class TransformerArch:
     pos_embedding: Literal["decomposed", "learned"]  # Table 2 "Dec." (App. A)
     max_end_gap: int  # end-frame gaps beyond this share one embedding (App. E)
     prev_frame_input: bool = False  # ours: the copy path (TransformerConfig.prev_frame_input)
+    state_field: bool = False  # ours: the state at its frame's cells (TransformerConfig.state_field)
+    end_frame_input: bool = False  # ours: the end frame at each slot (TransformerConfig.end_frame_input)
 
     def __post_init__(self) -> None:
         if self.num_frames < 0:
@@ -105,6 +107,7 @@ def model_config(arch: TransformerArch, cond: Conditioning, vocab: dict[str, Any
     state, audio, layout = (vocab.get(k) if getattr(cond, k) else None
                             for k in ("state", "audio", "layout"))
     classes = int(vocab["label"]["num_classes"]) if cond.label else 0
+    end_frame = bool(cond.end_frame and vocab.get("end_frame"))
     return TransformerConfig(
         frame_vocab=int(vocab["frame"]["vocab"]), frame_height=int(vocab["frame"]["height"]),
         frame_width=int(vocab["frame"]["width"]), num_frames=n,
@@ -114,11 +117,13 @@ def model_config(arch: TransformerArch, cond: Conditioning, vocab: dict[str, Any
         layout_tokens_per_frame=int(layout["tokens_per_frame"]) if layout else 0,
         layout_vocab=int(layout["vocab"]) if layout else 0,
         num_classes=classes if classes > 1 else 0,  # one class carries no information
-        end_frame=bool(cond.end_frame and vocab.get("end_frame")),
+        end_frame=end_frame,
         max_end_gap=arch.max_end_gap, n_layer=arch.n_layer, n_head=arch.n_head,
         n_embd=arch.n_embd, mlp_ratio=arch.mlp_ratio, dropout=arch.dropout,
         attn_dropout=arch.attn_dropout, bias=arch.bias, pos_embedding=arch.pos_embedding,
-        prev_frame_input=arch.prev_frame_input)
+        prev_frame_input=arch.prev_frame_input,
+        state_field=arch.state_field and state is not None,  # on only where the control is
+        end_frame_input=arch.end_frame_input and end_frame)
 
 
 # --------------------------------------------------------------------------- sequences
@@ -280,8 +285,28 @@ class TransformerTask(TrainTask):
     def evaluate(self, step: int, ctx: StepContext) -> dict[str, float]:
         if not self.val_batches:
             return {}
-        return evaluate_batches(ctx.eval_module("transformer"), self.val_batches, ctx.device,
-                                ctx.autocast)
+        model = ctx.eval_module("transformer")
+        out = evaluate_batches(model, self.val_batches, ctx.device, ctx.autocast)
+        out.update(control_gains(model, self.val_batches, ctx.device, out["val/loss"], ctx.autocast))
+        return out
+
+
+def control_gains(model: CCVSTransformer, batches: list[TokenBatch], device: torch.device,
+                  loss: float, autocast: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Does T read its annotations? Per annotation kind of its sequence, ``val/gain/<kind>`` =
+    the val loss with that kind's tokens set to the null id (as conditioning dropout does) minus
+    ``loss``, the val loss with every annotation given, in nats per frame token. About 0: T
+    ignores the control (its samples will not follow it); > 0: the control carries information
+    T uses."""
+    layout = model.layout
+    present = set(layout.kinds().tolist())
+    out = {}
+    for name, kind in KINDS.items():
+        if int(kind) not in present:
+            continue
+        dropped = [b._replace(tokens=layout.drop(b.tokens, kind)) for b in batches]
+        out[f"val/gain/{name}"] = evaluate_batches(model, dropped, device, autocast)["val/loss"] - loss
+    return out
 
 
 @torch.no_grad()

@@ -24,7 +24,8 @@ import csv
 from pathlib import Path
 
 from pipeline.data.datasets.common import index_videos, relative
-from pipeline.data.sources import Listing, SourceError, VideoSource, hash_split, unique_ids
+from pipeline.data.sources import Listing, SourceError, VideoSource, unique_ids
+from pipeline.data.splits import hash_split
 from pipeline.params import DataParams
 
 DRUM_LABELS = ("/m/026t6", "/m/02hnl")  # AudioSet ontology: "Drum", "Drum kit"

@@ -43,7 +43,8 @@ from PIL import Image
 from pipeline.data.datasets.common import dataset_root, relative
 from pipeline.data.datasets.tfrecord import RecordError, parse_example, read_record, record_spans
 from pipeline.data.media import MediaError, VideoInfo
-from pipeline.data.sources import Listing, SourceError, VideoSource, hash_split, read_annotations
+from pipeline.data.sources import Listing, SourceError, VideoSource, read_annotations
+from pipeline.data.splits import hash_split
 from pipeline.params import DataParams
 
 CAMERA = "image_aux1"  # the benchmarks' camera; "image_main" is the other one

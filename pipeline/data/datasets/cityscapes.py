@@ -29,7 +29,8 @@ from pathlib import Path
 
 from pipeline.data.datasets.common import dataset_root
 from pipeline.data.datasets.png_sequence import ImageSequence
-from pipeline.data.sources import Listing, SourceError, VideoSource, hash_split
+from pipeline.data.sources import Listing, SourceError, VideoSource
+from pipeline.data.splits import hash_split
 from pipeline.params import DataParams
 
 FPS = 17.0  # Cityscapes' sequences are recorded at 17 Hz

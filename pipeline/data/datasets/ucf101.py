@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 
 from pipeline.data.datasets.common import dataset_root, index_videos, read_lines, relative
-from pipeline.data.sources import Listing, SourceError, VideoSource, hash_split, slugify
+from pipeline.data.sources import Listing, SourceError, VideoSource, slugify
+from pipeline.data.splits import hash_split
 from pipeline.params import DataParams
 
 _GROUP = re.compile(r"_g(\d+)_c\d+$", re.IGNORECASE)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 
 from pipeline.data.datasets.common import dataset_root, index_videos, label_ids, relative
-from pipeline.data.sources import Listing, SourceError, VideoSource, hash_split, slugify
+from pipeline.data.sources import Listing, SourceError, VideoSource, slugify
+from pipeline.data.splits import hash_split
 from pipeline.params import DataParams
 
 ACTIONS = ("bend", "jack", "jump", "pjump", "run", "side", "skip", "walk", "wave1", "wave2")

@@ -1,0 +1,99 @@
+"""Control inputs (ours, not in the paper): each control placed at the frame tokens it concerns.
+
+The paper's T (§3.3) reads the state (§4) and the end frame (App. E) as tokens of its sequence
+and must learn, by attention, which frame tokens they concern: the gripper's (x, y) bins say which
+of the h·w cells the gripper covers, the end frame's code j is the target of every later frame's
+code j. A 4-layer T trained for minutes on the demo world did not learn either (its loss did not
+move when the state or the end frame was nulled: ``val/gain/<kind>``, BENCHMARKS.md "controls").
+These modules hand each frame-code position what its control says about it, as the copy path
+(``TransformerConfig.prev_frame_input``) hands it the previous frame's code:
+
+- :class:`StateField`: at a position scoring frame t's code j, a learned embedding of where frame
+  t's state lies relative to cell j (offsets in half cells, clamped to ± ``radius`` cells: a
+  (4·radius + 1)² table). It assumes the state bins span the frame uniformly (tokenize's
+  ``StateBins.for_frame``), so bin b of B is at (b + ½) / B of the frame's width (or height).
+- :class:`EndFrameInput`: at a position scoring code j of frame t, the head's row of the end
+  frame's code j (the same embedding as the copy path's) times a learned gate of the frames left
+  until the end frame, d = end_gap − t (App. E's gap, as the window sees it), plus a learned
+  embedding of d.
+
+Both start at zero (a T with them begins as the paper's T) and add nothing where the control is
+its null id, so conditioning dropout still trains the unconditioned T.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ccvs_models.sequence_layout import SequenceLayout
+
+
+class StateField(nn.Module):
+    """State (x, y) → an embedding at every frame-code position of its frame (see module doc)."""
+
+    def __init__(self, layout: SequenceLayout, n_embd: int, radius: int = 3) -> None:
+        super().__init__()
+        self.bins = layout.state_bins
+        self.radius = radius  # in cells: offsets beyond it share the border entries
+        self.width = 4 * radius + 1  # half-cell offsets −2R … 2R
+        self.table = nn.Embedding(self.width ** 2, n_embd)
+        nn.init.zeros_(self.table.weight)
+        _, j = layout.scored_codes()
+        h, w = layout.frame_height, layout.frame_width
+        self.register_buffer("src", layout.state_sources().clamp(min=0), persistent=False)
+        self.register_buffer("on", j >= 0, persistent=False)
+        jj = j.clamp(min=0)
+        # cell j's centre as a fraction of the frame, and the frame size in half cells
+        self.register_buffer("centre", torch.stack([(jj % w + 0.5) / w, (jj // w + 0.5) / h], 1),
+                             persistent=False)
+        self.register_buffer("half_cells", torch.tensor([2.0 * w, 2.0 * h]), persistent=False)
+
+    def forward(self, seen: torch.Tensor, start: int, count: int) -> torch.Tensor:
+        """seen (B, ≥ start + count) token ids of positions 0 …; → (B, count, D) for positions
+        start … start + count − 1 (zero where no code is scored or the state is null)."""
+        sl = slice(start, start + count)
+        ids = seen[:, self.src[sl]]  # (B, count, 2) the scored frame's x, y bins
+        present = self.on[sl][None] & (ids < self.bins).all(-1)
+        where = (ids.clamp(max=self.bins - 1).float() + 0.5) / self.bins  # fraction of the frame
+        offset = torch.round((where - self.centre[sl]) * self.half_cells)
+        q = (offset.clamp(-2 * self.radius, 2 * self.radius) + 2 * self.radius).long()
+        emb = self.table(q[..., 1] * self.width + q[..., 0])
+        return emb * present[..., None].to(emb.dtype)
+
+
+class EndFrameInput(nn.Module):
+    """The end frame's code j, gated by the frames left until it, at frame codes j (module doc)."""
+
+    def __init__(self, layout: SequenceLayout, n_embd: int, max_gap: int) -> None:
+        super().__init__()
+        self.frame_vocab = layout.frame_vocab
+        self.max_gap = max_gap
+        self.default_gap = layout.num_frames - 1  # as PositionalEmbedding: the window's last frame
+        self.gate = nn.Embedding(max_gap + 2, 1)  # d = 0 … max_gap, then "already passed"
+        self.distance = nn.Embedding(max_gap + 2, n_embd)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.distance.weight)
+        t, _ = layout.scored_codes()
+        self.register_buffer("src", layout.end_sources().clamp(min=0), persistent=False)
+        self.register_buffer("on", t >= 0, persistent=False)
+        self.register_buffer("time", t.clamp(min=0), persistent=False)
+
+    def forward(self, seen: torch.Tensor, start: int, count: int, end_gap: torch.Tensor | None,
+                head: torch.Tensor) -> torch.Tensor:
+        """seen (B, ≥ start + count) token ids; end_gap (B,) the end frame's timestep minus the
+        window's first (None: N − 1); head (q, D) the head's weight (frame-code embeddings)
+        → (B, count, D) for positions start … start + count − 1."""
+        sl = slice(start, start + count)
+        b = seen.shape[0]
+        codes = seen[:, self.src[sl]]  # (B, count) the end frame's code at each scored slot
+        present = self.on[sl][None] & (codes < self.frame_vocab)
+        if end_gap is None:
+            end_gap = torch.full((b,), self.default_gap, dtype=torch.long, device=seen.device)
+        left = end_gap.reshape(-1, 1).long() - self.time[sl][None]  # (B, count)
+        d = torch.where(left < 0, torch.full_like(left, self.max_gap + 1),
+                        left.clamp(max=self.max_gap))
+        code = F.embedding(codes.clamp(max=self.frame_vocab - 1), head)
+        emb = code * self.gate(d) + self.distance(d)
+        return emb * present[..., None].to(emb.dtype)
