@@ -54,6 +54,10 @@ class AutoencoderConfig:
     beta: float = 0.25  # β, commitment weight of L_q, Eq. (3) (paper value)
     normalize_codes: bool = False  # l2-normalised (cosine) codebook; not in the paper
     context_frames: int = 1  # c, context frames fused by F (App. D); 0 = no F (Table 1 baseline)
+    context_anchor: int = 0  # ours: the first a ≤ c frames of a video (the real given ones) stay
+    # in F's context for the whole video, the other c − a slots hold the latest frames (App. D's
+    # multi-frame context with a fixed part: static content is copied from a real frame forever,
+    # without drift). 0 = the paper's sliding window of the last c frames. See `context_indices`.
     flow_levels: tuple[int, ...] | None = None  # decoder levels with F (0 = latent res, K = image
     # res); None = every level 1..K, as in the paper (one F step after each decoding block)
     flow_radius: tuple[int, ...] = (3, 2, 1)  # r per F level, coarse → fine (the last value
@@ -87,6 +91,11 @@ class AutoencoderConfig:
             raise ValueError(
                 f"AutoencoderConfig: context_frames must be ≥ 0, got {self.context_frames}"
             )
+        if not 0 <= self.context_anchor <= self.context_frames:
+            raise ValueError(
+                f"AutoencoderConfig: context_anchor must be in [0, context_frames="
+                f"{self.context_frames}], got {self.context_anchor}"
+            )
         bad = [k for k in self.flow_levels or () if not 0 <= k <= self.num_levels]
         if bad:
             raise ValueError(
@@ -113,6 +122,27 @@ class AutoencoderConfig:
             return ()
         levels = range(1, self.num_levels + 1) if self.flow_levels is None else self.flow_levels
         return tuple(sorted(set(levels)))
+
+    def context_problem(self, context_frames: int) -> str | None:
+        """Why a model of this config cannot decode with ``context_frames`` c' (None: it can).
+
+        c' = 0 always works (tokens alone). A model without F cannot use any context; a model
+        trained with an anchor a needs c' > a, so one slot still holds the latest frame (with
+        x_0 alone F copies stale content where things moved).
+        """
+        c = context_frames
+        if c < 0:
+            return f"context_frames must be ≥ 0, got {c}"
+        if c > 0 and self.context_frames == 0:
+            return (f"this autoencoder has no F (trained with autoencoder.model.context_frames: "
+                    f"0), it cannot decode with {c} context frames: ask for null or 0 context "
+                    f"frames, or retrain it with context_frames ≥ 1")
+        if 0 < c <= self.context_anchor:
+            return (f"this autoencoder keeps its first {self.context_anchor} frame(s) in the "
+                    f"context (context_anchor) and needs c > {self.context_anchor} to also read "
+                    f"the latest frame; got {c}: ask for null (its own c = "
+                    f"{self.context_frames}) or a c in {self.context_anchor + 1}…16")
+        return None
 
     def _per_flow_level(self, values: tuple[int, ...], level: int) -> int:
         i = self.active_flow_levels.index(level)
@@ -317,6 +347,74 @@ class Decoder(nn.Module):
             x_hat=x_hat, levels=tuple(levels), flows=flows, masks=masks,
             fused_masks=fused, confidences=confs,
         )
+
+
+# --------------------------------------------------------------------------- the context rule
+
+
+def context_indices(t: int, context_frames: int, anchor: int = 0) -> list[int]:
+    """Indices of the earlier frames F reads when decoding frame t (App. D), oldest first.
+
+    The paper's rule (anchor = 0): the last c frames, t − c … t − 1. With an anchor a (ours):
+    frames 0 … a − 1 (those that exist) stay for the whole video and the c − a other slots hold
+    the latest frames, e.g. c = 2, a = 1: [0] at t = 1, then [0, t − 1]. Never a frame twice.
+    """
+    if t < 0 or context_frames < 0 or not 0 <= anchor <= context_frames:
+        raise ValueError(f"context_indices: need t ≥ 0 and 0 ≤ anchor ≤ c, got t={t}, "
+                         f"c={context_frames}, anchor={anchor}")
+    fixed = list(range(min(anchor, t)))
+    recent = range(max(len(fixed), t - (context_frames - anchor)), t)
+    return fixed + list(recent)
+
+
+class ContextBuffer:
+    """E's features of the frames a recursive decoder may still read (the S of Fig. 1, App. D).
+
+    The one context rule every decoder shares — the training video steps, the Table 1
+    "Reconstruction" protocol, evaluation and synthesis: `push` E(x_t).features of each frame
+    (given or decoded) in order; `context` gives the per-level tensors for the next frame by
+    `context_indices` (c = ``context_frames``, ``anchor`` fixed first frames). Frames the rule
+    will never read again are dropped. With ``detach_older`` (training, App. A: "we only keep the
+    gradients for the context features from the immediate preceding frame") a pushed frame's
+    predecessor loses its graph unless it is an anchor.
+    """
+
+    def __init__(self, context_frames: int, anchor: int = 0, detach_older: bool = False) -> None:
+        context_indices(0, context_frames, anchor)  # validates c and anchor
+        self.context_frames = context_frames
+        self.anchor = anchor
+        self.detach_older = detach_older
+        self.frames: dict[int, list[torch.Tensor]] = {}
+        self.count = 0  # frames pushed so far: the next frame to decode is t = count
+
+    def push(self, features: Sequence[torch.Tensor] | None) -> None:
+        """Add E's features (coarse → fine, (B, C_k, h_k, w_k)) of frame t = ``count``; None for
+        a frame no later context reads (``reads``, or a given frame older than the window)."""
+        t = self.count
+        if self.detach_older and t - 1 in self.frames and t - 1 >= self.anchor:
+            self.frames[t - 1] = [f.detach() for f in self.frames[t - 1]]
+        if features is not None and self.reads(t):
+            self.frames[t] = list(features)
+        self.count += 1
+        keep = set(context_indices(self.count, self.context_frames, self.anchor))
+        for i in [i for i in self.frames if i not in keep]:
+            del self.frames[i]
+
+    def reads(self, t: int) -> bool:
+        """Whether frame t will ever be in a context (if not, a decoder need not encode it)."""
+        return t < self.anchor or self.context_frames > self.anchor
+
+    def context(self) -> list[list[torch.Tensor]] | None:
+        """The context of frame t = ``count``: per frame (oldest first) E's feature list, the
+        form `Decoder.forward` accepts (None: nothing to read)."""
+        idx = context_indices(self.count, self.context_frames, self.anchor)
+        if not idx:
+            return None
+        missing = [i for i in idx if i not in self.frames]
+        if missing:
+            raise ValueError(f"ContextBuffer: frames {missing} are in the context of frame "
+                             f"{self.count} but were pushed without features")
+        return [self.frames[i] for i in idx]
 
 
 # --------------------------------------------------------------------------- E, Q, D, F together

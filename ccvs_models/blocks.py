@@ -27,6 +27,23 @@ from torch import nn
 Resample = Literal["down", "up", "none"]
 
 
+def channels_last_(module: nn.Module) -> nn.Module:
+    """Store the weights of every 2D / 3D convolution of ``module`` channels-last, in place.
+
+    A speed choice (not in the paper): oneDNN runs convolutions on channels-last tensors without
+    reordering them, and the frames already arrive channels-last (uint8 H×W×3 → movedim), so
+    each conv's output stays in that layout. Measured on the demo's AE step (2-core CPU with
+    AMX-BF16): 1.3× faster in bf16, 1.1× in fp32 (BENCHMARKS.md). Parameters keep their identity
+    (optimizers stay valid); values are unchanged.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+        elif isinstance(m, nn.Conv3d):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block: ``skip(x) + conv2(act(resample(conv1(act(x)))))``.
 

@@ -25,8 +25,9 @@ Sign convention — exactly as the paper writes Eq. (5) and (6):
 so Δ learns a LOW score for real x and a HIGH score for reconstructions x̂, and the autoencoder
 lowers Δ(x̂). This is StyleGAN2's loss with the sign of the logit flipped; it is equivalent.
 
-Minibatch stddev mixes the samples of a group: call Δ on real and on reconstructed batches
-separately, never on a concatenation of both.
+Minibatch stddev mixes the samples of a group: never let a group hold both real and reconstructed
+samples. Call Δ on each batch separately, or on their concatenation with ``parts=2`` (the
+statistic is then taken within each half: the same logits, one pass — 1.1–1.5× faster on CPU).
 """
 
 from __future__ import annotations
@@ -134,14 +135,19 @@ class _ResidualDiscriminator(nn.Module):
         if x.shape[-1] != r or x.shape[-2] != r or x.shape[-3 if self.dims == 2 else 1] != 3:
             raise ValueError(f"{name}: expected {r}×{r} RGB inputs, got shape {tuple(x.shape)}")
 
-    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+    def _trunk(self, x: torch.Tensor, features: list[torch.Tensor] | None = None,
+               parts: int = 1) -> torch.Tensor:
         slope = self.cfg.negative_slope
         h = F.leaky_relu(self.from_rgb(x), slope)
         for block in self.blocks:
             temporal = self.dims == 3 and h.shape[2] >= 2 * self.cfg.temporal_final
             h = block(h, temporal)
+            if features is not None:  # per-sample maps (before minibatch stddev mixes samples)
+                features.append(h)
         if self.cfg.mbstd_group > 0:
-            h = minibatch_stddev(h, self.cfg.mbstd_group)
+            if parts < 1 or h.shape[0] % parts:
+                raise ValueError(f"parts={parts} does not divide the batch of {h.shape[0]}")
+            h = torch.cat([minibatch_stddev(p, self.cfg.mbstd_group) for p in h.chunk(parts)])
         h = F.leaky_relu(self.final_conv(h), slope)
         if self.dims == 3:
             h = h.mean(2)  # average the remaining frames: (B, C, T', 4, 4) → (B, C, 4, 4)
@@ -155,10 +161,17 @@ class ImageDiscriminator(_ResidualDiscriminator):
     def __init__(self, cfg: DiscriminatorConfig = DiscriminatorConfig()) -> None:
         super().__init__(cfg, dims=2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) images (x or x̂, in [-1, 1]) → (B,) logits Δi(x); low = real (Eq. 5)."""
+    def forward(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        """x: (B, 3, H, W) images (x or x̂, in [-1, 1]) → (B,) logits Δi(x); low = real (Eq. 5).
+        ``parts``: x is that many equal batches (minibatch stddev within each)."""
         self._check(x, "ImageDiscriminator")
-        return self._trunk(x)
+        return self._trunk(x, parts=parts)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x (B, 3, H, W) → (logits (B,), the output of every residual block, fine → coarse)."""
+        self._check(x, "ImageDiscriminator")
+        features: list[torch.Tensor] = []
+        return self._trunk(x, features), features
 
 
 class TemporalDiscriminator(_ResidualDiscriminator):
@@ -167,15 +180,16 @@ class TemporalDiscriminator(_ResidualDiscriminator):
     def __init__(self, cfg: DiscriminatorConfig = DiscriminatorConfig()) -> None:
         super().__init__(cfg, dims=3)
 
-    def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        """clip: (B, T, 3, H, W) consecutive frames, T ≥ 1 → (B,) logits Δt; low = real (Eq. 5)."""
+    def forward(self, clip: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        """clip: (B, T, 3, H, W) consecutive frames, T ≥ 1 → (B,) logits Δt; low = real (Eq. 5).
+        ``parts``: the clips are that many equal batches (minibatch stddev within each)."""
         if clip.ndim != 5:
             raise ValueError(
                 f"TemporalDiscriminator: expected clips (B, T, 3, H, W), got {tuple(clip.shape)}"
             )
         x = clip.transpose(1, 2)  # (B, 3, T, H, W)
         self._check(x, "TemporalDiscriminator")
-        return self._trunk(x)
+        return self._trunk(x, parts=parts)
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -186,6 +200,17 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
 def adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """L_a of Eq. (6): mean of softplus(Δ(x̂)), minimised by E, Q, F, D."""
     return F.softplus(fake_logits).mean()
+
+
+def feature_matching_loss(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over Δ's blocks of ‖Δ_k(x̂) − Δ_k(x)‖₁ (per-element mean), real features detached.
+
+    Not in the paper (pix2pixHD's discriminator feature matching): a perceptual distance learned
+    on the fly, used where Eq. (4)'s ImageNet VGG is unavailable (the demo has no network).
+    """
+    if len(fake) != len(real) or not fake:
+        raise ValueError(f"feature_matching_loss: {len(fake)} fake and {len(real)} real maps")
+    return torch.stack([(f.float() - r.detach().float()).abs().mean() for f, r in zip(fake, real)]).mean()
 
 
 def r1_penalty(d: nn.Module, x_real: torch.Tensor) -> torch.Tensor:
@@ -205,6 +230,7 @@ __all__ = [
     "TemporalDiscriminator",
     "adversarial_loss",
     "discriminator_loss",
+    "feature_matching_loss",
     "minibatch_stddev",
     "r1_penalty",
 ]

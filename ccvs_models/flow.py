@@ -163,7 +163,10 @@ def correlation(d: torch.Tensor, e: torch.Tensor, radius: int) -> torch.Tensor:
         (B, (2r+1)², h, w); channel ``(dy + r) * (2r+1) + (dx + r)`` holds
         ``mean_c d[c, y, x] · e[c, y + dy, x + dx]`` (zero outside ``e``).
 
-    Plain torch: one product per displacement (a loop over (2r+1)² shifts, never over pixels).
+    Plain torch: one product per displacement (a loop over (2r+1)² shifts, never over pixels),
+    always in float32 (the output too; under bf16 autocast the next conv casts it): these are
+    elementwise products, which bf16 does not speed up on CPU — the loop measured 3× slower in
+    bf16 than in fp32 at 16×16, r = 3; an unfold or a shifted-stack formulation was slower still.
     """
     if d.shape != e.shape or d.dim() != 4:
         raise ValueError(
@@ -172,7 +175,7 @@ def correlation(d: torch.Tensor, e: torch.Tensor, radius: int) -> torch.Tensor:
         )
     if radius < 0:
         raise ValueError(f"correlation: radius must be ≥ 0, got {radius}")
-    dtype = torch.promote_types(d.dtype, e.dtype)
+    dtype = torch.promote_types(torch.promote_types(d.dtype, e.dtype), torch.float32)
     return _Correlation.apply(d.to(dtype).contiguous(), e.to(dtype).contiguous(), radius)
 
 

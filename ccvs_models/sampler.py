@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal, NamedTuple
@@ -40,7 +39,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from ccvs_models.autoencoder import CCVSAutoencoder
+from ccvs_models.autoencoder import CCVSAutoencoder, ContextBuffer, context_indices
 from ccvs_models.sequence_layout import SequenceLayout, TokenKind
 from ccvs_models.step_threads import StepThreads, ThreadTrial, restored_threads
 from ccvs_models.transformer import CCVSTransformer
@@ -450,14 +449,16 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
     code, a class or an end frame — and D decodes it without context); S = ``samples`` per input in ONE batch of B·S rows
     (controls repeated S times; seeds: B·S of them, default 0..B·S−1); each new frame's codes are
     decoded by D as soon as they arrive, with F over E of the last c frames (c = context_frames,
-    default autoencoder.config.context_frames, up to 16; App. E), and the decoded frame is pushed
+    default autoencoder.config.context_frames, up to 16; App. E; with the model's
+    ``context_anchor`` a the first a frames stay in the context), and the decoded frame is pushed
     into the context buffer (shift-and-add S). on_frame(t) after frame t is decoded (progress)."""
     _check_models(autoencoder, transformer, start_frames)
     if samples < 1:
         raise ValueError(f"synthesize: samples must be ≥ 1, got {samples}")
     c = autoencoder.config.context_frames if context_frames is None else context_frames
-    if c < 0:
-        raise ValueError(f"synthesize: context_frames must be ≥ 0, got {c}")
+    problem = autoencoder.config.context_problem(c)
+    if problem:
+        raise ValueError(f"synthesize: {problem}")
     use_context = autoencoder.has_flow and c > 0
     b, m = start_frames.shape[:2]
     rows = b * samples
@@ -472,24 +473,24 @@ def synthesize(autoencoder: CCVSAutoencoder, transformer: CCVSTransformer,
                        else torch.zeros(b, 0, h, w, dtype=torch.long, device=dev))
         frames = torch.empty(rows, num_frames, x0.shape[2], hh, ww, device=dev)
         frames[:, :m] = x0.repeat_interleave(samples, dim=0)
-        # S: the context buffer holds E's features of the last c frames, one list per frame
-        buffer: deque[list[torch.Tensor]] = deque(maxlen=max(c, 1))  # maxlen = c when used
-        if use_context and m:
-            feats = autoencoder.encode(x0[:, max(0, m - c):].flatten(0, 1)).features
-            kept = x0.shape[1] - max(0, m - c)
-            per = [f.view(b, kept, *f.shape[1:]).repeat_interleave(samples, dim=0) for f in feats]
-            for i in range(kept):
-                buffer.append([f[:, i] for f in per])
+        # S: the context buffer holds E's features of the frames the model's context rule
+        # (``ContextBuffer``: the last c, or the anchored first ones plus the latest) will read
+        buffer = (ContextBuffer(c, min(autoencoder.config.context_anchor, c)) if use_context
+                  else None)
+        if buffer is not None and m:
+            read = context_indices(m, c, buffer.anchor)  # given frames any later context reads
+            feats = autoencoder.encode(x0[:, read].flatten(0, 1)).features if read else []
+            per = [f.view(b, len(read), *f.shape[1:]).repeat_interleave(samples, dim=0)
+                   for f in feats]
+            for i in range(m):
+                buffer.push([f[:, read.index(i)] for f in per] if i in read else None)
 
         def decode(t: int, codes: torch.Tensor) -> None:
-            context = None
-            if use_context and buffer:  # per level (B·S, c', C_k, h_k, w_k), oldest first
-                context = [torch.stack([fr[lvl] for fr in buffer], dim=1)
-                           for lvl in range(len(buffer[0]))]
+            context = buffer.context() if buffer is not None else None
             x_hat = autoencoder.decode_tokens(codes, context).x_hat
             frames[:, t] = x_hat
-            if use_context and t < num_frames - 1:  # shift-and-add (the last frame feeds none)
-                buffer.append(autoencoder.encode(x_hat).features)
+            if buffer is not None and t < num_frames - 1:  # shift-and-add (the last feeds none)
+                buffer.push(autoencoder.encode(x_hat).features if buffer.reads(t) else None)
             if on_frame is not None:
                 on_frame(t)
 

@@ -194,6 +194,8 @@ class AutoencoderParams:
     context_warmup: int = 0  # first steps decoded without context, F bypassed (0: none; ours)
     video_warmup: int = 0  # video steps first decode this many frames without gradients, so the
     # graded frames' contexts are W recursions deep, as late in a clip at inference (0: none; ours)
+    lambda_fm: float = 0.0  # Δi feature matching ‖Δi_k(x̂) − Δi_k(x)‖₁ on every graded frame, a
+    # learned perceptual term where Eq. (4)'s VGG has no weights (0: off; ours, pix2pixHD's)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "video_batch_size", "val_clips"):
@@ -207,7 +209,8 @@ class AutoencoderParams:
                              f"got {self.video_frames}")
         if self.val_frames == 1:
             raise ValueError("val_frames must be 0 (whole clip) or >= 2")
-        for name in ("lambda_q", "lambda_r", "lambda_a", "lambda_c", "lambda_free", "r1_gamma"):
+        for name in ("lambda_q", "lambda_r", "lambda_a", "lambda_c", "lambda_free", "r1_gamma",
+                     "lambda_fm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or self.disc_lr <= 0 or not all(0 <= b < 1 for b in self.betas):

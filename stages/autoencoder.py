@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import hashlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ import torch
 from ccvs_models.autoencoder import CCVSAutoencoder
 from pipeline.training.autoencoder.task import AutoencoderTask
 from pipeline.training.autoencoder.batches import make_batch_stream
-from pipeline.training.autoencoder.forward import reconstruct_clips, side_by_side
+from pipeline.training.autoencoder.forward import copy_first_scores, reconstruct_clips, side_by_side
 from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model, to_plain
 from pipeline.data.media_write import write_gif
@@ -53,6 +54,7 @@ STAGE = "autoencoder"
 # the validation curve (plots/autoencoder/val.csv, for dvc plots): step, then these metrics
 VAL_CURVE = ("val/psnr", "val/ssim", "val/psnr_last", "val/ssim_last", "codebook/perplexity",
              "codebook/usage")
+OBJECT_CURVE = ("val/psnr_objects", "val/ssim_objects", "val/edge_ratio_objects")  # with layouts
 
 
 
@@ -63,12 +65,21 @@ VAL_CURVE = ("val/psnr", "val/ssim", "val/psnr_last", "val/ssim_last", "codebook
 class ClipSet:
     frames: np.ndarray  # uint8 (N, T, H, W, 3)
     keys: list[str]
+    layouts: np.ndarray | None = None  # uint8 (N, T, H, W) when every clip has one (demo data)
+
+
+DEMO_VIDEO = re.compile(r"demo_\d+$")  # the demo world's video ids: its clips always carry layouts
 
 
 def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
                num_frames: int = 0) -> ClipSet:
-    """The clips of ``split`` stacked in memory; a clip of another shape stops the stage."""
-    frames, keys = [], []
+    """The clips of ``split`` stacked in memory; a clip of another shape stops the stage.
+
+    Layouts (the object-region metrics' masks) are kept when every clip has one; clips without
+    any give ``layouts = None`` (the metrics are then absent). A demo clip without its layout,
+    or some clips with and some without, stop the stage with the clip named.
+    """
+    frames, keys, layouts, missing = [], [], [], []
     for sample in iter_clips(clips_dir, split, limit=limit):
         f = sample["frames"]
         if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
@@ -85,18 +96,35 @@ def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
         if frames and len(f) != len(frames[0]):
             raise StageError(f"{clips_dir}: clip {sample['key']} ({split}) has {len(f)} frames, "
                              f"others {len(frames[0])} (prepare writes clips of one length)")
+        lay = sample.get("layout")
+        video = str(sample.get("meta", {}).get("video_id", sample["key"].rsplit("_", 1)[0]))
+        if lay is None:
+            missing.append((sample["key"], bool(DEMO_VIDEO.match(video))))
+        else:
+            if lay.shape[:3] != sample["frames"].shape[:3]:
+                raise StageError(f"{clips_dir}: clip {sample['key']} ({split}): layout {lay.shape} "
+                                 f"does not match its frames {sample['frames'].shape[:3]}; "
+                                 "re-run prepare")
+            layouts.append(lay[: len(f)])
         frames.append(f)
         keys.append(sample["key"])
     if not frames:
         return ClipSet(np.zeros((0, 0, 0, 0, 3), np.uint8), [])
-    return ClipSet(np.stack(frames), keys)
+    demo = [m for m in missing if m[1]]
+    if demo or (missing and layouts):
+        key, _ = (demo or missing)[0]
+        raise StageError(f"{clips_dir}: clip {key} ({split}) has no layout.npy, which the "
+                         "object-region metrics need on demo data; re-run `dvc repro prepare` "
+                         "(demo_data writes layouts/<video>.npz for every video)")
+    return ClipSet(np.stack(frames), keys, np.stack(layouts) if layouts else None)
 
 
 def holdout(train: ClipSet, seed: int) -> tuple[ClipSet, ClipSet]:
     """(train, val): the clips of whole train videos held out (``pipeline.data.splits``)."""
     held = holdout_keys(train.keys, seed=seed)
     is_val = np.array([k in held for k in train.keys], bool)
-    pick = lambda mask: ClipSet(train.frames[mask], [k for k, m in zip(train.keys, mask) if m])  # noqa: E731
+    pick = lambda mask: ClipSet(train.frames[mask], [k for k, m in zip(train.keys, mask) if m],  # noqa: E731
+                                None if train.layouts is None else train.layouts[mask])
     return pick(~is_val), pick(is_val)
 
 
@@ -161,7 +189,9 @@ def run(
         if len(val.keys) == 0 or len(train.keys) == 0:
             raise StageError(f"{clips_dir}: no val clips and too few train videos to hold some out")
         val = ClipSet(val.frames[: params.val_clips, : params.val_frames or None],
-                      val.keys[: params.val_clips])
+                      val.keys[: params.val_clips],
+                      None if val.layouts is None
+                      else val.layouts[: params.val_clips, : params.val_frames or None])
         print(f"{STAGE}: no val clips in {clips_dir}: evaluating on {len(val.keys)} held-out "
               f"clips of the train videos (not trained on)", file=sys.stderr)
     logger.set_tag(f"{STAGE}.val_source", val_source)
@@ -191,8 +221,9 @@ def run(
         "data": data_hash,
         "vgg": vgg_info,
     }
-    task = AutoencoderTask(params, vgg, val.frames, config=config)
-    curves = CurveLogger(logger, plots_dir, {"val": VAL_CURVE})
+    task = AutoencoderTask(params, vgg, val.frames, config=config, val_layouts=val.layouts)
+    curves = CurveLogger(logger, plots_dir,
+                         {"val": VAL_CURVE + (OBJECT_CURVE if val.layouts is not None else ())})
     t_fit = time.perf_counter()
     result = fit(task, make_batch_stream(train.frames, params, loop.seed), loop, Path(ckpt_dir),
                  curves, resume=resume)
@@ -206,7 +237,7 @@ def run(
     if evaluation is None:  # no evaluation ran in this process: do it now on the saved weights
         model = CCVSAutoencoder(params.model)
         model.load_state_dict(state)
-        evaluation = reconstruct_clips(model, val.frames, "cpu")
+        evaluation = reconstruct_clips(model, val.frames, "cpu", layouts=val.layouts)
     val_metrics = {k: v for k, v in result.eval_metrics.items()}
     times = {k: v for k, v in result.metrics.items() if k.startswith("time/")}
     metrics: dict[str, float] = {
@@ -221,6 +252,7 @@ def run(
         "resumed_from": float(result.resumed_from if result.resumed_from is not None else -1),
         "fit_seconds": fit_s,
         **times,
+        **copy_first_scores(val.frames, val.layouts),  # the no-model reference
     }
     save_model(out_model, dataclasses.asdict(params.model), state, step=result.step,
                weights="ema" if loop.ema_decay > 0 else "raw", val_metrics=val_metrics,

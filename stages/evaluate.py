@@ -9,7 +9,10 @@ the per-task maths are in ``pipeline.evaluation.tasks``; FVD (I3D features, Fré
 2. For each task of ``evaluate.tasks``: S samples per input (one batch of B·S rows), decoded by
    D·S·E·F as the tokens arrive; a task the trained T cannot do is reported as skipped, with why.
 3. Writes ``metrics/evaluate.json`` (``{"tasks": {task: {metric: value}}, "skipped": …, "fvd": the
-   weights it used}``), the same as MLflow metrics ``<task>/<metric>``; per task a GIF (real clip
+   weights it used}``), the same as MLflow metrics ``<task>/<metric>``; with ground-truth layouts
+   (the demo world) also ``psnr_objects``, ``ssim_objects``, ``edge_ratio_objects`` per task (the
+   synthesized frames inside the moving objects, ``pipeline.metrics.objects``; absent without
+   layouts) and ``baseline/copy_first/*`` (the real frame 0 copied, the no-model reference); per task a GIF (real clip
    then its samples, one row per input) and a PNG contact sheet in ``samples/evaluate/``, and
    ``plots/evaluate/<task>.csv`` (t, ssim, psnr) for ``dvc plots``.
 
@@ -67,12 +70,13 @@ from pipeline.evaluation.tasks import (
 )
 from pipeline.data.media_write import write_gif, write_png
 from pipeline.params import EvaluateParams
-from pipeline.data.shards import iter_clips
+from pipeline.data.shards import NO_LAYOUT, iter_clips
 from pipeline.synthesis.writers import contact_sheet, to_uint8
 from pipeline.synthesis.models import load_models
 from pipeline.evaluation.control_metrics import ControlReference, fit_trajectory_classifier, loudness_envelope
 from pipeline.tokens.shards import StateBins, load_token_split, read_vocab
 from pipeline.training.checkpoint import load_model
+from pipeline.metrics.objects import video_object_scores
 from pipeline.metrics.video import motion_mask
 from pipeline.engine.cluster import engine_params, open_engine
 from pipeline.engine.config import LOCAL, EngineParams
@@ -93,9 +97,13 @@ def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int
     tok = tok.take(np.arange(n))
     wanted = set(tok.keys)
     real: dict[str, np.ndarray] = {}
+    layouts: dict[str, np.ndarray] = {}  # only fully labelled ones (NO_LAYOUT: a frame without)
     for sample in iter_clips(clips, split):
         if sample["key"] in wanted:
             real[sample["key"]] = sample["frames"]
+            lay = sample.get("layout")
+            if lay is not None and lay.shape[0] >= len(sample["frames"]) and not (lay == NO_LAYOUT).any():
+                layouts[sample["key"]] = lay[: len(sample["frames"])]
     missing = [k for k in tok.keys if k not in real]
     if missing:
         raise StageError(f"{clips}: {len(missing)} {split} clips of {tokens} are missing "
@@ -106,9 +114,11 @@ def load_eval_data(clips: str | Path, tokens: str | Path, split: str, limit: int
                             f"{tok.frames.shape[1]}")
     video = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
     as_long = (lambda a: None if a is None else torch.from_numpy(a.astype(np.int64)))  # noqa: E731
+    has_layouts = all(k in layouts for k in tok.keys)  # object metrics: every clip or none
     return EvalData(list(tok.keys), video, as_long(tok.frames), as_long(tok.end_frame),
                     torch.from_numpy(tok.label), as_long(tok.state), as_long(tok.audio),
-                    as_long(tok.layout))
+                    as_long(tok.layout),
+                    np.stack([layouts[k] for k in tok.keys]) if has_layouts else None)
 
 
 def load_estimator(path: str | Path, device: torch.device) -> PositionEstimator | None:
@@ -204,6 +214,9 @@ def synthesize_batch(item: tuple[int, EvalData], ae: Any, tr: Any,
     lo, batch = item
     if torch.get_num_threads() != job.threads:  # an engine worker: compute as this process would
         torch.set_num_threads(job.threads)
+    # channels-last conv weights as ``load_models`` makes them (a module sent to a worker arrives
+    # contiguous, and oneDNN then rounds D·S·E·F's convolutions differently); a no-op here
+    ae = ae.to(memory_format=torch.channels_last)
     device = device_for(0, job.device)
     batch = dataclasses.replace(batch, **{
         f.name: getattr(batch, f.name).to(device)
@@ -280,6 +293,8 @@ def _run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transfor
         raise StageError(f"evaluate.start_frames = {m_given} but the videos have {n_frames} "
                          f"frames (evaluate.num_frames): nothing would be synthesized")
     c = ae.config.context_frames if params.context_frames is None else params.context_frames
+    if (problem := ae.config.context_problem(c)) is not None:  # e.g. c ≥ 1 for a model without F
+        raise StageError(f"{autoencoder}: {problem} (evaluate.context_frames)")
     # step_threads 0 = torch's own thread setting, not the timed choice of "auto": metrics must not
     # depend on a timing (auto's thread switches change float rounding, so the engine's workers and
     # this process would score the same tokens a few ulps apart)
@@ -309,6 +324,14 @@ def _run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transfor
     fvd_warning = None
     if fvd_skipped:
         print(f"evaluate: no FVD: {fvd_skipped}", flush=True)
+
+    baseline: dict[str, float] = {}
+    if data.layouts is not None:  # the no-model reference: the real frame 0 copied (issue 17)
+        copied = real_clips[:, None, :1].expand(-1, 1, n_frames, -1, -1, -1)
+        baseline = video_object_scores(real_clips, copied, data.layouts, start=1)
+        baseline["psnr"] = float(frame_scores(copied, real_clips)[1][:, :, 1:].mean())
+        logger.log_metrics({f"baseline/copy_first/{k}": v for k, v in baseline.items()
+                            if np.isfinite(v)})
 
     estimator = (load_estimator(positions, device) if positions and Path(positions).is_file()
                  else None)
@@ -354,6 +377,8 @@ def _run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transfor
         row = summarize(name, ssim_v, psnr_v, m, params.timesteps, div, div_moving, has_ref,
                         end_index, runs=runs)
         row["motion"] = frame_motion(fake, max(m - 1, 0))  # from the last given frame on
+        if has_ref and data.layouts is not None and m < n_frames:  # inside the moving objects
+            row.update(video_object_scores(real_clips, fake, data.layouts, start=max(m, 1)))
         if estimator is not None and has_ref:  # does the video do what the controls asked?
             row.update(reference.score(estimate_trajectories(estimator, fake), max(m, 1)))
         if not fvd_skipped:
@@ -403,6 +428,7 @@ def _run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transfor
         "protocol": {"start_frames": m_given, "timesteps": list(params.timesteps),
                      "timestep_indexing": "1-based: t = 1 is the first frame (the paper's)",
                      "runs": runs, "videos_per_run": n_fvd},
+        "baseline": {"copy_first": {k: finite(v) for k, v in baseline.items()}} if baseline else {},
         "real_motion": frame_motion(real_clips),  # the same measure on the real clips
         "control": {"real": {k: finite(v) for k, v in reference.real().items()},
                     "chance_class_accuracy": (1.0 / reference.classifier.num_classes

@@ -88,6 +88,22 @@ def test_image_and_video_steps_with_every_switch(tmp_path, c):
     assert task.model.has_flow == (c > 0)
 
 
+def test_feature_matching_term_pulls_dis_features_of_x_hat_to_those_of_x(tmp_path):
+    from ccvs_models.discriminators import ImageDiscriminator, feature_matching_loss
+
+    params = tiny_params(lambda_fm=2.0, use_vgg=False)
+    _, m = run_two_steps(params, tmp_path)
+    assert np.isfinite(m["img/fm"]) and np.isfinite(m["vid/fm"]) and m["img/fm"] > 0
+    _, off = run_two_steps(tiny_params(use_vgg=False), tmp_path / "off")
+    assert "img/fm" not in off and "vid/fm" not in off
+    torch.manual_seed(0)
+    disc = ImageDiscriminator(DISC)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    logits, feats = disc.forward_features(x)
+    assert torch.equal(logits, disc(x)) and len(feats) == DISC.num_blocks
+    assert feature_matching_loss(feats, feats) == 0
+
+
 def test_disabling_switches_removes_terms(tmp_path, monkeypatch):
     made = []
     monkeypatch.setattr(aet, "make_context", lambda *a, **k: made.append(1))

@@ -270,3 +270,67 @@ def test_tiny_overfit(context_frames):
         flow = out.decoder.flows[-1][:, 0, :, 4:-4, 4:-4]
         median = flow.flatten(2).median(dim=2).values.mean(0)
         assert torch.allclose(median, torch.tensor([-2.0, 2.0]), atol=0.75), median
+
+
+# --------------------------------------------------------------------------- the context rule
+
+
+@pytest.mark.parametrize("c, anchor, expected", [
+    (1, 0, [[], [0], [1], [2], [3]]),  # the paper's sliding window
+    (2, 0, [[], [0], [0, 1], [1, 2], [2, 3]]),
+    (2, 1, [[], [0], [0, 1], [0, 2], [0, 3]]),  # ours: x_0 stays, plus the latest frame
+    (1, 1, [[], [0], [0], [0], [0]]),  # x_0 only: decoded frames never feed back
+    (3, 2, [[], [0], [0, 1], [0, 1, 2], [0, 1, 3]]),
+])
+def test_context_indices_follow_the_rule(c, anchor, expected):
+    from ccvs_models.autoencoder import context_indices
+
+    assert [context_indices(t, c, anchor) for t in range(5)] == expected
+
+
+def test_context_buffer_keeps_the_anchor_and_detaches_older_frames():
+    from ccvs_models.autoencoder import ContextBuffer
+
+    buf = ContextBuffer(2, anchor=1, detach_older=True)
+    w = torch.ones(1, requires_grad=True)
+    feats = [[w * t] for t in range(4)]  # one "level", the value says which frame it is
+    assert buf.context() is None
+    for t in range(4):
+        buf.push(feats[t])
+        ctx = buf.context()
+        assert [f[0].item() for f in ctx] == [0.0, float(t)][: len(ctx)]
+        assert ctx[0][0].requires_grad  # the anchor keeps its graph (real x_0)
+    assert ctx[-1][0].requires_grad  # the newest keeps it too …
+    assert sorted(buf.frames) == [0, 3]  # … and frames no rule reads again are gone
+    assert not buf.reads(7) or buf.context_frames > buf.anchor
+    only_anchor = ContextBuffer(1, anchor=1)
+    assert only_anchor.reads(0) and not only_anchor.reads(1)  # decoders skip encoding x̂_t
+    with pytest.raises(ValueError, match="pushed without features"):
+        skipped = ContextBuffer(1)
+        skipped.push(None)
+        skipped.context()
+    with pytest.raises(ValueError, match="anchor"):
+        tiny(context_frames=1, context_anchor=2)
+
+
+def test_anchor_context_is_what_d_reads_in_the_recursion():
+    from pipeline.training.autoencoder.forward import decode_recursively
+
+    model = build(tiny(context_frames=2, context_anchor=1)).eval()
+    seen = []
+    original = model.decode
+
+    def spy(z_q, context=None):
+        seen.append([frame[-1] for frame in context])  # finest-level features, oldest first
+        return original(z_q, context)
+
+    model.decode = spy
+    first = frames(1, 3, 16, 16)
+    z_q = model.quantize(model.encode(frames(4, 3, 16, 16, seed=2)).z).z_q[None]
+    with torch.no_grad():
+        out = decode_recursively(model, z_q, first, 2)
+        e0 = model.encoder(first).features[-1]
+        e3 = model.encoder(out[:, 2]).features[-1]  # x̂_3 (out[:, t] is frame t + 1)
+    assert [len(s) for s in seen] == [1, 2, 2, 2]
+    assert all(torch.equal(s[0], e0) for s in seen)  # E(x_0) of the real frame, every time
+    assert torch.allclose(seen[3][1], e3)  # frame 4 also reads the latest decoded frame, x̂_3

@@ -172,3 +172,17 @@ def test_r1_penalty() -> None:
 def test_softplus_identity_used_by_the_losses() -> None:
     t = torch.linspace(-20, 20, 41)
     assert torch.allclose(F.softplus(t), torch.log1p(torch.exp(t)), atol=1e-6)
+
+
+def test_one_pass_over_real_and_fake_gives_the_separate_logits() -> None:
+    torch.manual_seed(0)
+    cfg = DiscriminatorConfig(resolution=16, channels=4, max_channels=8, mbstd_group=2)
+    di, dt = ImageDiscriminator(cfg), TemporalDiscriminator(cfg)
+    real, fake = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16) + 1
+    both = di(torch.cat([real, fake]), parts=2)
+    torch.testing.assert_close(both, torch.cat([di(real), di(fake)]))  # stddev within each half
+    assert not torch.allclose(di(torch.cat([real, fake])), both)  # one group would mix them
+    clips = torch.randn(4, 3, 3, 16, 16)
+    torch.testing.assert_close(dt(clips, parts=2), torch.cat([dt(clips[:2]), dt(clips[2:])]))
+    with pytest.raises(ValueError, match="parts=3"):
+        di(torch.cat([real, fake]), parts=3)

@@ -23,6 +23,7 @@ from pipeline.data.shard_writing import ShardWriter, encode_sample
 from pipeline.tokens.shards import TOKEN_PATTERN, StateBins, encode_token_sample
 from pipeline.tracking import RecordingLogger
 from stages import evaluate as stage
+from pipeline.errors import StageError
 
 RES, Q, GRID, T, N, CLIPS = 16, 32, 4, 6, 4, 3
 AE = dict(base_channels=8, channel_mult=(1, 2, 2), num_levels=2, latent_dim=8, codebook_size=Q,
@@ -43,6 +44,15 @@ def _clip(i: int) -> np.ndarray:
         x = (2 + 2 * t + i) % (RES - 4)
         out[t, 5:9, x:x + 4] = 250
     return out
+
+
+def _layout(i: int) -> np.ndarray:
+    """The square of ``_clip(i)`` as an object label (2) on background (0), T×RES×RES uint8."""
+    lay = np.zeros((T, RES, RES), np.uint8)
+    for t in range(T):
+        x = (2 + 2 * t + i) % (RES - 4)
+        lay[t, 5:9, x:x + 4] = 2
+    return lay
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +80,7 @@ def make_world(root: Path) -> dict[str, Path]:
             frames = _clip(i)
             key = f"v{i}_0000"
             meta = {"fps": 10, "label_id": i % 2, "video_id": f"v{i}", "split": "test"}
-            cw.write(encode_sample(key, frames, meta))
+            cw.write(encode_sample(key, frames, meta, layout=_layout(i)))
             x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
             with torch.no_grad():
                 codes = ae.tokenize(x).numpy()
@@ -210,6 +220,29 @@ def test_outputs_for_people_and_plots(evaluated):
     assert "prediction/ssim@5" in log.metrics and "reconstruction/psnr" in log.metrics
 
 
+def test_object_region_metrics_with_layouts_and_absent_without(world, evaluated, tmp_path):
+    doc, log, _ = evaluated
+    objects = ("psnr_objects", "ssim_objects", "edge_ratio_objects")
+    for name in ("reconstruction", "prediction", "point_to_point"):
+        row = doc["tasks"][name]
+        assert all(row[k] is not None for k in objects), name
+        assert row["psnr_objects"] > 0 and -1 <= row["ssim_objects"] <= 1 and row["edge_ratio_objects"] > 0
+        assert f"{name}/edge_ratio_objects" in log.metrics
+    assert not any(k in doc["tasks"]["unconditional"] for k in objects)  # no real frame 0
+    copy_first = doc["baseline"]["copy_first"]
+    assert copy_first["psnr_objects"] < copy_first["psnr"]  # the static background scores high
+    assert log.metrics["baseline/copy_first/psnr_objects"][-1][1] == pytest.approx(copy_first["psnr_objects"])
+    # the same clips without layout.npy: no masks, so the keys are absent (not zero)
+    bare = tmp_path / "clips"
+    with ShardWriter(bare / "test", 10_000_000) as cw:
+        for i in range(CLIPS):
+            meta = {"fps": 10, "label_id": i % 2, "video_id": f"v{i}", "split": "test"}
+            cw.write(encode_sample(f"v{i}_0000", _clip(i), meta))
+    assert stage.load_eval_data(bare, world["tokens"], "test", 0, VOCAB).layouts is None
+    assert stage.load_eval_data(world["clips"], world["tokens"], "test", 0, VOCAB).layouts.shape == (
+        CLIPS, T, RES, RES)
+
+
 def test_timesteps_are_one_based_and_given_frames_are_never_scored():
     b, s_, n, m = 2, 3, 16, 5
     ssim_v = torch.linspace(0, 1, n).expand(b, s_, n).clone()  # frame i scores i / 15
@@ -286,13 +319,29 @@ def test_decode_video_keeps_at_most_c_context_frames(world):
     original = ae.decode_tokens
 
     def spy(codes, context=None):
-        seen.append(None if context is None else context[0].shape[1])
+        seen.append(None if context is None else len(context))  # frames (ContextBuffer form)
         return original(codes, context)
 
     ae.decode_tokens = spy
     codes = torch.zeros(1, 5, GRID, GRID, dtype=torch.long)
     ev.decode_video(ae, codes, None, 2)
     assert seen == [None, 1, 2, 2, 2]  # frame 0 without context, then up to c = 2 frames
+
+
+def test_a_context_size_the_autoencoder_cannot_use_names_the_file(world, tmp_path):
+    # the world's autoencoder is anchor-free with F; one without F asked for context stops
+    from ccvs_models.autoencoder import AutoencoderConfig, CCVSAutoencoder
+    from pipeline.training.checkpoint import load_model, save_model
+
+    config, state, _ = load_model(world["autoencoder"])
+    no_f = CCVSAutoencoder(AutoencoderConfig(**{**config, "context_frames": 0}))
+    no_f.load_state_dict({k: v for k, v in state.items() if ".flow." not in k})
+    path = tmp_path / "ae_no_f.pt"
+    save_model(path, dataclasses.asdict(no_f.config), no_f.state_dict(), step=0)
+    with pytest.raises(StageError, match=r"ae_no_f\.pt: this autoencoder has no F"):
+        stage.run(_params(context_frames=2), world["clips"], world["tokens"], world["transformer"],
+                  path, tmp_path / "e.json", tmp_path / "plots", tmp_path / "samples",
+                  RecordingLogger())
 
 
 def test_bad_params_and_missing_clips_are_one_line_errors(world, tmp_path):

@@ -4,6 +4,7 @@ the end-frame gap of App. E, and synthesize()'s D·S·E·F loop (start frames, S
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -346,7 +347,7 @@ def test_decoder_gets_the_last_c_frames_as_context(c, expected):
     decode, encode = ae.decode_tokens, ae.encode
 
     def record_decode(tokens, context=None):
-        seen.append(None if context is None else context[0].shape[1])
+        seen.append(None if context is None else len(context))  # frames (ContextBuffer form)
         return decode(tokens, context)
 
     def record_encode(x):
@@ -380,13 +381,24 @@ def test_synthesize_rejects_mismatched_models_and_frames():
         synthesize(ae, make(config(frame_vocab=Q + 1)), start_frames(1, 1), 4)
 
 
+def test_an_incompatible_context_size_is_a_clear_error():
+    model = make()
+    with pytest.raises(ValueError, match="has no F"):  # a model trained with c = 0
+        synthesize(autoencoder(context_frames=0), model, start_frames(1, 1), 3, context_frames=2)
+    anchored = CCVSAutoencoder(dataclasses.replace(autoencoder().config, context_anchor=1)).eval()
+    with pytest.raises(ValueError, match="needs c > 1"):  # x_0 alone: no slot for the latest frame
+        synthesize(anchored, model, start_frames(1, 1), 3, context_frames=1)
+    out = synthesize(anchored, model, start_frames(1, 1), 3, context_frames=0)  # tokens alone: fine
+    assert torch.isfinite(out.frames).all()
+
+
 def test_unconditional_synthesis_samples_and_decodes_frame_zero_without_context():
     ae, model = autoencoder(context_frames=2), make()
     seen = []
     original = ae.decode_tokens
 
     def spy(codes, context=None):
-        seen.append(None if context is None else context[0].shape[1])
+        seen.append(None if context is None else len(context))  # frames (ContextBuffer form)
         return original(codes, context)
 
     ae.decode_tokens = spy

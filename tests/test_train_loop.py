@@ -298,6 +298,27 @@ def test_bf16_flag_autocasts_the_forward_on_cpu(tmp_path, bf16, dtype):
     assert np.isfinite(result.metrics["loss"])
 
 
+def test_bf16_auto_reads_the_cpu_flags(tmp_path):
+    from pipeline.tracking import RecordingLogger
+    from pipeline.training.loop import cpu_has_bf16_units, resolve_bf16
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_bf16_units(amx) and not cpu_has_bf16_units(plain)
+    assert not cpu_has_bf16_units(tmp_path / "absent")  # unreadable: off, never an error
+    cpu = torch.device("cpu")
+    assert resolve_bf16(True, cpu) is True and resolve_bf16(False, cpu) is False
+    assert resolve_bf16("auto", cpu) == cpu_has_bf16_units()
+    # "auto" trains in whatever this machine resolves to, and says which
+    task, log = ProbeTask(), RecordingLogger()
+    fit(task, itertools.repeat(torch.randn(8, 4)), LoopConfig(steps=1, bf16="auto", device="cpu"),
+        tmp_path / "ck", log)
+    auto = cpu_has_bf16_units()
+    assert task.probe.seen == [torch.bfloat16 if auto else torch.float32]
+    assert log.tags["train_loop.bf16"] == str(auto).lower()
+
+
 def test_grad_clip_bounds_the_update_and_logs_the_norm(tmp_path):
     task = ProbeTask()
     before = task.probe.lin.weight.detach().clone()
@@ -374,7 +395,7 @@ def test_epoch_batches_resume_anywhere(sized):
 
 
 @pytest.mark.parametrize("bad", [dict(steps=-1), dict(log_every=0), dict(ema_decay=1.0),
-                                 dict(device="tpu"), dict(grad_clip=-1.0)])
+                                 dict(device="tpu"), dict(grad_clip=-1.0), dict(bf16="yes")])
 def test_loop_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         LoopConfig(**{"steps": 1, **bad})

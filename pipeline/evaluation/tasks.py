@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ccvs_models.autoencoder import CCVSAutoencoder
+from ccvs_models.autoencoder import CCVSAutoencoder, ContextBuffer, context_indices
 from ccvs_models.sampler import SamplerConfig, TokenControls, synthesize
 from ccvs_models.transformer import CCVSTransformer
 from pipeline.metrics.video import diversity, frame_psnr, frame_ssim
@@ -64,6 +64,8 @@ class EvalData:
     state: torch.Tensor | None  # (n, T, 2) long state bins
     audio: torch.Tensor | None  # (n, T, l_a) long
     layout: torch.Tensor | None  # (n, T, l_l) long
+    layouts: np.ndarray | None = None  # uint8 (n, T, H, W) ground-truth layouts, when every clip
+    # has them for every frame (the demo world): the object-region metrics' masks
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -71,7 +73,8 @@ class EvalData:
     def rows(self, idx: slice) -> EvalData:
         pick = (lambda a: None if a is None else a[idx])  # noqa: E731
         return EvalData(self.keys[idx], self.frames[idx], self.codes[idx], self.end_frame[idx],
-                        self.label[idx], pick(self.state), pick(self.audio), pick(self.layout))
+                        self.label[idx], pick(self.state), pick(self.audio), pick(self.layout),
+                        pick(self.layouts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,30 +168,32 @@ def decode_video(autoencoder: CCVSAutoencoder, codes: torch.Tensor, given: torch
     """D·S·E·F over known codes (Fig. 1 without T; App. A recursive decoding).
 
     codes (B, n, h, w); given (B, m, 3, H, W) in [−1, 1] or None (m = 0) → (B, n, 3, H, W):
-    frames t < m are the given ones; frame t ≥ m is D(U(codes_t)) with F over E of the last c
-    frames (given or decoded), each frame encoded once; frame 0 without context when m = 0.
+    frames t < m are the given ones; frame t ≥ m is D(U(codes_t)) with F over E of the frames
+    the model's context rule picks (``ContextBuffer``: the last c frames, given or decoded, or
+    with ``context_anchor`` the first frames kept plus the latest), each frame encoded at most
+    once; frame 0 without context when m = 0.
     """
+    problem = autoencoder.config.context_problem(context_frames)
+    if problem:
+        raise ValueError(f"decode_video: {problem}")
     b, n = codes.shape[:2]
     m = 0 if given is None else given.shape[1]
     out: list[torch.Tensor] = []
-    feats: list[list[torch.Tensor]] = []  # per frame, E's features per level (B, C_k, h_k, w_k)
     use_context = autoencoder.has_flow and context_frames > 0
-
-    def push(frame: torch.Tensor) -> None:
-        out.append(frame)
-        if use_context:
-            feats.append(autoencoder.encode(frame).features)
-            del feats[:-context_frames]
+    buffer = ContextBuffer(context_frames, min(autoencoder.config.context_anchor, context_frames)
+                           ) if use_context else None
+    read_given = set(context_indices(m, context_frames, buffer.anchor)) if buffer else set()
 
     for t in range(n):
         if t < m:
-            push(given[:, t])
-            continue
-        context = None
-        if use_context and feats:
-            context = [torch.stack([f[k] for f in feats], dim=1) for k in range(len(feats[0]))]
-        x = autoencoder.decode_tokens(codes[:, t], context).x_hat.clamp(-1, 1)
-        push(x)
+            x = given[:, t]
+        else:
+            context = buffer.context() if buffer is not None else None
+            x = autoencoder.decode_tokens(codes[:, t], context).x_hat.clamp(-1, 1)
+        out.append(x)
+        if buffer is not None and t + 1 < n:
+            wanted = t in read_given if t < m else buffer.reads(t)
+            buffer.push(autoencoder.encode(x).features if wanted else None)
     return torch.stack(out, dim=1)
 
 

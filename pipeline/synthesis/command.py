@@ -178,6 +178,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     for note in notes:
         print(f"note: {note}")
 
+    c = args.context_frames
+    if c is not None and (problem := models.autoencoder.config.context_problem(c)) is not None:
+        raise SynthesisInputError(f"{args.autoencoder}: {problem} (--context-frames)")
     precision = args.ae_precision
     if precision == "auto":
         precision = "bf16" if bf16_pays(device) else "fp32"

@@ -21,7 +21,8 @@ class LoopConfig:
     ckpt_every: int = 500  # checkpoint every N steps (0: only at the end and on interrupt)
     keep_checkpoints: int = 2  # newest checkpoints kept in ckpt_dir (0: keep all)
     ema_decay: float = 0.0  # EMA of the weights, §4 "Training details" / [83] (0: off)
-    bf16: bool = False  # ctx.autocast() = torch.autocast(device, dtype=bfloat16)
+    bf16: bool | Literal["auto"] = False  # ctx.autocast() = torch.autocast(device, bfloat16);
+    # "auto": on where the device has bf16 matrix units (``resolve_bf16``), off elsewhere
     device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: CUDA when available
     seed: int = 0  # global RNG seed (each rank derives its own: distributed.rank_seed)
     grad_clip: float = 0.0  # max global grad norm per optimizer step (0: off)
@@ -43,5 +44,7 @@ class LoopConfig:
         if self.shuffle_block < 0 or self.data_workers < 0:
             raise ValueError(f"shuffle_block and data_workers must be >= 0, got "
                              f"{self.shuffle_block}, {self.data_workers}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f"bf16 must be true, false or auto, got {self.bf16!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")

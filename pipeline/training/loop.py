@@ -123,6 +123,28 @@ def epoch_batches(make_epoch: Callable[[int], Iterable[T]], start_step: int = 0)
             raise ValueError(f"make_epoch({epoch}) yielded no batches")
 
 
+def cpu_has_bf16_units(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has bf16 matrix units: the ``amx_bf16`` or ``avx512_bf16`` flag of
+    /proc/cpuinfo (False where the file cannot be read, e.g. not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
+    """``loop.bf16`` → on/off for ``device``: true / false as given; "auto" = on for CUDA devices
+    that support bf16 and for CPUs with AMX-BF16 / AVX-512-BF16 (where bf16 convs and matmuls
+    measured faster than fp32: BENCHMARKS.md), off elsewhere."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_has_bf16_units()
+
+
 # --------------------------------------------------------------------------- internals
 
 
@@ -234,6 +256,10 @@ def fit(
     info = distributed.init_from_env(loop.device)
     device, main = info.device, info.is_main
     logger = logger if (main and logger is not None) else NullLogger()
+    if loop.bf16 == "auto":
+        loop = dataclasses.replace(loop, bf16=resolve_bf16(loop.bf16, device))
+        if hasattr(logger, "set_tag"):
+            logger.set_tag("train_loop.bf16", str(loop.bf16).lower())
     ckpt_dir = Path(ckpt_dir)
 
     raw = dict(task.modules())

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from ccvs_models.autoencoder import context_indices
 from pipeline.training import distributed
 from pipeline.params import AutoencoderParams
 
@@ -42,12 +43,14 @@ def make_batch_stream(
 
     clips: uint8 (N, T, H, W, 3), all train clips; this rank uses ``distributed.shard`` of them.
     Image steps draw ``batch_size`` frames (clip and time uniformly; with context from the clip,
-    p = c preceding frames ride along); video steps draw ``video_batch_size`` windows of
+    the c frames ``context_indices`` picks ride along: the c preceding ones, or with an anchor the
+    clip's first frames and the latest ones, repeated to c when fewer exist — identical
+    contexts leave Eq. (9) unchanged); video steps draw ``video_batch_size`` windows of
     ``video_warmup + video_frames`` consecutive frames.
     """
     if clips.ndim != 5 or len(clips) == 0:
         raise ValueError(f"make_batch_stream: expected clips (N, T, H, W, 3), got {clips.shape}")
-    c = params.model.context_frames
+    c, anchor = params.model.context_frames, params.model.context_anchor
     previous = c if (c > 0 and not params.self_supervision) else 0
     num_frames = clips.shape[1]
     window = params.video_warmup + params.video_frames
@@ -70,13 +73,23 @@ def make_batch_stream(
                 yield VideoBatch(torch.from_numpy(windows))
             else:
                 idx = local[rng.integers(len(local), size=params.batch_size)]
-                t = rng.integers(min(previous, num_frames - 1), num_frames, size=len(idx))
-                rows = [np.maximum(tt - np.arange(previous + 1), 0) for tt in t]
+                first = min(previous if not anchor else 1, num_frames - 1)
+                t = rng.integers(first, num_frames, size=len(idx))
+                rows = [_context_rows(int(tt), previous, anchor) for tt in t]
                 frames = np.stack([clips[i, r] for i, r in zip(idx, rows)])
                 yield ImageBatch(torch.from_numpy(frames))
             step += 1
 
     return stream
+
+
+def _context_rows(t: int, c: int, anchor: int) -> np.ndarray:
+    """Frame t then its c context frames (``context_indices``, newest first, the oldest repeated
+    up to c; t = 0 repeats itself)."""
+    if c == 0:
+        return np.array([t])
+    idx = context_indices(t, c, anchor)[::-1] or [t]
+    return np.array([t] + idx + [idx[-1]] * (c - len(idx)))
 
 
 __all__ = ["ImageBatch", "VideoBatch", "is_video_step", "make_batch_stream"]

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ccvs_models.autoencoder import CCVSAutoencoder, ReconstructionOutput
+from ccvs_models.autoencoder import CCVSAutoencoder, ContextBuffer, ReconstructionOutput
 from ccvs_models.quantizer import QuantizerOutput
 from pipeline.metrics.image import psnr, ssim
+from pipeline.metrics.objects import clip_object_scores
 
 PSNR_CAP_DB = 100.0  # identical frames would give +inf; capped so averages stay finite
 
@@ -42,29 +43,29 @@ def decode_recursively(
     """App. A recursive decoding: x̂_1 … x̂_T' from latents and a real first frame.
 
     z_q: (B, T', F, h, w) quantized latents of frames 1 … T'; first: (B, 3, H, W) the real x_0.
-    Frame t is D(z_q[t]) with F over E of the up to ``num_context`` previous frames — x_0, then the
-    decoded frames re-encoded. Only the immediately preceding frame's features keep their graph;
-    older ones are detached (App. A). The first ``warmup`` frames are decoded without any graph
-    (``video_warmup``: they only make the later frames' contexts deeper recursions). Without F
-    (``model.has_flow`` false or num_context = 0) frames are decoded independently. Returns x̂:
-    (B, T', 3, H, W).
+    Frame t is D(z_q[t]) with F over E of the frames ``ContextBuffer`` picks (the model's rule:
+    the last ``num_context`` frames, or with ``context_anchor`` a: x_0 kept plus the latest
+    ones) — x_0, then the decoded frames re-encoded. Only the immediately preceding frame's
+    features (and the anchor's) keep their graph; older ones are detached (App. A). The first
+    ``warmup`` frames are decoded without any graph (``video_warmup``: they only make the later
+    frames' contexts deeper recursions). Without F (``model.has_flow`` false or num_context = 0)
+    frames are decoded independently. Returns x̂: (B, T', 3, H, W).
     """
     use_flow = model.has_flow and num_context > 0
-    with torch.set_grad_enabled(torch.is_grad_enabled() and warmup == 0):
-        history: list[list[torch.Tensor]] = [model.encode(first).features] if use_flow else []
+    buffer = (ContextBuffer(num_context, min(model.config.context_anchor, num_context),
+                            detach_older=True) if use_flow else None)
+    if buffer is not None:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and warmup == 0):
+            buffer.push(model.encode(first).features)
     frames = []
     for t in range(z_q.shape[1]):
-        context = history[-num_context:] if use_flow else None
+        context = buffer.context() if buffer is not None else None
         with torch.set_grad_enabled(torch.is_grad_enabled() and t >= warmup):
             x_hat = model.decode(z_q[:, t], context).x_hat
         frames.append(x_hat)
-        if use_flow and t + 1 < z_q.shape[1]:
-            # The window moves on: frames still in it become "older" and lose their graph;
-            # the newest, x̂_t re-encoded, keeps it (App. A).
-            older = history[len(history) - (num_context - 1):] if num_context > 1 else []
-            history = [[f.detach() for f in h] for h in older]
+        if buffer is not None and t + 1 < z_q.shape[1]:
             with torch.set_grad_enabled(torch.is_grad_enabled() and t + 1 >= warmup):
-                history.append(model.encode(x_hat).features)
+                buffer.push(model.encode(x_hat).features if buffer.reads(t + 1) else None)
     return torch.stack(frames, 1)
 
 
@@ -141,17 +142,22 @@ class ReconstructionEval(NamedTuple):
     ssim: np.ndarray  # (N, T − 1)
     recon: np.ndarray  # uint8 (N, T, H, W, 3): x_0 (real) then x̂_1 … x̂_{T−1}
     tokens: np.ndarray  # (N, T, h, w) Q(E(x_t))
+    # inside the moving objects (``pipeline.metrics.objects``): "psnr_objects", "ssim_objects",
+    # "edge_ratio_objects" → (N, T − 1); None when the clips have no layouts
+    objects: dict[str, np.ndarray] | None = None
 
 
 @torch.no_grad()
 def reconstruct_clips(
     model: CCVSAutoencoder, clips: np.ndarray, device: torch.device | str, batch_size: int = 4,
-    num_context: int | None = None,
+    num_context: int | None = None, layouts: np.ndarray | None = None,
 ) -> ReconstructionEval:
     """Table 1 "Reconstruction" on uint8 clips (N, T, H, W, 3): true tokens, reconstructed context.
 
     Each frame t ≥ 1 is D(U(Q(E(x_t)))) with F over the previously *reconstructed* frames (the
-    real x_0 as initial context), up to ``num_context`` (default: the model's c) of them.
+    real x_0 as initial context), up to ``num_context`` (default: the model's c) of them, by the
+    model's context rule (``ContextBuffer``). With ``layouts`` (N, T, H, W) the object-region
+    scores are computed too (``ReconstructionEval.objects``).
     """
     was_training = model.training
     model.eval()
@@ -173,8 +179,10 @@ def reconstruct_clips(
             toks.append(tokens.cpu().numpy())
     finally:
         model.train(was_training)
-    return ReconstructionEval(np.concatenate(ps), np.concatenate(ss), np.concatenate(recons),
-                              np.concatenate(toks))
+    recon = np.concatenate(recons)
+    objects = None if layouts is None else clip_object_scores(clips, recon, layouts)
+    return ReconstructionEval(np.concatenate(ps), np.concatenate(ss), recon, np.concatenate(toks),
+                              objects)
 
 
 def _token_shape(model: CCVSAutoencoder, x: torch.Tensor) -> tuple[int, int]:
@@ -182,9 +190,50 @@ def _token_shape(model: CCVSAutoencoder, x: torch.Tensor) -> tuple[int, int]:
     return x.shape[-2] // d, x.shape[-1] // d
 
 
+REPORTED_FRAMES = (1, 8, 15)  # frames of the 16-frame recursion reported one by one (issue 17)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 def summarize(result: ReconstructionEval, codebook_size: int) -> dict[str, float]:
     """val/psnr, val/ssim (means over decoded frames), PSNR at the first decoded frame, their
-    last-frame values, codebook stats."""
+    last-frame values, both at t = 1, 8, 15 (``val/psnr_t8``, ...), codebook stats; with layouts
+    the object-region means and per-frame values (``val/psnr_objects``, ``val/psnr_objects_t8``,
+    ``val/ssim_objects``, ``val/edge_ratio_objects``, ...)."""
+    out = _summary(result, codebook_size)
+    frames = [t for t in REPORTED_FRAMES if t <= result.psnr.shape[1]]
+    for t in frames:
+        out[f"val/psnr_t{t}"] = float(result.psnr[:, t - 1].mean())
+        out[f"val/ssim_t{t}"] = float(result.ssim[:, t - 1].mean())
+    for key, values in (result.objects or {}).items():
+        out[f"val/{key}"] = _nanmean(values)
+        for t in frames:
+            out[f"val/{key}_t{t}"] = _nanmean(values[:, t - 1])
+    return out
+
+
+def copy_first_scores(clips: np.ndarray, layouts: np.ndarray | None) -> dict[str, float]:
+    """The no-model reference: the real first frame copied into every frame (issue 17), scored
+    like ``summarize`` → ``baseline/copy_first/psnr`` … (object keys only with layouts)."""
+    x = torch.from_numpy(np.ascontiguousarray(clips)).movedim(-1, -3).double() / 255.0
+    real, fake = x[:, 1:].flatten(0, 1), x[:, :1].expand_as(x[:, 1:]).flatten(0, 1)
+    n, t = x.shape[0], x.shape[1] - 1
+    ps = psnr(real, fake, max_db=PSNR_CAP_DB).view(n, t).numpy()
+    out = {"baseline/copy_first/psnr": float(ps.mean()),
+           "baseline/copy_first/ssim": float(ssim(real, fake).mean())}
+    if layouts is not None:
+        copied = np.repeat(clips[:, :1], clips.shape[1], axis=1)
+        for key, values in clip_object_scores(clips, copied, layouts).items():
+            out[f"baseline/copy_first/{key}"] = _nanmean(values)
+            for f in [f for f in REPORTED_FRAMES if f <= t]:
+                out[f"baseline/copy_first/{key}_t{f}"] = _nanmean(values[:, f - 1])
+    return out
+
+
+def _summary(result: ReconstructionEval, codebook_size: int) -> dict[str, float]:
     counts = np.bincount(result.tokens.reshape(-1), minlength=codebook_size).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())

@@ -5,9 +5,8 @@ generator total (Eq. (2): λ_q L_q + λ_r L_r + λ_a L_a + λ_c L_c), the discri
 self-supervision), ``frozen`` (L_a's generator pass through frozen discriminators, Eq. (6)) and
 the non-finite loss check.
 
-``AutoencoderLosses`` is a mixin of ``AutoencoderTask``: its methods read the task's ``params``
-and ``vgg`` attributes. ``pipeline.training.autoencoder.task`` re-exports ``frozen``, so
-``from pipeline.training.autoencoder.task import frozen`` keeps working.
+``AutoencoderLosses`` is a mixin of ``AutoencoderTask``: its methods read the task's ``params``,
+``vgg`` and ``disc_i`` attributes. Not in the paper: Δi feature matching (``lambda_fm``).
 """
 
 from __future__ import annotations
@@ -20,7 +19,13 @@ from torch import nn
 
 from ccvs_models.augment import SelfSupervision, contextual_loss, targets_at
 from ccvs_models.autoencoder import DecoderOutput
-from ccvs_models.discriminators import discriminator_loss, r1_penalty
+from ccvs_models.discriminators import ImageDiscriminator
+from ccvs_models.discriminators import (
+    adversarial_loss,
+    discriminator_loss,
+    feature_matching_loss,
+    r1_penalty,
+)
 from ccvs_models.perceptual import VGGFeatures, perceptual_loss
 from pipeline.params import AutoencoderParams
 from pipeline.training.task import StepContext
@@ -45,6 +50,7 @@ class AutoencoderLosses:
 
     params: AutoencoderParams
     vgg: VGGFeatures | None
+    disc_i: ImageDiscriminator | None
 
     def recovery_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         """L_r of Eq. (4) terms that are on: {"rgb": ‖x − x̂‖₁, "vgg": ‖VGG(x) − VGG(x̂)‖₁}."""
@@ -55,14 +61,27 @@ class AutoencoderLosses:
             terms["vgg"] = perceptual_loss(self.vgg, x, x_hat).float()
         return terms
 
+    def adversarial_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_a of Eq. (6) on Δi for the frames x̂ (B, 3, H, W): {"adv_i"}; with ``lambda_fm`` > 0
+        also {"fm": Δi feature matching against the real frames x} (ours). Δi must be frozen."""
+        if self.disc_i is None:
+            return {}
+        if self.params.lambda_fm <= 0:
+            return {"adv_i": adversarial_loss(self.disc_i(fake).float())}
+        logits, fake_feats = self.disc_i.forward_features(fake)
+        with torch.no_grad():
+            real_feats = self.disc_i.forward_features(real)[1]
+        return {"adv_i": adversarial_loss(logits.float()),
+                "fm": feature_matching_loss(fake_feats, real_feats)}
+
     def _generator_total(self, q_loss: torch.Tensor, rec: dict[str, torch.Tensor],
                          adv: dict[str, torch.Tensor], ctx_loss: torch.Tensor | None) -> torch.Tensor:
         p = self.params
         total = p.lambda_q * q_loss.float()
         for v in rec.values():
             total = total + p.lambda_r * v
-        for v in adv.values():
-            total = total + p.lambda_a * v.float()
+        for k, v in adv.items():
+            total = total + (p.lambda_fm if k == "fm" else p.lambda_a) * v.float()
         if ctx_loss is not None:
             total = total + p.lambda_c * ctx_loss
         return total
@@ -76,7 +95,8 @@ class AutoencoderLosses:
             total = torch.zeros((), device=ctx.device)
             for name, real, fake in pairs:
                 d = ctx.modules[name]
-                real_logits, fake_logits = d(real).float(), d(fake.detach()).float()
+                both = torch.cat([real, fake.detach().to(real.dtype)])  # one pass, stddev per half
+                real_logits, fake_logits = d(both, parts=2).float().chunk(2)
                 loss = discriminator_loss(real_logits, fake_logits)
                 out[f"{name}/loss"] = loss.item()
                 out[f"{name}/real_logit"] = real_logits.mean().item()

@@ -86,6 +86,7 @@ from torch import nn
 
 from ccvs_models.augment import SelfSupervision, make_context
 from ccvs_models.autoencoder import CCVSAutoencoder
+from ccvs_models.blocks import channels_last_
 from ccvs_models.discriminators import ImageDiscriminator, TemporalDiscriminator, adversarial_loss
 from ccvs_models.perceptual import VGGFeatures
 from pipeline.training import distributed
@@ -111,7 +112,8 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
     """``TrainTask`` of the autoencoder stage: modules "ae" (E, Q, F, D), "disc_i", "disc_t".
 
     vgg: the frozen ImageNet VGG of Eq. (4), or None (the VGG term is then off; the stage says so).
-    val_clips: uint8 (N, T, H, W, 3) clips for the periodic evaluation (None: no evaluation).
+    val_clips: uint8 (N, T, H, W, 3) clips for the periodic evaluation (None: no evaluation);
+    val_layouts: their uint8 (N, T, H, W) layouts, for the object-region scores (None: absent).
     ``config`` is what a resumed checkpoint must match (the stage adds a data fingerprint).
     """
 
@@ -121,6 +123,7 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         vgg: VGGFeatures | None = None,
         val_clips: np.ndarray | None = None,
         config: dict[str, Any] | None = None,
+        val_layouts: np.ndarray | None = None,
     ) -> None:
         self.params = params
         with seeded_init(params.loop.seed):
@@ -129,8 +132,12 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
             self.disc_t = (TemporalDiscriminator(params.temporal_disc)
                            if params.use_temporal_disc else None)
         self.ae = AutoencoderForward(self.model)
+        for module in (self.model, self.disc_i, self.disc_t):  # convs channels-last (speed)
+            if module is not None:
+                channels_last_(module)
         self.vgg = vgg if params.use_vgg else None
         self.val_clips = val_clips
+        self.val_layouts = val_layouts  # (N, T, H, W) ground-truth layouts: object-region scores
         self._config = config if config is not None else dataclasses.asdict(params)
         if params.context_warmup < 0:
             raise ValueError(f"context_warmup must be >= 0, got {params.context_warmup}")
@@ -295,10 +302,8 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
             if step_out.x_free is not None:  # L_r of D(z_q) without context, × λ_free (logged so)
                 rec.update({f"free_{k}": self.params.lambda_free * v
                             for k, v in self.recovery_loss(x, step_out.x_free).items()})
-            adv = {}
-            if self.disc_i is not None:
-                with frozen(self.disc_i):
-                    adv["adv_i"] = adversarial_loss(self.disc_i(out.x_hat).float())
+            with frozen(self.disc_i):
+                adv = self.adversarial_terms(out.x_hat, x)
             lc = self.contextual(out.decoder, views)
             loss = self._generator_total(out.quant.loss, rec, adv, lc)
         _check_finite(loss, step, "image")
@@ -325,10 +330,8 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
             fake = out.frames.flatten(0, 1)
             fake_clip = torch.cat([out.first[:, None].to(clip.dtype), out.frames.to(clip.dtype)], 1)
             rec = self.recovery_loss(real, fake)
-            adv = {}
             with frozen(self.disc_i, self.disc_t):
-                if self.disc_i is not None:
-                    adv["adv_i"] = adversarial_loss(self.disc_i(fake).float())
+                adv = self.adversarial_terms(fake, real)
                 if self.disc_t is not None:
                     adv["adv_t"] = adversarial_loss(self.disc_t(fake_clip).float())
             loss = self._generator_total(out.quant.loss, rec, adv, None)
@@ -353,7 +356,7 @@ class AutoencoderTask(AutoencoderLosses, TrainTask):
         if self.val_clips is None or len(self.val_clips) == 0:
             return {}
         model = ctx.eval_module("ae").model
-        result = reconstruct_clips(model, self.val_clips, ctx.device)
+        result = reconstruct_clips(model, self.val_clips, ctx.device, layouts=self.val_layouts)
         self.last_eval = result
         return summarize(result, self.params.model.codebook_size)
 
