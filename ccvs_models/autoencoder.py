@@ -91,7 +91,10 @@ class AutoencoderConfig:
             raise ValueError(
                 f"AutoencoderConfig: context_frames must be ≥ 0, got {self.context_frames}"
             )
-        if not 0 <= self.context_anchor <= self.context_frames:
+        # with c = 0 there is no F and the anchor is unused: Table 1's "F off" row is then one
+        # key (context_frames: 0), whatever the anchor of the recipe it ablates
+        c, a = self.context_frames, self.context_anchor
+        if a < 0 or (c > 0 and a > c):
             raise ValueError(
                 f"AutoencoderConfig: context_anchor must be in [0, context_frames="
                 f"{self.context_frames}], got {self.context_anchor}"

@@ -334,3 +334,13 @@ def test_anchor_context_is_what_d_reads_in_the_recursion():
     assert [len(s) for s in seen] == [1, 2, 2, 2]
     assert all(torch.equal(s[0], e0) for s in seen)  # E(x_0) of the real frame, every time
     assert torch.allclose(seen[3][1], e3)  # frame 4 also reads the latest decoded frame, x̂_3
+
+
+def test_an_anchor_beyond_c_is_an_error_unless_there_is_no_f():
+    # Table 1's "F off" row of the anchored recipe is one key: context_frames 0 (the anchor unused)
+    assert AutoencoderConfig(context_frames=0, context_anchor=1).context_problem(0) is None
+    assert "no F" in AutoencoderConfig(context_frames=0, context_anchor=1).context_problem(1)
+    with pytest.raises(ValueError, match=r"context_anchor must be in \[0, context_frames=1\]"):
+        AutoencoderConfig(context_frames=1, context_anchor=2)
+    with pytest.raises(ValueError, match="context_anchor"):
+        AutoencoderConfig(context_frames=2, context_anchor=-1)
