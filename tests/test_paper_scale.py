@@ -1,7 +1,8 @@
 """Every paper preset (pipeline/paper_presets.py) builds and trains: one bf16 training step of its T
 and one image step and one video step of its autoencoder (E, Q, F, D, Δi, Δt), on CPU at batch 1,
 with the stages' own training tasks. Slow (a 300M-parameter T per preset, 256×256 convolutions
-with F at every level): minutes, not hours."""
+with F at every level): tens of minutes on 2 CPU cores, so not in the default run (the
+``paper_scale`` marker, deselected in pyproject.toml): ``python -m pytest -m paper_scale``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pipeline.training.autoencoder.task import AutoencoderTask
 from pipeline.training.config import LoopConfig
 from pipeline.training.task import StepContext
 from pipeline.training.transformer import OptimSettings, TokenBatch, TransformerTask
+
+pytestmark = pytest.mark.paper_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = LoopConfig(steps=1, bf16=True, device="cpu", grad_clip=1.0)

@@ -219,3 +219,19 @@ def test_control_gain_is_positive_for_a_control_t_uses_and_zero_for_one_it_canno
     assert set(gains) == {"val/gain/state", "val/gain/label"}
     assert gains["val/gain/state"] > 1.0  # without the state: ~log(8) nats of guessing
     assert abs(gains["val/gain/label"]) < 0.05
+
+
+def test_the_training_stream_gives_an_unlabelled_clip_the_null_label():
+    """A folder source's top-level videos carry label id −1; the streamed windows (like the
+    validation set's ``load_token_split``) read it as the label's null id, never as an error."""
+    from pipeline.training.transformer import WindowBatches
+
+    cfg = TransformerConfig(frame_vocab=Q, frame_height=1, frame_width=1, num_frames=2,
+                            num_classes=2, n_layer=1, n_head=2, n_embd=32)
+    lay = cfg.sequence_layout
+    items = [{"frames": np.zeros((2, 1, 1), np.int16), "end_frame": np.zeros((1, 1), np.int16),
+              "start": 0, "label": label} for label in (-1, 1)]
+    got = WindowBatches(lay, clip_frames=2)(items, 0).tokens
+    want = lay.assemble(torch.zeros(2, 2, 1, 1, dtype=torch.long),
+                        label=torch.tensor([lay.null_id(TokenKind.LABEL), 1])).tokens
+    assert torch.equal(got, want)

@@ -222,8 +222,11 @@ class WindowBatches:
 
     def __call__(self, items: list[dict[str, Any]], step: int) -> TokenBatch:
         stack = (lambda k: np.stack([i[k] for i in items]) if k in items[0] else None)  # noqa: E731
-        return assemble_windows(self.layout, stack("frames"), stack("end_frame"),
-                                np.asarray([i["label"] for i in items]),
+        labels = np.asarray([i["label"] for i in items])
+        # an unlabelled clip (label id −1: a video at the top of a folder source) → the null label,
+        # as ``load_token_split`` does for the validation set
+        labels = np.where(labels < 0, self.layout.null_id(TokenKind.LABEL), labels)
+        return assemble_windows(self.layout, stack("frames"), stack("end_frame"), labels,
                                 np.asarray([i["start"] for i in items]), self.clip_frames,
                                 state=stack("state"), audio=stack("audio"),
                                 layout_codes=stack("layout"))
