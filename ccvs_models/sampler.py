@@ -362,8 +362,8 @@ class _FrameDecoding:
     than 1), either inline or on one worker thread while T samples the next frame
     (``overlap_decoding``; "auto" = when T's steps leave a core of torch's ``budget`` free,
     decided at the first frame). The worker decodes frames in the order they arrive (frame t
-    reads the context pushed by frame t − 1) with torch's process-wide thread count, mostly T's
-    step count then. Leaving the block waits for every frame and re-raises a decoding error; a
+    reads the context pushed by frame t − 1) on the thread count the inline path would use (T's
+    step count, else the submitting thread's), so both give the same frames. Leaving the block waits for every frame and re-raises a decoding error; a
     failed frame stops T at its next frame."""
 
     def __init__(self, decode: Callable[[int, torch.Tensor], None], config: SamplerConfig,
@@ -400,7 +400,15 @@ class _FrameDecoding:
         for done in [f for f in self.pending if f.done()]:
             done.result()  # a failed frame stops T now, not after the last frame
             self.pending.remove(done)
-        self.pending.append(self.pool.submit(self._run, t, codes.clone()))
+        # the worker thread's OpenMP team starts from the process's initial thread count, not
+        # this thread's: decode on the count the inline path would use, so the frames are the same
+        threads = self.count() or torch.get_num_threads()
+        self.pending.append(self.pool.submit(self._run_on, threads, t, codes.clone()))
+
+    def _run_on(self, threads: int, t: int, codes: torch.Tensor) -> None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        self._run(t, codes)
 
     def __enter__(self) -> _FrameDecoding:
         return self

@@ -150,10 +150,14 @@ def test_resume_after_crash_joins_the_uninterrupted_curve(reference, tmp_path):
 
 
 def test_ctrl_c_checkpoints_at_the_step_boundary_and_resumes(reference, tmp_path):
-    with pytest.raises(KeyboardInterrupt, match="stopped at step 13"):
-        fit(ToyTask(sigint_at=12), make_batches, LOOP, tmp_path, Recorder())
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt, match="stopped at step 13"):
+            fit(ToyTask(sigint_at=12), make_batches, LOOP, tmp_path, Recorder())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 13]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     logger = Recorder()
     result = fit(ToyTask(init_seed=5), make_batches, LOOP, tmp_path, logger)
     assert result.resumed_from == 13
