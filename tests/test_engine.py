@@ -32,7 +32,10 @@ def cluster():
     """A local Dask cluster of 2 worker processes; a task may kill 2 workers before it fails."""
     import dask
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    # worker-saturation 1.0: a one-thread worker holds one task, so a dying worker kills (and is
+    # blamed on) exactly the task it ran (the default 1.1 queues a second one on it)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                          "distributed.scheduler.worker-saturation": 1.0}):
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                       host="127.0.0.1", dashboard_address=None,
                                       silence_logs=logging.ERROR) as local:

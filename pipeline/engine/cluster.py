@@ -72,10 +72,16 @@ class DaskEngine:
                 raise EngineError(f"engine.address {params.address}: cannot reach the Dask "
                                   f"scheduler ({' '.join(str(err).split())})") from None
         else:  # one thread per worker process: the work is numpy / torch, not Python threads
-            self.cluster = LocalCluster(n_workers=params.workers, threads_per_worker=1,
-                                        processes=True, host="127.0.0.1", dashboard_address=None,
-                                        silence_logs=logging.ERROR,
-                                        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+            import dask
+
+            # worker-saturation 1.0: a worker holds only the task it runs, so a worker that dies
+            # was running exactly the task the error names (Dask's default 1.1 queues a second
+            # task on a one-thread worker); set it on your own scheduler for the same guarantee
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                self.cluster = LocalCluster(n_workers=params.workers, threads_per_worker=1,
+                                            processes=True, host="127.0.0.1",
+                                            dashboard_address=None, silence_logs=logging.ERROR,
+                                            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
             self.client = Client(self.cluster)
         self.workers = max(len(self.client.scheduler_info()["workers"]), 1)
 
