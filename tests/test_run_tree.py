@@ -173,8 +173,12 @@ def test_a_sigkilled_training_stage_leaves_no_running_run_after_its_rerun(projec
                            stderr=subprocess.DEVNULL, env=_env(TOY_STEP_SLEEP="0.5"))
     try:
         _wait_for("checkpoints/positions/step-000000[1-3][0-9].pt", project)  # past step 6
+        # the Python process itself: DVC runs the command through $SHELL, and dash (/bin/sh, the
+        # default when SHELL is unset) forks the command instead of exec'ing it, so the
+        # shell's cmdline names the stage too
         stage = next(p for p in psutil.Process(dvc.pid).children(recursive=True)
-                     if "positions" in " ".join(p.cmdline()))
+                     if "positions" in " ".join(p.cmdline())
+                     and "python" in Path(p.cmdline()[0]).name)
         stage.send_signal(signal.SIGKILL)
         assert dvc.wait(timeout=120) != 0
     finally:
