@@ -15,9 +15,19 @@ These modules hand each frame-code position what its control says about it, as t
 - :class:`EndFrameInput`: at a position scoring code j of frame t, the head's row of the end
   frame's code j (the same embedding as the copy path's) times a learned gate of the frames left
   until the end frame, d = end_gap − t (App. E's gap, as the window sees it), plus a learned
-  embedding of d.
+  embedding of d. Its :meth:`~EndFrameInput.pointer` also adds a learned β(d) to the logit of
+  that code (a pointer, as in copy/pointer networks): at d = 0 the code to predict *is* the end
+  frame's, which T then learns in a few steps instead of through its whole stack (Table D4's
+  control-point consistency; the gate alone left the end frame's SSIM within 0.015 of
+  prediction's on the demo).
 
-Both start at zero (a T with them begins as the paper's T) and add nothing where the control is
+- :class:`TokenInput`: at a position scoring a code of frame t, the mean of learned embeddings
+  of the control tokens that concern frame t: its l_a sound codes (``audio_input``: the demo's
+  sound is made by the motion of that frame) or the clip's class token (``label_input``: every
+  frame of a clip moves like its class). T reads both from the prefix by attention in the paper;
+  a small T trained for minutes did not (``val/gain/audio`` and ``val/gain/label`` ≈ 0).
+
+All start at zero (a T with them begins as the paper's T) and add nothing where the control is
 its null id, so conditioning dropout still trains the unconditioned T.
 """
 
@@ -73,27 +83,69 @@ class EndFrameInput(nn.Module):
         self.default_gap = layout.num_frames - 1  # as PositionalEmbedding: the window's last frame
         self.gate = nn.Embedding(max_gap + 2, 1)  # d = 0 … max_gap, then "already passed"
         self.distance = nn.Embedding(max_gap + 2, n_embd)
+        self.point = nn.Embedding(max_gap + 2, 1)  # β(d), the pointer's logit bias
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.distance.weight)
+        nn.init.zeros_(self.point.weight)
         t, _ = layout.scored_codes()
         self.register_buffer("src", layout.end_sources().clamp(min=0), persistent=False)
         self.register_buffer("on", t >= 0, persistent=False)
         self.register_buffer("time", t.clamp(min=0), persistent=False)
+
+    def _read(self, seen: torch.Tensor, start: int, count: int,
+              end_gap: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ codes (B, count) the end frame's code at each scored slot (clamped to ⟦0, q⟦),
+        present (B, count) bool, d (B, count) frames left (max_gap + 1: passed)."""
+        sl = slice(start, start + count)
+        codes = seen[:, self.src[sl]]
+        present = self.on[sl][None] & (codes < self.frame_vocab)
+        if end_gap is None:
+            end_gap = torch.full((seen.shape[0],), self.default_gap, dtype=torch.long,
+                                 device=seen.device)
+        left = end_gap.reshape(-1, 1).long() - self.time[sl][None]  # (B, count)
+        d = torch.where(left < 0, torch.full_like(left, self.max_gap + 1),
+                        left.clamp(max=self.max_gap))
+        return codes.clamp(max=self.frame_vocab - 1), present, d
 
     def forward(self, seen: torch.Tensor, start: int, count: int, end_gap: torch.Tensor | None,
                 head: torch.Tensor) -> torch.Tensor:
         """seen (B, ≥ start + count) token ids; end_gap (B,) the end frame's timestep minus the
         window's first (None: N − 1); head (q, D) the head's weight (frame-code embeddings)
         → (B, count, D) for positions start … start + count − 1."""
-        sl = slice(start, start + count)
-        b = seen.shape[0]
-        codes = seen[:, self.src[sl]]  # (B, count) the end frame's code at each scored slot
-        present = self.on[sl][None] & (codes < self.frame_vocab)
-        if end_gap is None:
-            end_gap = torch.full((b,), self.default_gap, dtype=torch.long, device=seen.device)
-        left = end_gap.reshape(-1, 1).long() - self.time[sl][None]  # (B, count)
-        d = torch.where(left < 0, torch.full_like(left, self.max_gap + 1),
-                        left.clamp(max=self.max_gap))
-        code = F.embedding(codes.clamp(max=self.frame_vocab - 1), head)
-        emb = code * self.gate(d) + self.distance(d)
+        codes, present, d = self._read(seen, start, count, end_gap)
+        emb = F.embedding(codes, head) * self.gate(d) + self.distance(d)
         return emb * present[..., None].to(emb.dtype)
+
+    def pointer(self, logits: torch.Tensor, seen: torch.Tensor, start: int,
+                end_gap: torch.Tensor | None) -> torch.Tensor:
+        """logits (B, count, q) of positions start … start + count − 1 → the same plus β(d) at
+        the end frame's code of each scored slot."""
+        codes, present, d = self._read(seen, start, logits.shape[1], end_gap)
+        beta = self.point(d).squeeze(-1) * present.to(logits.dtype)  # (B, count)
+        return logits.scatter_add(-1, codes[..., None], beta[..., None].to(logits.dtype))
+
+
+class TokenInput(nn.Module):
+    """Control tokens at given positions → the mean of their embeddings at frame-code positions.
+
+    ``sources`` (L, k): for each position, the k positions whose tokens concern the frame code it
+    scores (−1 rows: none); their ids are in ⟦0, vocab⟦, the null id ``vocab`` (dropped or absent
+    control) adds nothing."""
+
+    def __init__(self, sources: torch.Tensor, vocab: int, n_embd: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.table = nn.Embedding(vocab, n_embd)
+        nn.init.zeros_(self.table.weight)
+        self.register_buffer("src", sources.clamp(min=0), persistent=False)
+        self.register_buffer("on", (sources >= 0).all(-1), persistent=False)
+
+    def forward(self, seen: torch.Tensor, start: int, count: int) -> torch.Tensor:
+        """seen (B, ≥ start + count) token ids of positions 0 …; → (B, count, D) for positions
+        start … start + count − 1."""
+        sl = slice(start, start + count)
+        ids = seen[:, self.src[sl]]  # (B, count, k)
+        present = self.on[sl][None, :, None] & (ids < self.vocab)
+        emb = self.table(ids.clamp(max=self.vocab - 1))
+        emb = emb * present[..., None].to(emb.dtype)
+        return emb.sum(2) / present.sum(2, keepdim=True).clamp(min=1).to(emb.dtype)

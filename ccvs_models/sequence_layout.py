@@ -197,6 +197,28 @@ class SequenceLayout:
         out[ok] = j[ok] + self.end_frame_slice.start
         return out
 
+    def audio_sources(self) -> torch.Tensor:
+        """(L, l_a) long: for position i scoring frame t's code, the positions of frame t's l_a
+        sound codes, which precede its frame codes; −1 rows elsewhere or without audio tokens."""
+        out = torch.full((self.length, max(self.audio_tokens, 1)), -1, dtype=torch.long)
+        if not self.audio_tokens:
+            return out
+        t, _ = self.scored_codes()
+        ok = t >= 0
+        first = self.video_len + t[ok] * self.frame_stride + self.state_tokens
+        out[ok] = first[:, None] + torch.arange(self.audio_tokens)[None]
+        return out
+
+    def label_sources(self) -> torch.Tensor:
+        """(L, 1) long: for position i scoring a frame code, the class token's position (0);
+        −1 elsewhere or without a class token."""
+        out = torch.full((self.length, 1), -1, dtype=torch.long)
+        if self.label_position is None:
+            return out
+        t, _ = self.scored_codes()
+        out[t >= 0] = self.label_position
+        return out
+
     def frame_mask(self) -> torch.Tensor:
         """(L,) bool, True at frame-token positions (the only ones predicted, Eq. (8))."""
         return self.kinds() == TokenKind.FRAME

@@ -39,8 +39,9 @@ of a static camera's video repeat (74 % on the demo world); the paper's T must f
 frame by attention, a phase transition that a 4-layer T over q = 512 codes had not crossed after
 1,200 steps on synthetic repeating clips (docs/history/benchmarks-2026-11.md, "transformer"), beyond a CPU demo's budget.
 With the KV cache, the source ids come from ``KVCache.write_tokens``. In the same spirit, and off by
-default too, ``state_field`` and ``end_frame_input`` place the state and the end frame at the
-frame tokens they concern (``ccvs_models.control_inputs``).
+default too, ``state_field``, ``end_frame_input``, ``audio_input`` and ``label_input`` place the
+state, the end frame, the sound and the class at the frame tokens they concern
+(``ccvs_models.control_inputs``).
 
 Incremental decoding: ``forward(..., kv_cache=KVCache, start_pos=...)`` appends the keys/values of
 the new tokens to preallocated per-layer buffers; cached and uncached forwards give the same
@@ -62,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccvs_models.control_inputs import EndFrameInput, StateField
+from ccvs_models.control_inputs import EndFrameInput, StateField, TokenInput
 from ccvs_models.low_precision import LowPrecisionLinear
 from ccvs_models.positional import PositionalEmbedding
 from ccvs_models.sequence_layout import IGNORE_INDEX, TokenKind
@@ -134,6 +135,10 @@ class CCVSTransformer(nn.Module):
         # ours: controls placed at the frame tokens they concern (ccvs_models.control_inputs)
         self.state_field = StateField(lay, d) if cfg.state_field else None
         self.end_input = EndFrameInput(lay, d, cfg.max_end_gap) if cfg.end_frame_input else None
+        self.audio_input = (TokenInput(lay.audio_sources(), cfg.audio_vocab, d)
+                            if cfg.audio_input else None)
+        self.label_input = (TokenInput(lay.label_sources(), cfg.num_classes, d)
+                            if cfg.label_input else None)
         self.register_buffer("kinds", lay.kinds(), persistent=False)  # (L,)
         prev = lay.prev_sources()
         self.register_buffer("prev_src", prev.clamp(min=0), persistent=False)  # (L,) copy path
@@ -142,10 +147,13 @@ class CCVSTransformer(nn.Module):
         self._kind_list = lay.kinds().tolist()  # python copies for the one-token fast path
         self._table_of = {int(kind): (name, high) for kind, name, high in self._tables()}
         self._init_weights()
-        for module in (self.state_field, self.end_input):  # they start as the paper's T: zero
-            if module is not None:
-                for p in module.parameters():
-                    nn.init.zeros_(p)
+        for module in self._control_inputs():  # they start as the paper's T: zero
+            for p in module.parameters():
+                nn.init.zeros_(p)
+
+    def _control_inputs(self) -> list[nn.Module]:
+        return [m for m in (self.state_field, self.end_input, self.audio_input, self.label_input)
+                if m is not None]
 
     # kind → (table name, highest valid id); END_FRAME reads the frame table
     def _tables(self) -> list[tuple[TokenKind, str, int]]:
@@ -218,7 +226,7 @@ class CCVSTransformer(nn.Module):
             return kv_cache.write_tokens(tokens)
         if start_pos == 0:
             return tokens
-        raise ValueError("prev_frame_input / state_field / end_frame_input: positions after 0 "
+        raise ValueError("prev_frame_input and the control inputs: positions after 0 "
                          "need the KV cache (its token ids)")
 
     def _copy_path(self, tokens: torch.Tensor, start_pos: int, seen: torch.Tensor) -> torch.Tensor:
@@ -272,7 +280,8 @@ class CCVSTransformer(nn.Module):
         # one token (incremental decoding): its kind and position are python ints, no lookups
         emb = self._embed_one(tokens, start_pos) if t == 1 else self.embed(tokens, kinds)
         cfg = self.config
-        if cfg.prev_frame_input or cfg.state_field or cfg.end_frame_input:
+        if (cfg.prev_frame_input or cfg.state_field or cfg.end_frame_input or cfg.audio_input
+                or cfg.label_input):
             seen = self._seen(tokens, start_pos, kv_cache)
             if cfg.prev_frame_input:
                 emb = emb + self._copy_path(tokens, start_pos, seen)
@@ -280,16 +289,23 @@ class CCVSTransformer(nn.Module):
                 emb = emb + self.state_field(seen, start_pos, t)
             if self.end_input is not None:
                 emb = emb + self.end_input(seen, start_pos, t, end_gap, self.head.weight)
+            for control in (self.audio_input, self.label_input):
+                if control is not None:
+                    emb = emb + control(seen, start_pos, t)
         x = self.drop(emb + self.pos(positions, end_gap, first=start_pos))
         for i, block in enumerate(self.blocks):
             x = block(x, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(t)
+        first = start_pos
         if last_only:
             if targets is not None:
                 raise ValueError("last_only=True scores one position: no loss, pass targets=None")
             x = x[:, -1:]
+            first = start_pos + t - 1
         logits = self.head(self.ln_f(x))
+        if self.end_input is not None:
+            logits = self.end_input.pointer(logits, seen, first, end_gap)
         loss = frame_token_loss(logits, targets, kinds) if targets is not None else None
         return TransformerOutput(logits=logits, loss=loss)
 

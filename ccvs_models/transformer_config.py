@@ -57,6 +57,11 @@ class TransformerConfig:
     # Both need their control in the sequence (state / end_frame) and start as the paper's T.
     state_field: bool = False
     end_frame_input: bool = False
+    # ours, not in the paper: audio_input: frame t's sound codes at frame t's codes; label_input:
+    # the class at every frame code (ccvs_models.control_inputs.TokenInput). Each needs its control
+    # in the sequence (audio tokens / a class token) and starts as the paper's T.
+    audio_input: bool = False
+    label_input: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -83,6 +88,10 @@ class TransformerConfig:
         need(not self.state_field or self.state, "state_field needs state tokens (state=True)")
         need(not self.end_frame_input or self.end_frame,
              "end_frame_input needs the end frame (end_frame=True)")
+        need(not self.audio_input or self.audio_tokens_per_frame > 0,
+             "audio_input needs audio tokens (audio_tokens_per_frame > 0)")
+        need(not self.label_input or self.num_classes > 0,
+             "label_input needs a class token (num_classes > 0)")
         need(self.pos_embedding in ("decomposed", "learned"),
              f"pos_embedding must be 'decomposed' or 'learned', got {self.pos_embedding!r}")
 

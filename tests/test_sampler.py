@@ -76,13 +76,14 @@ class Recorder:
 
 
 @pytest.mark.parametrize("copy", [False, True, "inputs"])  # the copy path and the control
-# inputs (state field, end-frame input: random weights, they start at zero) read the cache's ids
+# inputs (state field, end frame, audio, label: random weights, they start at zero) read the cache's ids
 @pytest.mark.parametrize("n", [3, 7])  # within the N = 3 window / sliding over 5 windows
 def test_kv_cache_and_recompute_give_the_same_tokens(n, copy):
     inputs = copy == "inputs"
-    model = make(config(prev_frame_input=bool(copy), state_field=inputs, end_frame_input=inputs))
-    for module in (model.state_field, model.end_input):
-        for p in ([] if module is None else module.parameters()):
+    model = make(config(prev_frame_input=bool(copy), state_field=inputs, end_frame_input=inputs,
+                        audio_input=inputs, label_input=inputs))
+    for module in model._control_inputs():
+        for p in module.parameters():
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     ctl = controls(2, n)

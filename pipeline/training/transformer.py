@@ -63,6 +63,8 @@ class TransformerArch:
     prev_frame_input: bool = False  # ours: the copy path (TransformerConfig.prev_frame_input)
     state_field: bool = False  # ours: the state at its frame's cells (TransformerConfig.state_field)
     end_frame_input: bool = False  # ours: the end frame at each slot (TransformerConfig.end_frame_input)
+    audio_input: bool = False  # ours: a frame's sound at its codes (TransformerConfig.audio_input)
+    label_input: bool = False  # ours: the class at every frame code (TransformerConfig.label_input)
 
     def __post_init__(self) -> None:
         if self.num_frames < 0:
@@ -124,7 +126,9 @@ def model_config(arch: TransformerArch, cond: Conditioning, vocab: dict[str, Any
         attn_dropout=arch.attn_dropout, bias=arch.bias, pos_embedding=arch.pos_embedding,
         prev_frame_input=arch.prev_frame_input,
         state_field=arch.state_field and state is not None,  # on only where the control is
-        end_frame_input=arch.end_frame_input and end_frame)
+        end_frame_input=arch.end_frame_input and end_frame,
+        audio_input=arch.audio_input and audio is not None,
+        label_input=arch.label_input and classes > 1)
 
 
 # --------------------------------------------------------------------------- sequences
