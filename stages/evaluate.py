@@ -250,9 +250,25 @@ def _why_skipped(how: str, vocab: dict[str, Any]) -> str:
     return how
 
 
+def _clip_rate(clips: str | Path, split: str) -> float | None:
+    """The frame rate of ``split``'s clips (prepare's manifest: prepare.fps / frame_step), so the
+    GIFs play at the clips' speed; None without a manifest."""
+    import pandas as pd
+
+    from pipeline.data import storage
+
+    manifest = storage.join(clips, "manifest.parquet")
+    if not storage.exists(manifest):
+        return None
+    with storage.open_read(manifest) as f:
+        rows = pd.read_parquet(f, columns=["split", "fps"])
+    rates = rows.loc[rows["split"] == split, "fps"]
+    return float(rates.median()) if len(rates) else None
+
+
 def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transformer: str | Path,
         autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
-        samples_dir: str | Path, logger: Any, fps: int = 10,
+        samples_dir: str | Path, logger: Any, fps: float = 10,
         positions: str | Path | None = None, fvd_cache: str | Path | None = None,
         engine: EngineParams = LOCAL) -> dict[str, Any]:
     """Run every task; write metrics, curves, GIFs and sheets; return the metrics document.
@@ -273,12 +289,13 @@ def run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transform
 
 def _run(params: EvaluateParams, clips: str | Path, tokens: str | Path, transformer: str | Path,
          autoencoder: str | Path, metrics_out: str | Path, plots_dir: str | Path,
-         samples_dir: str | Path, logger: Any, fps: int, positions: str | Path | None,
+         samples_dir: str | Path, logger: Any, fps: float, positions: str | Path | None,
          fvd_cache: str | Path | None, runner: Any) -> dict[str, Any]:
     from pipeline.metrics import fvd as fvd_lib
     from pipeline.metrics import fvd_runs
 
     start_time = time.perf_counter()
+    fps = _clip_rate(clips, params.split) or fps
     device = device_for(0, params.device)
     vocab = read_vocab(tokens)
     models = load_models(transformer, autoencoder, tokens, device=device)

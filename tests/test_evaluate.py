@@ -418,3 +418,13 @@ def test_frame_motion_measures_change_between_frames():
     flicker[:, :, 1::2] = 1.0  # frames alternate between 0 and 1 ([−1, 1] units): |Δ| = 1 → 0.5
     assert ev.frame_motion(flicker) == pytest.approx(0.5)
     assert ev.frame_motion(flicker, first=4) != ev.frame_motion(flicker)  # one frame: NaN
+
+
+def test_gifs_play_at_the_clips_frame_rate_from_prepare_s_manifest(tmp_path):
+    import pandas as pd
+
+    assert stage._clip_rate(tmp_path, "test") is None  # no manifest: the caller's default
+    pd.DataFrame({"split": ["train", "test", "test"], "fps": [30.0, 7.5, 7.5]}).to_parquet(
+        tmp_path / "manifest.parquet")
+    assert stage._clip_rate(tmp_path, "test") == 7.5
+    assert stage._clip_rate(tmp_path, "val") is None

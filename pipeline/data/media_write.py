@@ -147,7 +147,7 @@ def write_mp4(
     return path
 
 
-def write_gif(path: str | Path, frames: np.ndarray, fps: int, scale: int = 1) -> Path:
+def write_gif(path: str | Path, frames: np.ndarray, fps: float, scale: int = 1) -> Path:
     """Write ``frames`` (uint8 (T, H, W[, 3])) as a looping GIF, each pixel ``scale``× enlarged."""
     path = Path(path)
     frames = _as_rgb_frames(frames, str(path))
