@@ -76,6 +76,10 @@ class StateField(nn.Module):
 class EndFrameInput(nn.Module):
     """The end frame's code j, gated by the frames left until it, at frame codes j (module doc)."""
 
+    # β(d) = POINT_SCALE · w(d): Adam moves a weight by about the learning rate per step, and a
+    # logit bias that wins must reach several nats, within the few hundred steps of a demo
+    POINT_SCALE = 10.0
+
     def __init__(self, layout: SequenceLayout, n_embd: int, max_gap: int) -> None:
         super().__init__()
         self.frame_vocab = layout.frame_vocab
@@ -83,7 +87,7 @@ class EndFrameInput(nn.Module):
         self.default_gap = layout.num_frames - 1  # as PositionalEmbedding: the window's last frame
         self.gate = nn.Embedding(max_gap + 2, 1)  # d = 0 … max_gap, then "already passed"
         self.distance = nn.Embedding(max_gap + 2, n_embd)
-        self.point = nn.Embedding(max_gap + 2, 1)  # β(d), the pointer's logit bias
+        self.point = nn.Embedding(max_gap + 2, 1)  # β(d) / POINT_SCALE, the pointer's logit bias
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.distance.weight)
         nn.init.zeros_(self.point.weight)
@@ -121,7 +125,7 @@ class EndFrameInput(nn.Module):
         """logits (B, count, q) of positions start … start + count − 1 → the same plus β(d) at
         the end frame's code of each scored slot."""
         codes, present, d = self._read(seen, start, logits.shape[1], end_gap)
-        beta = self.point(d).squeeze(-1) * present.to(logits.dtype)  # (B, count)
+        beta = self.POINT_SCALE * self.point(d).squeeze(-1) * present.to(logits.dtype)
         return logits.scatter_add(-1, codes[..., None], beta[..., None].to(logits.dtype))
 
 

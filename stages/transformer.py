@@ -144,7 +144,8 @@ def run(
     kinds = tuple(k for k in ANNOTATIONS if vocab.get(k))
     stream = ShardStream(tuple(urls), TokenWindows(layout.num_frames, clip_len,
                                                    tuple(first["frames"].shape[1:]), kinds,
-                                                   str(tokens), held),
+                                                   str(tokens), held,
+                                                   params.conditioning.random_end_frame),
                          WindowBatches(layout, clip_len), FixedBatch(params.batch_size),
                          seed=loop.seed, shuffle=loop.shuffle_block, workers=loop.data_workers)
     t_fit = time.perf_counter()

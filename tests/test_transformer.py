@@ -630,15 +630,15 @@ def test_end_frame_pointer_raises_the_end_code_s_logit_by_frames_left():
     model = CCVSTransformer(cfg).eval()
     inp, lay = model.end_input, cfg.sequence_layout
     with torch.no_grad():
-        inp.point.weight[:, 0] = torch.tensor([3.0, 1.0, 0.0, 0.0, 0.0, -2.0])  # d = 0, 1, …, passed
+        inp.point.weight[:, 0] = torch.tensor([3.0, 1.0, 0.0, 0.0, 0.0, -2.0]) / inp.POINT_SCALE
     end = torch.tensor([[[4, 2]], [[6, 6]]])  # row 1: the null end frame
     tokens = lay.assemble(torch.zeros(2, 3, 1, 2, dtype=torch.long), end_frame=end).tokens
     logits = torch.zeros(2, tokens.shape[1], 6)
     out = inp.pointer(logits, tokens, 0, torch.tensor([2, 2])) - logits
     t, j = lay.scored_codes()
     pos = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(t, j)) if a >= 0}
-    assert torch.equal(out[0, pos[(2, 0)]], 3.0 * torch.eye(6)[4])  # d = 0: β(0) on code 4
-    assert torch.equal(out[0, pos[(1, 1)]], 1.0 * torch.eye(6)[2])  # d = 1: β(1) on code 2
+    assert torch.allclose(out[0, pos[(2, 0)]], 3.0 * torch.eye(6)[4])  # d = 0: β(0) on code 4
+    assert torch.allclose(out[0, pos[(1, 1)]], 1.0 * torch.eye(6)[2])  # d = 1: β(1) on code 2
     assert torch.all(out[0, pos[(0, 0)]] == 0) and torch.all(out[1] == 0)
     assert torch.all(out[0, t < 0] == 0)
     # in T, with and without the KV cache and with last_only: the same logits

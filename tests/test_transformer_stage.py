@@ -235,3 +235,28 @@ def test_the_training_stream_gives_an_unlabelled_clip_the_null_label():
     want = lay.assemble(torch.zeros(2, 2, 1, 1, dtype=torch.long),
                         label=torch.tensor([lay.null_id(TokenKind.LABEL), 1])).tokens
     assert torch.equal(got, want)
+
+
+def test_random_end_frames_cover_every_gap_and_are_the_clip_s_own_frames():
+    """With ``conditioning.random_end_frame`` a window's end frame is a frame of its clip at or
+    after the window's last, drawn from the sample's generator: gap d = 0 (the window's last
+    frame is the end frame) occurs, and the batch's end_gap is that frame's index − start."""
+    from pipeline.training.transformer import TokenWindows, WindowBatches
+
+    clip, n = 6, 2
+    frames = np.arange(clip, dtype=np.int16).reshape(clip, 1, 1)  # frame i's code is i
+    sample = {"key": "c", "frames": frames, "end_frame": frames[-1], "meta": {"label_id": 0}}
+    windows = TokenWindows(n, clip, (1, 1), (), "tokens", random_end=True)
+    rng = np.random.default_rng(0)
+    items = [windows(sample, rng)[0] for _ in range(200)]
+    for it in items:
+        assert it["start"] + n - 1 <= it["end"] < clip
+        assert int(it["end_frame"][0, 0]) == it["end"]
+    gaps = {it["end"] - (it["start"] + n - 1) for it in items}
+    assert gaps == set(range(clip - n + 1))  # d at the window's last frame: 0 … clip − N
+    cfg = TransformerConfig(frame_vocab=Q, frame_height=1, frame_width=1, num_frames=n,
+                            end_frame=True, n_layer=1, n_head=2, n_embd=32)
+    batch = WindowBatches(cfg.sequence_layout, clip)(items[:4], 0)
+    assert batch.end_gap.tolist() == [it["end"] - it["start"] for it in items[:4]]
+    fixed = TokenWindows(n, clip, (1, 1), (), "tokens")(sample, np.random.default_rng(0))[0]
+    assert fixed["end"] == clip - 1 and int(fixed["end_frame"][0, 0]) == clip - 1

@@ -89,6 +89,9 @@ class Conditioning:
     drop_layout: float
     drop_label: float
     drop_end_frame: float
+    # ours: a training window's end frame is a random later frame of its clip (at or after the
+    # window's last), not always the clip's last, so T sees every gap d = 0 … (App. E: any length)
+    random_end_frame: bool = False
 
     def __post_init__(self) -> None:
         for name in KINDS:
@@ -157,10 +160,12 @@ def window_batch(split: TokenSplit, layout: SequenceLayout, clip_idx: np.ndarray
 def assemble_windows(layout: SequenceLayout, frames: np.ndarray, end_frame: np.ndarray,
                      label: np.ndarray, starts: np.ndarray, clip_frames: int, *,
                      state: np.ndarray | None = None, audio: np.ndarray | None = None,
-                     layout_codes: np.ndarray | None = None) -> TokenBatch:
+                     layout_codes: np.ndarray | None = None,
+                     ends: np.ndarray | None = None) -> TokenBatch:
     """The §3.3 sequences of B windows: frames (B, N, h, w) codes, end_frame (B, h, w), label
     (B,), starts (B,) (the windows' first frame in their clips of ``clip_frames``), annotation
-    windows (B, N, ·); the annotations ``layout`` does not read are ignored."""
+    windows (B, N, ·), ends (B,) the end frames' indices in their clips (None: the clips' last);
+    the annotations ``layout`` does not read are ignored."""
     long = (lambda a: torch.from_numpy(np.ascontiguousarray(a).astype(np.int64)))  # noqa: E731
     kwargs: dict[str, torch.Tensor] = {}
     if layout.state_tokens:
@@ -174,7 +179,8 @@ def assemble_windows(layout: SequenceLayout, frames: np.ndarray, end_frame: np.n
     gap = None
     if layout.end_frame:
         kwargs["end_frame"] = long(end_frame)
-        gap = torch.from_numpy(clip_frames - 1 - np.asarray(starts, np.int64))
+        last = clip_frames - 1 if ends is None else np.asarray(ends, np.int64)
+        gap = torch.from_numpy(last - np.asarray(starts, np.int64))
     seq = layout.assemble(long(frames), **kwargs)
     return TokenBatch(seq.tokens, gap)
 
@@ -195,6 +201,7 @@ class TokenWindows:
     kinds: tuple[str, ...]  # the annotation arrays vocab.json lists (each sample must have them)
     where: str  # the token folder, for errors
     exclude: frozenset[str] = frozenset()
+    random_end: bool = False  # the end frame: a random frame ≥ the window's last (Conditioning)
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
         key = sample["key"]
@@ -207,7 +214,11 @@ class TokenWindows:
                                   f"expected {(self.clip_frames, *self.grid)}")
         start = int(rng.integers(0, self.clip_frames - self.num_frames + 1))
         t = slice(start, start + self.num_frames)
-        item = {"frames": frames[t], "end_frame": sample["end_frame"], "start": start,
+        end, end_frame = self.clip_frames - 1, sample["end_frame"]
+        if self.random_end:
+            end = int(rng.integers(start + self.num_frames - 1, self.clip_frames))
+            end_frame = frames[end]
+        item = {"frames": frames[t], "end_frame": end_frame, "start": start, "end": end,
                 "label": int(sample["meta"].get("label_id", 0))}
         for kind in self.kinds:
             if kind not in sample:
@@ -233,7 +244,7 @@ class WindowBatches:
         return assemble_windows(self.layout, stack("frames"), stack("end_frame"), labels,
                                 np.asarray([i["start"] for i in items]), self.clip_frames,
                                 state=stack("state"), audio=stack("audio"),
-                                layout_codes=stack("layout"))
+                                layout_codes=stack("layout"), ends=stack("end"))
 
 
 class CodeStats:
