@@ -1,8 +1,13 @@
 """Stage ``autoencoder``: train E, Q, F, D (+ Δi, Δt) on the clips (§3.2, App. A, C, D, F; Table 1).
 
-1. loads the train clips into memory and ``val_clips`` validation clips (``val_frames`` frames
-   each). Without a val split it holds out the clips of the last ~10 % of the train videos and
-   says so (stderr, MLflow tag ``autoencoder.val_source = train_holdout``, metrics);
+1. streams the train clips from prepare's shards (``pipeline.training.autoencoder.batches.clip_stream``
+   over ``pipeline.data.stream.ShardStream``: shuffle blocks of ``training.shuffle_block`` clips,
+   each clip once per epoch, split over ranks and ``training.data_workers``, exact resume at the
+   position a checkpoint recorded), never the whole set in memory; holds in memory only the
+   ``val_clips`` validation clips (``val_frames`` frames each; the demo's 8 × 16 × 64 × 64 × 3
+   bytes are 1.6 MB). Without a val split it holds out the clips of ~10 % of the train videos
+   (``pipeline.data.splits``: the stream skips them, the first ``val_clips`` are validated on)
+   and says so (stderr, MLflow tag ``autoencoder.val_source = train_holdout``, metrics);
 2. loads the VGG of Eq. (4) (``pipeline.weights.load_vgg``: ``vgg_weights`` path, the torch hub
    cache, then ``vgg_url``). Without weights it prints one line, sets the MLflow tag
    ``vgg_weights = unavailable: <reason>`` and trains without the term — never silently;
@@ -36,13 +41,15 @@ import torch
 
 from ccvs_models.autoencoder import CCVSAutoencoder
 from pipeline.training.autoencoder.task import AutoencoderTask
-from pipeline.training.autoencoder.batches import make_batch_stream
+from pipeline.training.autoencoder.batches import clip_stream
 from pipeline.training.autoencoder.forward import copy_first_scores, reconstruct_clips, side_by_side
 from pipeline.atomic import write_json
 from pipeline.training.checkpoint import save_model, to_plain
 from pipeline.data.media_write import write_gif
 from pipeline.params import AutoencoderParams
-from pipeline.data.shards import iter_clips
+from pipeline.data import storage
+from pipeline.data.shard_index import INDEX_FILE
+from pipeline.data.shards import iter_clips, list_shards
 from pipeline.training.curves import CurveLogger
 from pipeline.training.loop import fit
 from pipeline.weights import WeightsError, load_vgg
@@ -72,15 +79,22 @@ DEMO_VIDEO = re.compile(r"demo_\d+$")  # the demo world's video ids: its clips a
 
 
 def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
-               num_frames: int = 0) -> ClipSet:
-    """The clips of ``split`` stacked in memory; a clip of another shape stops the stage.
+               num_frames: int = 0, keys: set[str] | frozenset[str] | None = None) -> ClipSet:
+    """The clips of ``split`` (only those in ``keys`` when given; the first ``limit``) stacked in
+    memory — the validation set, benches; training streams. A clip of another shape stops the
+    stage.
 
     Layouts (the object-region metrics' masks) are kept when every clip has one; clips without
     any give ``layouts = None`` (the metrics are then absent). A demo clip without its layout,
     or some clips with and some without, stop the stage with the clip named.
     """
-    frames, keys, layouts, missing = [], [], [], []
-    for sample in iter_clips(clips_dir, split, limit=limit):
+    frames, keys_out, layouts, missing = [], [], [], []
+    for sample in iter_clips(clips_dir, split, limit=None if keys is not None else limit):
+        if keys is not None:
+            if sample["key"] not in keys:
+                continue
+            if limit is not None and len(frames) >= limit:
+                break
         f = sample["frames"]
         if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
             raise StageError(f"{clips_dir}: clip {sample['key']} ({split}): frames must be uint8 "
@@ -107,7 +121,7 @@ def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
                                  "re-run prepare")
             layouts.append(lay[: len(f)])
         frames.append(f)
-        keys.append(sample["key"])
+        keys_out.append(sample["key"])
     if not frames:
         return ClipSet(np.zeros((0, 0, 0, 0, 3), np.uint8), [])
     demo = [m for m in missing if m[1]]
@@ -116,22 +130,44 @@ def load_clips(clips_dir: str | Path, split: str, limit: int | None = None,
         raise StageError(f"{clips_dir}: clip {key} ({split}) has no layout.npy, which the "
                          "object-region metrics need on demo data; re-run `dvc repro prepare` "
                          "(demo_data writes layouts/<video>.npz for every video)")
-    return ClipSet(np.stack(frames), keys, np.stack(layouts) if layouts else None)
+    return ClipSet(np.stack(frames), keys_out, np.stack(layouts) if layouts else None)
 
 
-def holdout(train: ClipSet, seed: int) -> tuple[ClipSet, ClipSet]:
-    """(train, val): the clips of whole train videos held out (``pipeline.data.splits``)."""
-    held = holdout_keys(train.keys, seed=seed)
-    is_val = np.array([k in held for k in train.keys], bool)
-    pick = lambda mask: ClipSet(train.frames[mask], [k for k, m in zip(train.keys, mask) if m],  # noqa: E731
-                                None if train.layouts is None else train.layouts[mask])
-    return pick(~is_val), pick(is_val)
+def split_keys(clips_dir: str | Path, split: str) -> list[str]:
+    """The keys of ``split``'s clips: from prepare's ``manifest.parquet`` (no shard is read), else
+    by reading the clips one at a time (a folder of shards written by other means)."""
+    manifest = Path(clips_dir) / "manifest.parquet"
+    if not storage.is_url(str(clips_dir)) and manifest.is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(manifest, columns=["key", "split"]).to_pydict()
+        return [k for k, s in zip(table["key"], table["split"]) if s == split]
+    return [sample["key"] for sample in iter_clips(clips_dir, split)]
 
 
-def fit_to_data(params: AutoencoderParams, frames: np.ndarray) -> AutoencoderParams:
+def data_fingerprint(clips_dir: str | Path, urls: list[str]) -> str:
+    """What a resumed checkpoint's data must match: prepare's manifest and shard index (their
+    bytes change whenever the clips do) and the shard list; a folder without them adds each
+    local shard's size and modification time."""
+    h = hashlib.sha1("\n".join(urls).encode())
+    folder = None if storage.is_url(str(clips_dir)) else Path(clips_dir)
+    found = False
+    for name in ("manifest.parquet", INDEX_FILE):
+        if folder is not None and (folder / name).is_file():
+            h.update((folder / name).read_bytes())
+            found = True
+    if not found:
+        for url in urls:
+            if not storage.is_url(url) and Path(url).is_file():
+                st = Path(url).stat()
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def fit_to_data(params: AutoencoderParams, shape: tuple[int, int, int]) -> AutoencoderParams:
     """``params`` with the discriminators' input size set to the frames' size; stops with a
-    message naming the param when the clips do not fit the model."""
-    _, t, h, w, _ = frames.shape
+    message naming the param when clips of ``shape`` = (T, H, W) do not fit the model."""
+    t, h, w = shape
     d = params.model.downsampling
     if h % d or w % d:
         raise StageError(f"frames of {h}×{w} are not divisible by 2^K = {d} "
@@ -175,25 +211,32 @@ def run(
     """Train on ``clips_dir`` (prepare's output); write model, metrics, curve and GIF; return metrics."""
     start = time.perf_counter()
     out_model, metrics_path, plots_dir = Path(out_model), Path(metrics_path), Path(plots_dir)
-    train = load_clips(clips_dir, "train")
-    if len(train.keys) == 0:
+    urls = list_shards(clips_dir, "train")
+    first = next(iter_clips(urls, limit=1), None)
+    if first is None:
         raise StageError(f"{clips_dir}: no train clips (run the prepare stage first)")
-    params = fit_to_data(params, train.frames)
+    frames0 = first["frames"]
+    if frames0.ndim != 4 or frames0.shape[-1] != 3 or frames0.dtype != np.uint8:
+        raise StageError(f"{clips_dir}: clip {first['key']} (train): frames must be uint8 "
+                         f"T×H×W×3, got {frames0.dtype} {frames0.shape}")
+    shape = tuple(int(n) for n in frames0.shape[:3])
+    params = fit_to_data(params, shape)  # type: ignore[arg-type]
+    train_keys = split_keys(clips_dir, "train")
+    held: frozenset[str] = frozenset()
     val_source = "val"
     no_val_folder = Path(clips_dir).is_dir() and not (Path(clips_dir) / "val").is_dir()
-    val = ClipSet(train.frames[:0], []) if no_val_folder else load_clips(
+    val = ClipSet(frames0[None][:0], []) if no_val_folder else load_clips(
         clips_dir, "val", limit=params.val_clips, num_frames=params.val_frames)
-    if len(val.keys) == 0:
-        train, val = holdout(train, params.loop.seed)
+    if len(val.keys) == 0:  # the clips of whole train videos held out (pipeline.data.splits)
+        held = frozenset(holdout_keys(train_keys, seed=params.loop.seed))
         val_source = "train_holdout"
-        if len(val.keys) == 0 or len(train.keys) == 0:
+        if not held or len(held) == len(train_keys):
             raise StageError(f"{clips_dir}: no val clips and too few train videos to hold some out")
-        val = ClipSet(val.frames[: params.val_clips, : params.val_frames or None],
-                      val.keys[: params.val_clips],
-                      None if val.layouts is None
-                      else val.layouts[: params.val_clips, : params.val_frames or None])
+        val = load_clips(urls, None, limit=params.val_clips, num_frames=params.val_frames,
+                         keys=held)
         print(f"{STAGE}: no val clips in {clips_dir}: evaluating on {len(val.keys)} held-out "
               f"clips of the train videos (not trained on)", file=sys.stderr)
+    train_clips = len(train_keys) - len(held)
     logger.set_tag(f"{STAGE}.val_source", val_source)
 
     vgg, vgg_info = None, "off (use_vgg: false)"
@@ -213,11 +256,12 @@ def run(
             vgg_info = f"{loaded.info.source}: {loaded.info.ident}"
     logger.set_tag("vgg_weights", vgg_info)
 
-    data_hash = hashlib.sha1(train.frames.tobytes()).hexdigest()[:16]
+    data_hash = data_fingerprint(clips_dir, urls)
     loop = params.loop
     config = {
         "params": {k: v for k, v in to_plain(params).items() if k != "loop"},
-        "loop": {k: getattr(loop, k) for k in ("ema_decay", "bf16", "seed", "grad_clip")},
+        "loop": {k: getattr(loop, k) for k in ("ema_decay", "bf16", "seed", "grad_clip",
+                                               "shuffle_block")},
         "data": data_hash,
         "vgg": vgg_info,
     }
@@ -225,8 +269,9 @@ def run(
     curves = CurveLogger(logger, plots_dir,
                          {"val": VAL_CURVE + (OBJECT_CURVE if val.layouts is not None else ())})
     t_fit = time.perf_counter()
-    result = fit(task, make_batch_stream(train.frames, params, loop.seed), loop, Path(ckpt_dir),
-                 curves, resume=resume)
+    logger.set_tag(f"{STAGE}.train_shards", str(len(urls)))
+    stream = clip_stream(urls, params, shape, str(clips_dir), exclude=held)  # type: ignore[arg-type]
+    result = fit(task, stream, loop, Path(ckpt_dir), curves, resume=resume)
     fit_s = time.perf_counter() - t_fit
     if not result.is_main:
         return {}
@@ -243,7 +288,7 @@ def run(
     metrics: dict[str, float] = {
         **val_metrics,
         "steps": float(result.step),
-        "train_clips": float(len(train.keys)),
+        "train_clips": float(train_clips),
         "val_clips": float(len(val.keys)),
         "val_frames": float(val.frames.shape[1]),
         "val_holdout": 1.0 if val_source == "train_holdout" else 0.0,
