@@ -104,3 +104,103 @@ def test_stage_rejects_frames_that_do_not_fit(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(StageError, match="no train clips"):
         run(params(1), tmp_path / "empty", logger=RecordingLogger(), **outputs(tmp_path))
+
+
+# --------------------------------------------------------------------------- the train stream
+
+
+def marked_clips(root, videos=4, clips=3, t=6):
+    """Train shards (several, small) whose frame t of clip i carries (i, t) in its first pixel."""
+    rng = np.random.default_rng(1)
+    with ShardWriter(root / "train", max_bytes=12_000) as writer:
+        for v in range(videos):
+            for c in range(clips):
+                frames = rng.integers(0, 256, (t, 16, 16, 3), dtype=np.uint8)
+                frames[:, 0, 0, 0] = v * clips + c
+                frames[:, 0, 0, 1] = np.arange(t)
+                writer.write(encode_sample(f"v{v}_{c:04d}", frames, {"video_id": f"v{v}"}))
+    return root
+
+
+def stream_params(seed=0, shuffle=4, workers=0):
+    loop = LoopConfig(steps=1, device="cpu", seed=seed, shuffle_block=shuffle, data_workers=workers)
+    return tiny_params(loop=loop, self_supervision=False, batch_size=3, video_batch_size=2,
+                       video_frames=3, video_every=2,
+                       model=dataclasses.replace(tiny_params().model, context_frames=2,
+                                                 context_anchor=0))
+
+
+def _stream(root, p, exclude=frozenset()):
+    from pipeline.data.shards import list_shards
+    from pipeline.training.autoencoder.batches import clip_stream
+
+    urls = list_shards(root, "train")
+    assert len(urls) >= 3  # the order mixes shards
+    return clip_stream(urls, p, (6, 16, 16), str(root), exclude=exclude)
+
+
+def _ids(batch):
+    from pipeline.training.autoencoder.batches import ImageBatch
+
+    x = (batch.frames if isinstance(batch, ImageBatch) else batch.clips).numpy()
+    return x[:, :, 0, 0, 0].astype(int), x[:, :, 0, 0, 1].astype(int)  # (B, rows): clip id, frame index
+
+
+def test_stream_steps_crop_one_clip_each_and_visit_every_clip_once_an_epoch(tmp_path):
+    from pipeline.training.autoencoder.batches import ImageBatch, VideoBatch
+
+    root = marked_clips(tmp_path / "clips")
+    held = frozenset({"v1_0000", "v1_0001", "v1_0002"})  # a held-out video: never trained on
+    it = _stream(root, stream_params(), exclude=held)(0)
+    seen = []
+    for step in range(4):  # 3 + 2 + 3 + 2 = 10 items = one epoch of the 9 train clips + 1
+        batch = next(it)
+        ids, ts = _ids(batch)
+        if step % 2:  # video steps: 2 windows of 3 consecutive frames of one clip
+            assert isinstance(batch, VideoBatch) and batch.clips.shape == (2, 3, 16, 16, 3)
+            assert (np.diff(ts, axis=1) == 1).all()
+        else:  # image steps: x_t, x_{t−1}, x_{t−2} of one clip (t ≥ 2 here: no repeats needed)
+            assert isinstance(batch, ImageBatch) and batch.frames.shape == (3, 3, 16, 16, 3)
+            assert (np.diff(ts, axis=1) == -1).all() and (ts[:, 0] >= 2).all()
+        assert (ids == ids[:, :1]).all()
+        seen += ids[:, 0].tolist()
+    assert sorted(seen[:9]) == [0, 1, 2, 6, 7, 8, 9, 10, 11]  # every train clip once, held out none
+    assert it.positions[0]["epoch"] == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_resumes_exactly_and_the_seed_fixes_it(tmp_path, workers):
+    root = marked_clips(tmp_path / "clips")
+    stream = _stream(root, stream_params(workers=workers))
+    it = stream(0)
+    batches, state = [], None
+    for step in range(11):  # past an epoch
+        batches.append(next(it))
+        if step == 4:
+            state = it.state_dict()
+    resumed = stream(5, state)  # what a run resumed from the step-5 checkpoint reads
+    for want in batches[5:]:
+        assert torch.equal(next(resumed)[0], want[0])
+    again = _stream(root, stream_params(workers=workers))(0)
+    assert all(torch.equal(next(again)[0], b[0]) for b in batches)  # same seed → same batches
+    other = _stream(root, stream_params(seed=1, workers=workers))(0)
+    assert not all(torch.equal(next(other)[0], b[0]) for b in batches[:4])
+
+
+def test_resumed_stage_ends_on_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCVS_OFFLINE", "1")
+    root = marked_clips(tmp_path / "clips", t=4)
+
+    def p(steps):
+        loop = LoopConfig(steps=steps, log_every=1, eval_every=0, ckpt_every=2,
+                          keep_checkpoints=0, device="cpu", seed=0, ema_decay=0.5, shuffle_block=2)
+        return tiny_params(loop=loop, use_vgg=False, val_clips=1)
+
+    whole = outputs(tmp_path / "whole")
+    run(p(5), root, logger=RecordingLogger(), **whole)
+    cut = outputs(tmp_path / "cut")
+    run(p(3), root, logger=RecordingLogger(), **cut)
+    assert run(p(5), root, logger=RecordingLogger(), **cut)["resumed_from"] == 3  # its last checkpoint
+    a = torch.load(whole["out_model"], weights_only=True)["state"]
+    b = torch.load(cut["out_model"], weights_only=True)["state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
