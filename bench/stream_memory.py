@@ -9,13 +9,22 @@ peak RSS (``ru_maxrss``) is its own:
 - ``memory``: what the stages did before streaming: every clip of the split decoded into a list
   (``iter_clips``), then random batches of 8 for as many items.
 
-Reported per path and size: peak RSS (MB), samples/s, and the RSS ratio 2N / N. Targets (issue
-#20): the stream's peak RSS grows ≤ 1.1× when the data double; its samples/s is not lower than
-the in-memory path's at demo size. This measures the data path alone (no model), which is what
-differs between the two; the stages add their model and optimizer, the same on both paths.
+With ``--stage autoencoder`` the two paths are the autoencoder stage's own, with its params
+(``params.yaml``: batch sizes, video steps, context frames): ``stream`` is
+``pipeline.training.autoencoder.batches.clip_stream`` (the stage's ``ShardStream`` of
+``ClipCrops`` items → ``ClipBatches``: image steps of frames with their context rows, video steps
+of windows), ``memory`` what the stage did before: ``load_clips`` (every train clip stacked in
+one array) then ``make_batch_stream`` over it; one epoch's worth of items (clip visits) each.
+
+Reported per path and size: peak RSS (MB), samples/s (items: clips or clip visits), and the RSS
+ratio 2N / N. Targets (issue #20): the stream's peak RSS grows ≤ 1.1× when the data double; its
+samples/s is not lower than the in-memory path's at demo size. This measures the data path alone
+(no model), which is what differs between the two; the stages add their model and optimizer,
+the same on both paths.
 
     python -m bench.stream_memory                    # N = 200 clips (the demo's train split is ~190)
     python -m bench.stream_memory --clips 400 --shuffle 32
+    python -m bench.stream_memory --stage autoencoder
 """
 
 from __future__ import annotations
@@ -70,6 +79,48 @@ def _stream(folder: Path, shuffle: int) -> tuple[int, float]:
     return seen, time.perf_counter() - t0
 
 
+def _ae_params(shuffle: int):
+    import dataclasses
+
+    from pipeline.params import load_section
+
+    params = load_section("autoencoder", Path(__file__).resolve().parents[1] / "params.yaml")
+    return dataclasses.replace(params, loop=dataclasses.replace(params.loop, shuffle_block=shuffle))
+
+
+def _batch_items(batch) -> int:
+    return len(batch[0])  # ImageBatch.frames / VideoBatch.clips: one row per item
+
+
+def _ae_stream(folder: Path, shuffle: int) -> tuple[int, float]:
+    from pipeline.data.shards import list_shards
+    from pipeline.training.autoencoder.batches import clip_stream
+
+    it = clip_stream(list_shards(folder, "train"), _ae_params(shuffle), (16, 64, 64), str(folder))(0)
+    t0 = time.perf_counter()
+    seen = 0
+    for batch in it:
+        seen += _batch_items(batch)
+        if it.positions[0]["epoch"] > 0:
+            break
+    return seen, time.perf_counter() - t0
+
+
+def _ae_memory(folder: Path, shuffle: int) -> tuple[int, float]:
+    from pipeline.training.autoencoder.batches import make_batch_stream
+    from stages.autoencoder import load_clips
+
+    params = _ae_params(shuffle)
+    t0 = time.perf_counter()
+    clips = load_clips(folder, "train").frames
+    seen = 0
+    for batch in make_batch_stream(clips, params, params.loop.seed)(0):
+        seen += _batch_items(batch)
+        if seen >= len(clips):
+            break
+    return seen, time.perf_counter() - t0
+
+
 def _memory(folder: Path) -> tuple[int, float]:
     import torch
 
@@ -86,8 +137,12 @@ def _memory(folder: Path) -> tuple[int, float]:
     return seen, time.perf_counter() - t0
 
 
-def child(path: str, folder: str, shuffle: int) -> None:
-    seen, secs = _stream(Path(folder), shuffle) if path == "stream" else _memory(Path(folder))
+def child(path: str, folder: str, shuffle: int, stage: str) -> None:
+    if stage == "autoencoder":
+        run = _ae_stream if path == "stream" else _ae_memory
+        seen, secs = run(Path(folder), shuffle)
+    else:
+        seen, secs = _stream(Path(folder), shuffle) if path == "stream" else _memory(Path(folder))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
     print(json.dumps({"seen": seen, "secs": secs, "rss_mb": rss}))
 
@@ -96,11 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--shuffle", type=int, default=16)
+    parser.add_argument("--stage", choices=("generic", "autoencoder"), default="generic",
+                        help="generic: one float clip per item; autoencoder: the AE stage's batches")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child[0], args.child[1], args.shuffle)
+        child(args.child[0], args.child[1], args.shuffle, args.stage)
         return
+    print(f"data path: {args.stage}, N = {args.clips}, shuffle block {args.shuffle}", flush=True)
     results: dict[tuple[str, int], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (args.clips, 2 * args.clips):
@@ -109,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             for path in ("memory", "stream"):
                 out = subprocess.run(
                     [sys.executable, "-m", "bench.stream_memory", "--shuffle", str(args.shuffle),
-                     "--child", path, str(Path(tmp) / str(n))],
+                     "--stage", args.stage, "--child", path, str(Path(tmp) / str(n))],
                     check=True, capture_output=True, text=True).stdout
                 results[path, n] = r = json.loads(out.strip().splitlines()[-1])
                 print(f"{path:6s} N={n:4d}: peak RSS {r['rss_mb']:7.0f} MB, "
