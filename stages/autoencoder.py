@@ -48,8 +48,8 @@ from pipeline.training.checkpoint import save_model, to_plain
 from pipeline.data.media_write import write_gif
 from pipeline.params import AutoencoderParams
 from pipeline.data import storage
-from pipeline.data.shard_index import INDEX_FILE
-from pipeline.data.shards import iter_clips, list_shards
+from pipeline.data.shard_index import INDEX_FILE, read_index
+from pipeline.data.shards import count_samples, iter_clips, list_shards
 from pipeline.training.curves import CurveLogger
 from pipeline.training.loop import fit
 from pipeline.weights import WeightsError, load_vgg
@@ -145,6 +145,16 @@ def split_keys(clips_dir: str | Path, split: str) -> list[str]:
     return [sample["key"] for sample in iter_clips(clips_dir, split)]
 
 
+def count_clips(clips_dir: str | Path, urls: list[str]) -> int:
+    """How many clips the train shards ``urls`` hold: from the shard index when the shards are
+    in object storage (``shards.json`` lists each shard's samples), else from the tar headers
+    (no clip is decoded)."""
+    index = None if storage.is_url(str(clips_dir)) else read_index(clips_dir)
+    if index is not None:
+        return sum(int(entry["samples"]) for entry in index["splits"].get("train", []))
+    return sum(count_samples(url) for url in urls)
+
+
 def data_fingerprint(clips_dir: str | Path, urls: list[str]) -> str:
     """What a resumed checkpoint's data must match: prepare's manifest and shard index (their
     bytes change whenever the clips do) and the shard list; a folder without them adds each
@@ -221,13 +231,14 @@ def run(
                          f"T×H×W×3, got {frames0.dtype} {frames0.shape}")
     shape = tuple(int(n) for n in frames0.shape[:3])
     params = fit_to_data(params, shape)  # type: ignore[arg-type]
-    train_keys = split_keys(clips_dir, "train")
     held: frozenset[str] = frozenset()
     val_source = "val"
     no_val_folder = Path(clips_dir).is_dir() and not (Path(clips_dir) / "val").is_dir()
     val = ClipSet(frames0[None][:0], []) if no_val_folder else load_clips(
         clips_dir, "val", limit=params.val_clips, num_frames=params.val_frames)
+    train_clips = count_clips(clips_dir, urls)
     if len(val.keys) == 0:  # the clips of whole train videos held out (pipeline.data.splits)
+        train_keys = split_keys(clips_dir, "train")
         held = frozenset(holdout_keys(train_keys, seed=params.loop.seed))
         val_source = "train_holdout"
         if not held or len(held) == len(train_keys):
@@ -236,7 +247,7 @@ def run(
                          keys=held)
         print(f"{STAGE}: no val clips in {clips_dir}: evaluating on {len(val.keys)} held-out "
               f"clips of the train videos (not trained on)", file=sys.stderr)
-    train_clips = len(train_keys) - len(held)
+        train_clips = len(train_keys) - len(held)
     logger.set_tag(f"{STAGE}.val_source", val_source)
 
     vgg, vgg_info = None, "off (use_vgg: false)"
