@@ -69,11 +69,15 @@ def _stream(folder: Path, shuffle: int) -> tuple[int, float]:
 
     urls = tuple(list_shards(folder, "train"))
     stream = ShardStream(urls, clip_item, stack, FixedBatch(BATCH), seed=0, shuffle=shuffle)
-    it = stream(0)
+    return _one_epoch(stream(0), len)
+
+
+def _one_epoch(it, items) -> tuple[int, float]:
+    """(items, seconds) of a stream iterator's first epoch; ``items(batch)`` counts a batch's."""
     t0 = time.perf_counter()
     seen = 0
     for batch in it:
-        seen += len(batch)
+        seen += items(batch)
         if it.positions[0]["epoch"] > 0:
             break
     return seen, time.perf_counter() - t0
@@ -96,14 +100,8 @@ def _ae_stream(folder: Path, shuffle: int) -> tuple[int, float]:
     from pipeline.data.shards import list_shards
     from pipeline.training.autoencoder.batches import clip_stream
 
-    it = clip_stream(list_shards(folder, "train"), _ae_params(shuffle), (16, 64, 64), str(folder))(0)
-    t0 = time.perf_counter()
-    seen = 0
-    for batch in it:
-        seen += _batch_items(batch)
-        if it.positions[0]["epoch"] > 0:
-            break
-    return seen, time.perf_counter() - t0
+    stream = clip_stream(list_shards(folder, "train"), _ae_params(shuffle), (16, 64, 64), str(folder))
+    return _one_epoch(stream(0), _batch_items)
 
 
 def _ae_memory(folder: Path, shuffle: int) -> tuple[int, float]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -72,26 +73,64 @@ def _curve(plots: Path) -> dict[int, float]:
     return {int(r["step"]): float(r["loss"]) for r in rows}
 
 
+def _only_rank0_wrote(uri: str, stage: str, ckpt: Path) -> tuple[Any, list[dict]]:
+    """The one MLflow run of ``stage`` at ``uri`` and the per-rank stream positions of the last
+    checkpoint in ``ckpt`` (2 ranks, each past its first epoch)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["ccvs"], output_format="list")
+    assert [r.data.tags["stage"] for r in runs] == [stage]
+    streams = load_checkpoint(list_checkpoints(ckpt)[-1][1])["extra"]["stream"]["per_rank"]
+    assert len(streams) == 2 and all(s["positions"][0]["epoch"] > 0 for s in streams)
+    return runs[0], streams
+
+
+def _resumes_to_same_weights(stage: str, args: Callable[[Path], list[str]], whole: Path,
+                             cut: Path, steps: int) -> None:
+    """Killed (SIGKILL, every process) after its first checkpoint, then restarted: the 2-rank run
+    resumes and ends on the weights of the uninterrupted one (``whole``), bit for bit."""
+    step = _killed_after_checkpoint(stage, 2, args(cut), cut / "ckpt")
+    assert 4 <= step < steps and not (cut / "model.pt").exists()
+    _run(stage, 2, args(cut))
+    resumed = json.loads((cut / "metrics.json").read_text())
+    assert 4 <= resumed["resumed_from"] < steps and resumed["steps"] == steps
+    wa = torch.load(whole / "model.pt", weights_only=True)["state"]
+    wb = torch.load(cut / "model.pt", weights_only=True)["state"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 # --------------------------------------------------------------------------- transformer
 
 STEPS = 60
 
 
-def _transformer_params(path: Path, batch_size: int) -> Path:
+def _params_file(path: Path, shuffle_block: int, section: str, edit) -> Path:
+    """params.yaml on the CPU, data read in the loop, seed 0; ``edit(raw[section])`` the rest."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["training"].update(device="cpu", shuffle_block=4, data_workers=0, seed=0)
-    t = raw["transformer"]
-    t["model"].update(num_frames=4, n_layer=2, n_head=2, n_embd=48)
-    t.update(batch_size=batch_size, lr=0.003, warmup_steps=5, val_clips=0)
-    t["loop"].update(steps=STEPS, log_every=5, eval_every=30, ckpt_every=4)
+    raw["training"].update(device="cpu", shuffle_block=shuffle_block, data_workers=0, seed=0)
+    edit(raw[section])
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def _transformer_args(params: Path, tokens: Path, out: Path) -> list[str]:
-    return ["--params", str(params), "--tokens", str(tokens), "--model", str(out / "model.pt"),
+def _args(params: Path, data_flag: str, data: Path, out: Path) -> list[str]:
+    return ["--params", str(params), data_flag, str(data), "--model", str(out / "model.pt"),
             "--metrics", str(out / "metrics.json"), "--plots", str(out / "plots"),
             "--ckpt", str(out / "ckpt")]
+
+
+def _transformer_params(path: Path, batch_size: int) -> Path:
+    def edit(t):
+        t["model"].update(num_frames=4, n_layer=2, n_head=2, n_embd=48)
+        t.update(batch_size=batch_size, lr=0.003, warmup_steps=5, val_clips=0)
+        t["loop"].update(steps=STEPS, log_every=5, eval_every=30, ckpt_every=4)
+
+    return _params_file(path, 4, "transformer", edit)
+
+
+def _transformer_args(params: Path, tokens: Path, out: Path) -> list[str]:
+    return _args(params, "--tokens", tokens, out)
 
 
 @pytest.fixture(scope="module")
@@ -113,15 +152,8 @@ def test_transformer_stage_under_torchrun(tokens, tmp_path):
     assert out.count("transformer: val perplexity") == 1  # one summary: rank 0's
 
     # only rank 0 wrote: one MLflow run; checkpoints once, carrying both ranks' stream positions
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["ccvs"], output_format="list")
-    assert [r.data.tags["stage"] for r in runs] == ["transformer"]
-    assert runs[0].data.metrics["steps"] == STEPS
-    ckpt = load_checkpoint(list_checkpoints(ddp / "ckpt")[-1][1])
-    streams = ckpt["extra"]["stream"]["per_rank"]
-    assert len(streams) == 2 and all(s["positions"][0]["epoch"] > 0 for s in streams)
+    run, _ = _only_rank0_wrote(uri, "transformer", ddp / "ckpt")
+    assert run.data.metrics["steps"] == STEPS
     metrics = json.loads((ddp / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and metrics["train_clips"] == 10
 
@@ -132,18 +164,8 @@ def test_transformer_stage_under_torchrun(tokens, tmp_path):
     for step in a:
         assert abs(a[step] - b[step]) <= 0.2 * a[step] + 0.05, (step, a[step], b[step])
 
-    # killed (SIGKILL, every process) after its first checkpoint, then restarted: it resumes and
-    # ends on the weights of the uninterrupted 2-rank run, bit for bit
-    cut = tmp_path / "cut"
-    step = _killed_after_checkpoint("transformer", 2, _transformer_args(p2, tokens, cut),
-                                    cut / "ckpt")
-    assert 4 <= step < STEPS and not (cut / "model.pt").exists()
-    _run("transformer", 2, _transformer_args(p2, tokens, cut))
-    resumed = json.loads((cut / "metrics.json").read_text())
-    assert 4 <= resumed["resumed_from"] < STEPS and resumed["steps"] == STEPS
-    wa = torch.load(ddp / "model.pt", weights_only=True)["state"]
-    wb = torch.load(cut / "model.pt", weights_only=True)["state"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    _resumes_to_same_weights("transformer", lambda out: _transformer_args(p2, tokens, out), ddp,
+                             tmp_path / "cut", STEPS)
 
 
 # --------------------------------------------------------------------------- autoencoder
@@ -158,24 +180,20 @@ def _ae_params(path: Path, ranks: int) -> Path:
 
     from test_ae_training import MODEL
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["training"].update(device="cpu", shuffle_block=2, data_workers=0, seed=0)
-    a = raw["autoencoder"]
-    a["model"] = {k: list(v) if isinstance(v, tuple) else v
-                  for k, v in dataclasses.asdict(MODEL).items()}
-    for disc in ("image_disc", "temporal_disc"):
-        a[disc].update(channels=4, max_channels=8, final_resolution=4, mbstd_group=2)
-    a.update(use_vgg=False, batch_size=4 // ranks, video_batch_size=4 // ranks, video_frames=3,
-             video_every=2, val_clips=2, gif_clips=1, dead_code_every=10)
-    a["loop"].update(steps=AE_STEPS, log_every=4, eval_every=0, ckpt_every=4, bf16=False)
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    def edit(a):
+        a["model"] = {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in dataclasses.asdict(MODEL).items()}
+        for disc in ("image_disc", "temporal_disc"):
+            a[disc].update(channels=4, max_channels=8, final_resolution=4, mbstd_group=2)
+        a.update(use_vgg=False, batch_size=4 // ranks, video_batch_size=4 // ranks, video_frames=3,
+                 video_every=2, val_clips=2, gif_clips=1, dead_code_every=10)
+        a["loop"].update(steps=AE_STEPS, log_every=4, eval_every=0, ckpt_every=4, bf16=False)
+
+    return _params_file(path, 2, "autoencoder", edit)
 
 
 def _ae_args(params: Path, clips: Path, out: Path) -> list[str]:
-    return ["--params", str(params), "--clips", str(clips), "--model", str(out / "model.pt"),
-            "--metrics", str(out / "metrics.json"), "--plots", str(out / "plots"),
-            "--ckpt", str(out / "ckpt")]
+    return _args(params, "--clips", clips, out)
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +233,6 @@ def _loss_curve(uri: str) -> dict[int, float]:
 
 @pytest.mark.timeout(900)
 def test_autoencoder_stage_under_torchrun(clips, tmp_path):
-    import mlflow
-
     one, uri_one = tmp_path / "one", f"sqlite:///{tmp_path / 'one.db'}"
     _run("autoencoder", 1, _ae_args(_ae_params(tmp_path / "p1.yaml", 1), clips, one), uri_one)
     p2 = _ae_params(tmp_path / "p2.yaml", 2)
@@ -226,13 +242,8 @@ def test_autoencoder_stage_under_torchrun(clips, tmp_path):
 
     # only rank 0 wrote: one MLflow run; checkpoints carry both ranks' stream positions, each
     # rank past its first epoch of its 8 clips (it takes 2 items a step)
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["ccvs"], output_format="list")
-    assert [r.data.tags["stage"] for r in runs] == ["autoencoder"]
-    assert runs[0].data.tags["autoencoder.train_shards"] == "8"
-    ckpt = load_checkpoint(list_checkpoints(ddp / "ckpt")[-1][1])
-    streams = ckpt["extra"]["stream"]["per_rank"]
-    assert len(streams) == 2 and all(s["positions"][0]["epoch"] > 0 for s in streams)
+    run, _ = _only_rank0_wrote(uri, "autoencoder", ddp / "ckpt")
+    assert run.data.tags["autoencoder.train_shards"] == "8"
     metrics = json.loads((ddp / "metrics.json").read_text())
     assert metrics["steps"] == AE_STEPS and metrics["train_clips"] == 16
     assert len(list_checkpoints(ddp / "ckpt")) == len(list_checkpoints(one / "ckpt"))
@@ -251,14 +262,5 @@ def test_autoencoder_stage_under_torchrun(clips, tmp_path):
     for step in a:
         assert abs(a[step] - b[step]) <= 0.03 * a[step], (step, a[step], b[step])
 
-    # killed (SIGKILL, every process) after its first checkpoint, then restarted: it resumes and
-    # ends on the weights of the uninterrupted 2-rank run, bit for bit
-    cut = tmp_path / "cut"
-    step = _killed_after_checkpoint("autoencoder", 2, _ae_args(p2, clips, cut), cut / "ckpt")
-    assert 4 <= step < AE_STEPS and not (cut / "model.pt").exists()
-    _run("autoencoder", 2, _ae_args(p2, clips, cut))
-    resumed = json.loads((cut / "metrics.json").read_text())
-    assert 4 <= resumed["resumed_from"] < AE_STEPS and resumed["steps"] == AE_STEPS
-    wa = torch.load(ddp / "model.pt", weights_only=True)["state"]
-    wb = torch.load(cut / "model.pt", weights_only=True)["state"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    _resumes_to_same_weights("autoencoder", lambda out: _ae_args(p2, clips, out), ddp,
+                             tmp_path / "cut", AE_STEPS)
