@@ -68,8 +68,9 @@ and usage over the validation tokens.
 
 The forward passes (``decode_recursively``, ``AutoencoderForward``) and the Table 1 protocol
 (``reconstruct_clips``, ``summarize``) live in ``pipeline.training.autoencoder.forward``; the batches and their
-deterministic stream (``ImageBatch``, ``VideoBatch``, ``is_video_step``, ``make_batch_stream``;
-in-memory train clips, DDP sharding, per-step seeding) in ``pipeline.training.autoencoder.batches``; the loss terms
+streams (``ImageBatch``, ``VideoBatch``, ``is_video_step``; the crop rule ``ClipCrops`` /
+``ClipBatches``; ``clip_stream``, the stage's train clips streamed from shards with exact resume;
+``make_batch_stream`` over clips in memory, for tests) in ``pipeline.training.autoencoder.batches``; the loss terms
 (L_r, the Eq. (2) total, the Eq. (5) discriminator step, L_c, ``frozen``) in ``pipeline.training.autoencoder.losses``,
 whose ``AutoencoderLosses`` is a mixin of ``AutoencoderTask``. This module re-exports them.
 """
