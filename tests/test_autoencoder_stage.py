@@ -204,3 +204,14 @@ def test_resumed_stage_ends_on_the_weights_of_an_uninterrupted_one(tmp_path, mon
     a = torch.load(whole["out_model"], weights_only=True)["state"]
     b = torch.load(cut["out_model"], weights_only=True)["state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_train_clip_of_another_size_stops_the_stage_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCVS_OFFLINE", "1")
+    root = marked_clips(tmp_path / "clips", t=4)
+    with ShardWriter(root / "train", max_bytes=10**6, pattern="odd-%05d.tar") as writer:
+        writer.write(encode_sample("v9_0000", np.zeros((4, 8, 8, 3), np.uint8), {}))
+    loop = LoopConfig(steps=8, log_every=1, device="cpu", seed=0, shuffle_block=0)
+    with pytest.raises(StageError, match=r"clip v9_0000 has frames uint8 \(4, 8, 8, 3\)"):
+        run(tiny_params(loop=loop, use_vgg=False, val_clips=1), root, logger=RecordingLogger(),
+            **outputs(tmp_path))
