@@ -189,7 +189,26 @@ class TemporalDiscriminator(_ResidualDiscriminator):
             )
         x = clip.transpose(1, 2)  # (B, 3, T, H, W)
         self._check(x, "TemporalDiscriminator")
+        if _bf16_conv3d_unsafe(x):
+            with torch.autocast("cpu", enabled=False):
+                return self._trunk(x.float(), parts=parts)
         return self._trunk(x, parts=parts)
+
+
+# torch 2.13's CPU (oneDNN) bf16 Conv3d backward corrupts the heap ("double free or corruption",
+# "free(): invalid next size") for frames of 160 px and more (3 → 64 channels, T = 2); at ≤ 128 px
+# it passed 20 iterations under MALLOC_CHECK_=3. Above that size Δt runs in fp32 on the CPU.
+_BF16_CONV3D_MAX_PIXELS = 128 * 128
+
+
+def _bf16_conv3d_unsafe(x: torch.Tensor) -> bool:
+    if x.device.type != "cpu" or x.shape[-2] * x.shape[-1] <= _BF16_CONV3D_MAX_PIXELS:
+        return False
+    try:
+        on, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    except TypeError:  # torch < 2.4
+        on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return on and dtype == torch.bfloat16
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -186,3 +186,21 @@ def test_one_pass_over_real_and_fake_gives_the_separate_logits() -> None:
     torch.testing.assert_close(dt(clips, parts=2), torch.cat([dt(clips[:2]), dt(clips[2:])]))
     with pytest.raises(ValueError, match="parts=3"):
         di(torch.cat([real, fake]), parts=3)
+
+
+def test_temporal_discriminator_trains_in_bf16_on_cpu_at_256_pixels() -> None:
+    """torch's CPU bf16 Conv3d backward corrupts the heap from 160-px frames (the 256-px paper
+    presets aborted): there Δt runs in fp32 under bf16 autocast, and a step completes; at the
+    demo's 64 px it stays in bf16."""
+    torch.manual_seed(0)
+    big = TemporalDiscriminator(DiscriminatorConfig(resolution=256, channels=32, max_channels=32,
+                                                    final_resolution=64))
+    clip = torch.randn(1, 2, 3, 256, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = big(clip)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in big.parameters() if p.grad is not None)
+    small = TemporalDiscriminator(DiscriminatorConfig(resolution=64, channels=8, max_channels=8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert small(torch.randn(2, 2, 3, 64, 64)).dtype == torch.bfloat16
