@@ -323,6 +323,57 @@ def test_bf16_auto_reads_the_cpu_flags(tmp_path):
     assert log.tags["train_loop.bf16"] == str(auto).lower()
 
 
+@pytest.mark.parametrize("device, cpu_units, cuda_bf16, auto_on", [
+    ("cpu", False, False, False),  # a CPU without AMX / AVX-512-BF16: fp32 everywhere
+    ("cpu", True, False, True),  # this machine's kind: bf16 where params.yaml says auto
+    ("cuda", False, True, True),  # a bf16-capable GPU (Ampere and later)
+    ("cuda", False, False, False),  # an older GPU
+])
+def test_every_stage_default_resolves_per_device(monkeypatch, repo_root, device, cpu_units,
+                                                 cuda_bf16, auto_on):
+    from pipeline.params import TRAINING_STAGES, load_all
+    from pipeline.training import loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "cpu_has_bf16_units", lambda *a: cpu_units)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    sections = load_all(repo_root / "params.yaml")
+    settings = {s: sections[s].loop.bf16 for s in TRAINING_STAGES}
+    # never a hard `true`: that would run bf16 emulation on hardware without bf16 units
+    assert set(settings.values()) <= {False, "auto"}, settings
+    assert settings["autoencoder"] == "auto"  # measured faster at equal quality (BENCHMARKS.md)
+    for stage, setting in settings.items():
+        want = auto_on and setting == "auto"
+        assert loop_mod.resolve_bf16(setting, torch.device(device)) is want, (stage, setting)
+
+
+def test_bf16_stores_conv_weights_channels_last(tmp_path):
+    class ConvTask(ProbeTask):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.opt = torch.optim.SGD([*self.probe.parameters(), *self.conv.parameters()], lr=0.1)
+
+        def modules(self):
+            return {"probe": self.probe, "conv": self.conv}
+
+        def train_step(self, batch, step, ctx):
+            with ctx.autocast():
+                y = ctx.modules["conv"](torch.randn(2, 3, 8, 8))
+            ctx.optimize(y.float().pow(2).mean(), "sgd")
+            return {}
+
+    for bf16 in (True, False):
+        task = ConvTask()
+        before = task.conv.weight.detach().clone()
+        param = task.conv.weight
+        fit(task, itertools.repeat(None), LoopConfig(steps=1, bf16=bf16, device="cpu"),
+            tmp_path / str(bf16))
+        w = task.conv.weight
+        assert w is param  # the optimizer's parameter, not a copy
+        assert w.is_contiguous(memory_format=torch.channels_last) is bf16
+        assert not torch.equal(w.detach(), before)  # and it trained
+
+
 def test_grad_clip_bounds_the_update_and_logs_the_norm(tmp_path):
     task = ProbeTask()
     before = task.probe.lin.weight.detach().clone()

@@ -21,8 +21,9 @@ class LoopConfig:
     ckpt_every: int = 500  # checkpoint every N steps (0: only at the end and on interrupt)
     keep_checkpoints: int = 2  # newest checkpoints kept in ckpt_dir (0: keep all)
     ema_decay: float = 0.0  # EMA of the weights, §4 "Training details" / [83] (0: off)
-    bf16: bool | Literal["auto"] = False  # ctx.autocast() = torch.autocast(device, bfloat16);
-    # "auto": on where the device has bf16 matrix units (``resolve_bf16``), off elsewhere
+    bf16: bool | Literal["auto"] = False  # ctx.autocast() = torch.autocast(device, bfloat16),
+    # conv weights stored channels-last; "auto": on where the device has bf16 matrix units
+    # (``resolve_bf16``), off elsewhere
     device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: CUDA when available
     seed: int = 0  # global RNG seed (each rank derives its own: distributed.rank_seed)
     grad_clip: float = 0.0  # max global grad norm per optimizer step (0: off)

@@ -1,7 +1,8 @@
 """The one training loop every training stage shares (autoencoder, positions, sound/layout VQ, T).
 
 A stage describes *what* one step does by subclassing ``TrainTask``; ``fit`` does the rest:
-device placement, DDP under ``torchrun``, bf16 autocast, gradient clipping, the EMA of the weights
+device placement, DDP under ``torchrun``, bf16 autocast (with conv weights stored channels-last),
+gradient clipping, the EMA of the weights
 (the paper's final autoencoder parameters, §4 "Training details"), metrics to the logger,
 periodic evaluation, atomic checkpoints and exact resume, a progress bar, and a clean stop on
 Ctrl-C / SIGTERM (a checkpoint at the step boundary, then ``KeyboardInterrupt``).
@@ -57,6 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ccvs_models.blocks import channels_last_
 from pipeline.training import distributed
 from pipeline.training.checkpoint import (
     FORMAT,
@@ -267,6 +269,8 @@ def fit(
         raise ValueError("TrainTask.modules() returned no modules")
     for m in raw.values():
         m.to(device).train()  # parameters keep their identity: optimizers stay valid
+        if loop.bf16:  # oneDNN's bf16 convs run on channels-last tensors without reordering
+            channels_last_(m)
     optimizers = dict(task.optimizers())
     ema_names = list(task.ema_modules()) if loop.ema_decay > 0 else []
     unknown = [n for n in ema_names if n not in raw]
