@@ -28,6 +28,10 @@ profile.txt``.
 **Verdict** per stage: bf16 pays where speedup ≥ ``--min-speedup`` (1.15) and its metric is
 better than fp32's or worse by at most |fp32 − fp32s1| (the seed spread).
 
+**Threads.** On a shared machine use ``--threads 1`` (what the Prefect flow gives each stage):
+at 2 threads with other jobs running, OpenMP teams are oversubscribed and both precisions slow
+down 3–5× (BENCHMARKS.md "precision"), which measures the contention rather than the precision.
+
 Without ``--data`` the bench renders a demo world (``stages.demo_data``, ``--videos`` videos),
 prepares it (``stages.prepare``) and tokenizes it (``stages.tokenize``) with the models its own
 fp32 variants wrote, in ``--out``. The autoencoder runs ``--steps autoencoder=N`` steps (default
