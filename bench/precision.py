@@ -30,7 +30,7 @@ better than fp32's or worse by at most |fp32 − fp32s1| (the seed spread).
 
 **Threads.** On a shared machine use ``--threads 1`` (what the Prefect flow gives each stage):
 at 2 threads with other jobs running, OpenMP teams are oversubscribed and both precisions slow
-down 3–5× (BENCHMARKS.md "precision"), which measures the contention rather than the precision.
+down 2.7–5× (BENCHMARKS.md "precision"), which measures the contention rather than the precision.
 
 Without ``--data`` the bench renders a demo world (``stages.demo_data``, ``--videos`` videos),
 prepares it (``stages.prepare``) and tokenizes it (``stages.tokenize``) with the models its own
