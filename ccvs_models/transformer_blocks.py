@@ -10,6 +10,7 @@ same outputs. ``KVCache.crop(n)`` rolls it back. The cache is for inference (``t
 
 from __future__ import annotations
 
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,14 @@ class KVCache:
 # ----------------------------------------------------------------------------- modules
 
 
+def _cpu_autocast() -> bool:
+    """Whether CPU autocast is on (torch ≥ 2.4 takes the device type; 2.3 has its own call)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch 2.3
+        return torch.is_autocast_cpu_enabled()
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (scaled dot-product, fused by PyTorch)."""
 
@@ -98,13 +107,20 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(layer, k, v)  # (B, H, past + T, d)
         past = k.shape[2] - t
         dropout = self.attn_dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        elif t == 1:  # one new query sees every cached position
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:  # query i is position past + i: it sees keys 0 … past + i (bottom-right causal mask)
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        with contextlib.ExitStack() as stack:
+            if x.device.type == "cpu" and _cpu_autocast():
+                # bf16 autocast on a CPU: the fused attention runs in fp32, the projections in
+                # bf16. Its bf16 backward measured 1.6× slower than fp32's (BENCHMARKS.md
+                # "precision"): the demo T step 1.38× faster than fp32 this way, 1.15× without
+                stack.enter_context(torch.autocast("cpu", enabled=False))
+                q, k, v = q.float(), k.float(), v.float()
+            if past == 0:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            elif t == 1:  # one new query sees every cached position
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            else:  # query i is position past + i: it sees keys 0 … past + i (bottom-right causal)
+                mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.resid_dropout(self.proj(y))
 

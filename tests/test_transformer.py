@@ -683,3 +683,30 @@ def test_state_field_learns_where_the_gripper_is_far_faster():
 
     plain, field = train(False), train(True)
     assert field < 0.5 * plain, (field, plain)  # measured 0.09 vs 0.23
+
+
+def test_cpu_bf16_autocast_runs_attention_in_fp32_and_the_projections_in_bf16(monkeypatch):
+    import ccvs_models.transformer_blocks as blocks
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, blocks._cpu_autocast()))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(blocks.F, "scaled_dot_product_attention", spy)
+    cfg = full_config(n_layer=1, n_embd=16)
+    attn = blocks.CausalSelfAttention(cfg)
+    x = torch.randn(2, 8, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x)
+    assert seen == [(torch.float32,) * 3 + (False,)]
+    assert y.dtype == torch.bfloat16  # the output projection stayed in bf16
+    y.float().pow(2).mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    seen.clear()
+    with torch.no_grad():
+        ref = attn(x)  # fp32 throughout: bf16's result is that, up to the projections' rounding
+    assert seen == [(torch.float32,) * 3 + (False,)]
+    assert torch.allclose(y.float(), ref, atol=0.05)
