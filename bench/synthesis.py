@@ -553,7 +553,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8,
                         help="threads part: frames per whole run (1 given)")
     parser.add_argument("--e2e-frames", type=int, default=16, help="e2e: output frames (1 given)")
-    parser.add_argument("--context-frames", type=int, default=1, help="e2e: c (≥ 1: F on)")
+    parser.add_argument("--context-frames", type=int, default=2,
+                        help="e2e: c (≥ 1: F on; the demo autoencoder anchors its first frame: ≥ 2)")
     parser.add_argument("--autoencoder", default="",
                         help="e2e: a trained models/autoencoder.pt (default: random init)")
     parser.add_argument("--e2e-variants", default=",".join(E2E_VARIANTS),
