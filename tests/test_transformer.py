@@ -34,6 +34,18 @@ def make(cfg: TransformerConfig, seed: int = 0) -> CCVSTransformer:
     return CCVSTransformer(cfg).eval()
 
 
+def fit_tiny(model: CCVSTransformer, batch, steps: int, size: int) -> CCVSTransformer:
+    """Train ``model`` for ``steps`` AdamW steps (lr 3e-3) on ``batch(size)`` sequences (Eq. (8))."""
+    opt = torch.optim.AdamW(model.train().parameters(), lr=3e-3)
+    for _ in range(steps):
+        tokens = batch(size)
+        loss = model(tokens, targets=tokens).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 def random_inputs(cfg: TransformerConfig, b: int = 2, seed: int = 1, n: int | None = None) -> dict:
     g = torch.Generator().manual_seed(seed)
     n = n or cfg.num_frames
@@ -463,16 +475,13 @@ def test_copy_path_learns_to_repeat_frames_far_faster():
     def train(copy: bool) -> float:
         cfg = TransformerConfig(frame_vocab=64, frame_height=2, frame_width=2, num_frames=4,
                                 n_layer=1, n_head=2, n_embd=32, prev_frame_input=copy)
-        model = make(cfg).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         gen = torch.Generator().manual_seed(0)
-        for _ in range(60):
-            first = torch.randint(0, 64, (8, 1, 2, 2), generator=gen)
-            tokens = cfg.sequence_layout.assemble(first.repeat(1, 4, 1, 1)).tokens
-            loss = model(tokens, targets=tokens).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+
+        def batch(n: int) -> torch.Tensor:
+            first = torch.randint(0, 64, (n, 1, 2, 2), generator=gen)
+            return cfg.sequence_layout.assemble(first.repeat(1, 4, 1, 1)).tokens
+
+        model = fit_tiny(make(cfg), batch, 60, 8)
         frames = torch.randint(0, 64, (64, 1, 2, 2), generator=gen).repeat(1, 4, 1, 1)
         tokens = cfg.sequence_layout.assemble(frames).tokens
         with torch.no_grad():
@@ -544,8 +553,7 @@ def test_the_audio_input_lets_t_follow_the_sound_faster():
         cfg = TransformerConfig(frame_vocab=2, frame_height=3, frame_width=3, num_frames=2,
                                 audio_tokens_per_frame=2, audio_vocab=6, audio_input=with_input,
                                 n_layer=1, n_head=2, n_embd=32)
-        model, lay = make(cfg).train(), cfg.sequence_layout
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        lay = cfg.sequence_layout
         gen = torch.Generator().manual_seed(0)
 
         def batch(n: int) -> torch.Tensor:
@@ -553,16 +561,11 @@ def test_the_audio_input_lets_t_follow_the_sound_faster():
             frames = (audio[:, :, 0] % 2)[:, :, None, None].expand(n, 2, 3, 3)
             return lay.assemble(frames, audio=audio).tokens
 
-        for _ in range(20):
-            tokens = batch(32)
-            loss = model(tokens, targets=tokens).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        model = fit_tiny(make(cfg), batch, 20, 32)
         tokens = batch(64)
         first = (lay.scored_codes()[1] == 0).nonzero().flatten()  # positions scoring code 0
         with torch.no_grad():
-            logits = model.eval()(tokens).logits[:, first]
+            logits = model(tokens).logits[:, first]
         return F.cross_entropy(logits.reshape(-1, 2), tokens[:, first + 1].reshape(-1)).item()
 
     plain, fed = train(False), train(True)
@@ -659,8 +662,6 @@ def test_state_field_learns_where_the_gripper_is_far_faster():
         cfg = TransformerConfig(frame_vocab=2, frame_height=4, frame_width=4, num_frames=2,
                                 state=True, state_bins=16, n_layer=1, n_head=2, n_embd=32,
                                 state_field=field)
-        model = make(cfg).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         gen = torch.Generator().manual_seed(0)
 
         def batch(n: int) -> torch.Tensor:
@@ -671,15 +672,10 @@ def test_state_field_learns_where_the_gripper_is_far_faster():
                 frames[torch.arange(n), f, cell[:, f, 1], cell[:, f, 0]] = 1
             return cfg.sequence_layout.assemble(frames, state=state).tokens
 
-        for _ in range(60):
-            tokens = batch(16)
-            loss = model(tokens, targets=tokens).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        model = fit_tiny(make(cfg), batch, 60, 16)
         tokens = batch(64)
         with torch.no_grad():
-            return model.eval()(tokens, targets=tokens).loss.item()
+            return model(tokens, targets=tokens).loss.item()
 
     plain, field = train(False), train(True)
     assert field < 0.5 * plain, (field, plain)  # measured 0.09 vs 0.23
